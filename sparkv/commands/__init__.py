@@ -1,0 +1,1 @@
+"""Sub-commands of the `sparkv` CLI, one module each."""
