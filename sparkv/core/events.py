@@ -1,0 +1,144 @@
+"""Events a driver feeds a policy, and commands a policy returns: plain frozen dataclasses.
+
+Both the SimPy model and the real executor speak exactly these types, so a policy cannot tell the
+worlds apart, and a real run's log can be replayed through a fresh policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any
+
+from sparkv.core.request import CellBlock
+
+
+class Resource(str, Enum):
+    """The two lanes a request uses on the device."""
+
+    LINK = "link"  # the receiver: one transfer at a time, fetch then install
+    COMPUTE = "compute"  # the accelerator: one prefill command at a time
+
+
+# ---- events (driver -> policy) ----
+
+
+@dataclass(frozen=True)
+class RequestStarted:
+    t_s: float  # time the request arrived
+
+
+@dataclass(frozen=True)
+class TransferDone:
+    t_s: float  # time the block was installed in the cache
+    block: CellBlock  # cells now present
+    bytes: int  # wire bytes received
+    duration_s: float  # from the fetch command to installation
+
+
+@dataclass(frozen=True)
+class TransferCancelled:
+    t_s: float  # time the cancel took effect
+    block: CellBlock  # cells that are missing again
+    bytes: int  # wire bytes received before the cancel (wasted)
+
+
+@dataclass(frozen=True)
+class TransferFailed:
+    t_s: float  # time the failure was seen
+    block: CellBlock  # cells that are missing again
+    bytes: int  # wire bytes received before the failure
+    reason: str  # e.g. "server closed", "checksum", "deadline"
+
+
+@dataclass(frozen=True)
+class ComputeDone:
+    t_s: float  # time the cells were written to the cache
+    block: CellBlock  # cells now present
+    duration_s: float  # measured compute time
+
+
+@dataclass(frozen=True)
+class QueryLayerDone:
+    t_s: float
+    layer: int  # query prefill has passed this layer
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class BandwidthSample:
+    t_s: float  # end of the observation window
+    bytes: int  # bytes received in the window
+    duration_s: float  # window length
+
+
+@dataclass(frozen=True)
+class Tick:
+    t_s: float  # periodic wake-up so a waiting policy can act
+
+
+Event = (
+    RequestStarted
+    | TransferDone
+    | TransferCancelled
+    | TransferFailed
+    | ComputeDone
+    | QueryLayerDone
+    | BandwidthSample
+    | Tick
+)
+
+# ---- commands (policy -> driver) ----
+
+
+@dataclass(frozen=True)
+class Fetch:
+    block: CellBlock  # cells to stream as one transfer; all must be missing
+
+
+@dataclass(frozen=True)
+class Compute:
+    block: CellBlock  # chunks' next layers; layer_lo must equal each chunk's computed prefix
+
+
+@dataclass(frozen=True)
+class Cancel:
+    block: CellBlock  # the in-flight fetch to abandon
+
+
+Command = Fetch | Compute | Cancel
+
+_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        RequestStarted,
+        TransferDone,
+        TransferCancelled,
+        TransferFailed,
+        ComputeDone,
+        QueryLayerDone,
+        BandwidthSample,
+        Tick,
+        Fetch,
+        Compute,
+        Cancel,
+    )
+}
+
+
+def to_dict(item: Event | Command) -> dict[str, Any]:
+    """JSON-ready form: {"type": name, field: value}, blocks as [c0, c1, l0, l1]."""
+    out: dict[str, Any] = {"type": type(item).__name__}
+    for f in fields(item):
+        value = getattr(item, f.name)
+        out[f.name] = value.to_list() if isinstance(value, CellBlock) else value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Any:
+    """Inverse of `to_dict`."""
+    cls = _TYPES.get(str(data.get("type")))
+    if cls is None:
+        raise ValueError(f"unknown event or command type {data.get('type')!r}")
+    kwargs = {k: (CellBlock.from_list(v) if k == "block" else v) for k, v in data.items() if k != "type"}
+    return cls(**kwargs)

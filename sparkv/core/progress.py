@@ -1,0 +1,143 @@
+"""Which cells of a request are present, in flight or missing, and what the dependencies allow.
+
+Both drivers (simulated and real) and the policies keep one of these. It enforces the rules of
+DESIGN.md: a chunk is computed for a prefix of its layers (hidden states exist only for computed
+layers), and computing layer l of chunk c needs layer l of every earlier chunk present.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from sparkv.core.request import CellBlock
+
+
+class CellState(IntEnum):
+    MISSING = 0
+    FETCHING = 1
+    COMPUTING = 2
+    PRESENT = 3
+
+
+class RequestProgress:
+    """Cell states of a C x L grid, with O(cells of a block) updates and O(1) readiness checks."""
+
+    def __init__(self, num_chunks: int, num_layers: int) -> None:
+        if num_chunks <= 0 or num_layers <= 0:
+            raise ValueError(f"grid must be non-empty, got {num_chunks} x {num_layers}")
+        self.num_chunks = num_chunks
+        self.num_layers = num_layers
+        self.state = [[CellState.MISSING] * num_layers for _ in range(num_chunks)]
+        self.computed_prefix = [0] * num_chunks  # k_c so far: layers [0, k) computed or computing
+        self.present_per_layer = [0] * num_layers  # chunks present at each layer
+        self.present_prefix = [0] * num_layers  # leading chunks 0..p-1 present at each layer
+        self.query_layers_done = 0
+        self.cells_present = 0
+
+    # ---- checks ----
+
+    def _require(self, block: CellBlock, allowed: CellState, what: str) -> None:
+        if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
+            raise ValueError(f"{what} {block} outside grid {self.num_chunks} x {self.num_layers}")
+        for c in range(block.chunk_lo, block.chunk_hi):
+            row = self.state[c]
+            for layer in range(block.layer_lo, block.layer_hi):
+                if row[layer] != allowed:
+                    raise ValueError(f"{what} {block}: cell ({c}, {layer}) is {row[layer].name}")
+
+    def can_compute(self, block: CellBlock) -> bool:
+        """True when `block` may start computing now."""
+        try:
+            self.check_compute(block)
+        except ValueError:
+            return False
+        return True
+
+    def check_compute(self, block: CellBlock) -> None:
+        """Cells may be missing, or present (streamed earlier: recomputed to regain hidden states)."""
+        if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
+            raise ValueError(f"compute {block} outside grid {self.num_chunks} x {self.num_layers}")
+        for c in range(block.chunk_lo, block.chunk_hi):
+            row = self.state[c]
+            for layer in range(block.layer_lo, block.layer_hi):
+                if row[layer] in (CellState.FETCHING, CellState.COMPUTING):
+                    raise ValueError(f"compute {block}: cell ({c}, {layer}) is {row[layer].name}")
+        for c in range(block.chunk_lo, block.chunk_hi):
+            if self.computed_prefix[c] != block.layer_lo:
+                raise ValueError(
+                    f"compute {block}: chunk {c} has {self.computed_prefix[c]} computed layers, "
+                    f"so it can only continue at layer {self.computed_prefix[c]}"
+                )
+        for layer in range(block.layer_lo, block.layer_hi):
+            if self.present_prefix[layer] < block.chunk_lo:
+                raise ValueError(
+                    f"compute {block}: layer {layer} of chunk {self.present_prefix[layer]} is not present"
+                )
+
+    def check_fetch(self, block: CellBlock) -> None:
+        self._require(block, CellState.MISSING, "fetch")
+
+    # ---- transitions ----
+
+    def _set(self, block: CellBlock, state: CellState) -> None:
+        for c in range(block.chunk_lo, block.chunk_hi):
+            row = self.state[c]
+            for layer in range(block.layer_lo, block.layer_hi):
+                row[layer] = state
+
+    def start_fetch(self, block: CellBlock) -> None:
+        self.check_fetch(block)
+        self._set(block, CellState.FETCHING)
+
+    def start_compute(self, block: CellBlock) -> None:
+        self.check_compute(block)
+        for c in range(block.chunk_lo, block.chunk_hi):
+            row = self.state[c]
+            for layer in range(block.layer_lo, block.layer_hi):
+                if row[layer] == CellState.MISSING:
+                    row[layer] = CellState.COMPUTING
+        for c in range(block.chunk_lo, block.chunk_hi):
+            self.computed_prefix[c] = block.layer_hi
+
+    def abort_fetch(self, block: CellBlock) -> None:
+        """A cancelled or failed transfer: its cells are missing again."""
+        self._require(block, CellState.FETCHING, "abort")
+        self._set(block, CellState.MISSING)
+
+    def finish(self, block: CellBlock) -> None:
+        """A transfer or compute finished: its cells are present (recomputed ones stay present)."""
+        for c in range(block.chunk_lo, block.chunk_hi):
+            row = self.state[c]
+            for layer in range(block.layer_lo, block.layer_hi):
+                if row[layer] in (CellState.FETCHING, CellState.COMPUTING):
+                    row[layer] = CellState.PRESENT
+                    self.present_per_layer[layer] += 1
+                    self.cells_present += 1
+                elif row[layer] == CellState.MISSING:
+                    raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
+        for layer in range(block.layer_lo, block.layer_hi):
+            p = self.present_prefix[layer]
+            while p < self.num_chunks and self.state[p][layer] == CellState.PRESENT:
+                p += 1
+            self.present_prefix[layer] = p
+
+    # ---- queries ----
+
+    def layer_complete(self, layer: int) -> bool:
+        return self.present_per_layer[layer] == self.num_chunks
+
+    def query_layer_ready(self) -> bool:
+        """The next query layer can run: every cell of that layer is present."""
+        q = self.query_layers_done
+        return q < self.num_layers and self.present_per_layer[q] == self.num_chunks
+
+    def all_present(self) -> bool:
+        return self.cells_present == self.num_chunks * self.num_layers
+
+    def missing_cells(self) -> list[tuple[int, int]]:
+        return [
+            (c, layer)
+            for c in range(self.num_chunks)
+            for layer in range(self.num_layers)
+            if self.state[c][layer] == CellState.MISSING
+        ]

@@ -1,0 +1,141 @@
+"""The baselines SparKV is measured against.
+
+- `LocalOnly`: prefill the whole context on the device, chunk by chunk.
+- `StreamOnly`: fetch every cell (CacheGen without its codec choice), layer-major so the query's
+  prefill can follow the layers as they land.
+- `Bidirectional` (Cake): compute whole chunks from the front while streaming whole chunks from the
+  back until the two meet; it adapts to the link by construction.
+- `StaticSplit`: the meeting point is fixed before the request from the expected bandwidth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparkv.core.events import Event, TransferCancelled, TransferFailed
+from sparkv.core.request import CellBlock
+from sparkv.policies.base import RequestContext
+from sparkv.policies.tracking import TrackingPolicy
+
+
+class LocalOnly(TrackingPolicy):
+    name = "local"
+
+    def next_compute(self, now_s: float) -> CellBlock | None:
+        progress = self._progress()
+        for c in range(progress.num_chunks):
+            if progress.computed_prefix[c] == 0:
+                return CellBlock.one(c, 0, progress.num_layers)
+        return None
+
+
+class StreamOnly(TrackingPolicy):
+    """Fetch `layers_per_transfer` layers of every chunk per transfer, in layer order."""
+
+    name = "stream"
+
+    def __init__(self, layers_per_transfer: int = 1) -> None:
+        super().__init__()
+        if layers_per_transfer <= 0:
+            raise ValueError(f"layers_per_transfer must be positive, got {layers_per_transfer}")
+        self.layers_per_transfer = layers_per_transfer
+        self._next_layer = 0
+
+    def on_begin(self, ctx: RequestContext) -> None:
+        self._next_layer = 0
+
+    def next_fetch(self, now_s: float) -> CellBlock | None:
+        progress = self._progress()
+        lo = self._next_layer
+        # after a failed transfer, refetch the first layer that is missing again
+        for layer in range(progress.num_layers):
+            if progress.present_per_layer[layer] < progress.num_chunks:
+                lo = min(lo, layer)
+                break
+        if lo >= progress.num_layers:
+            return None
+        hi = min(lo + self.layers_per_transfer, progress.num_layers)
+        self._next_layer = hi
+        return CellBlock(0, progress.num_chunks, lo, hi)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "layers_per_transfer": self.layers_per_transfer}
+
+
+class _MeetInTheMiddle(TrackingPolicy):
+    """Whole chunks computed from the front, whole chunks streamed from the back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.front = 0  # next chunk to compute
+        self.back = 0  # one past the next chunk to stream
+        self.retry: list[CellBlock] = []  # blocks whose transfer failed, to fetch again
+
+    def on_begin(self, ctx: RequestContext) -> None:
+        self.front = 0
+        self.back = ctx.request.num_chunks
+        self.retry = []
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, TransferFailed | TransferCancelled):
+            self.retry.append(event.block)
+
+    def meeting_allows_compute(self) -> bool:
+        return self.front < self.back
+
+    def meeting_allows_fetch(self) -> bool:
+        return self.front < self.back
+
+    def next_compute(self, now_s: float) -> CellBlock | None:
+        if not self.meeting_allows_compute():
+            return None
+        block = CellBlock.one(self.front, 0, self._progress().num_layers)
+        self.front += 1
+        return block
+
+    def next_fetch(self, now_s: float) -> CellBlock | None:
+        progress = self._progress()
+        if self.retry:
+            return self.retry.pop()
+        if not self.meeting_allows_fetch():
+            return None
+        self.back -= 1
+        return CellBlock.one(self.back, 0, progress.num_layers)
+
+
+class Bidirectional(_MeetInTheMiddle):
+    name = "cake"
+
+
+class StaticSplit(_MeetInTheMiddle):
+    """Chunks [0, m) computed, [m, C) streamed, m chosen up front so both sides take equal time."""
+
+    name = "static"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split = 0
+
+    def on_begin(self, ctx: RequestContext) -> None:
+        super().on_begin(ctx)
+        costs = ctx.costs
+        num_layers = ctx.model.num_layers
+        best, best_t = 0, float("inf")
+        for m in range(ctx.request.num_chunks + 1):
+            compute = sum(costs.compute_s(CellBlock.one(c, 0, num_layers)) for c in range(m))
+            stream = sum(
+                costs.fetch_s(CellBlock.one(c, 0, num_layers), costs.bandwidth_prior_bps)
+                for c in range(m, ctx.request.num_chunks)
+            )
+            if max(compute, stream) < best_t:
+                best, best_t = m, max(compute, stream)
+        self.split = best
+
+    def meeting_allows_compute(self) -> bool:
+        return self.front < self.split
+
+    def meeting_allows_fetch(self) -> bool:
+        return self.back > self.split
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "split_chunk": self.split}

@@ -1,0 +1,128 @@
+"""A base for policies: keeps the request's cell states and the fetch in flight up to date from events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparkv.core.events import (
+    Cancel,
+    Command,
+    Compute,
+    ComputeDone,
+    Event,
+    Fetch,
+    Resource,
+    TransferCancelled,
+    TransferDone,
+    TransferFailed,
+)
+from sparkv.core.progress import CellState, RequestProgress
+from sparkv.core.request import CellBlock
+from sparkv.policies.base import RequestContext
+
+
+class TrackingPolicy:
+    """Subclasses implement `next_fetch` and `next_compute`; this class does the bookkeeping."""
+
+    name = "tracking"
+    max_fetch_failures = 2  # consecutive failed transfers before the link is given up
+
+    def __init__(self) -> None:
+        self.ctx: RequestContext | None = None
+        self.progress: RequestProgress | None = None
+        self.in_flight: CellBlock | None = None
+        self.computing: CellBlock | None = None
+        self.failed_fetches = 0
+        self.link_dead = False  # after repeated failures: compute whatever is missing
+
+    # ---- Policy protocol ----
+
+    def begin(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.progress = RequestProgress(ctx.request.num_chunks, ctx.model.num_layers)
+        self.in_flight = None
+        self.computing = None
+        self.failed_fetches = 0
+        self.link_dead = False
+        self.on_begin(ctx)
+
+    def update(self, event: Event) -> None:
+        progress = self._progress()
+        if isinstance(event, TransferDone):
+            progress.finish(event.block)
+            self.in_flight = None
+            self.failed_fetches = 0
+        elif isinstance(event, TransferCancelled | TransferFailed):
+            progress.abort_fetch(event.block)
+            self.in_flight = None
+            if isinstance(event, TransferFailed):
+                self.failed_fetches += 1
+                self.link_dead = self.link_dead or self.failed_fetches >= self.max_fetch_failures
+        elif isinstance(event, ComputeDone):
+            progress.finish(event.block)
+            self.computing = None
+        self.on_event(event)
+
+    def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Command, ...]:
+        progress = self._progress()
+        commands: list[Command] = []
+        cancel = self.maybe_cancel(now_s) if self.in_flight is not None else None
+        if cancel is not None:
+            commands.append(Cancel(cancel))
+        if Resource.COMPUTE in idle and self.computing is None:
+            block = self.fallback_compute() if self.link_dead else self.next_compute(now_s)
+            if block is not None:
+                progress.start_compute(block)
+                self.computing = block
+                commands.append(Compute(block))
+        if Resource.LINK in idle and self.in_flight is None and not self.link_dead:
+            block = self.next_fetch(now_s)
+            if block is not None:
+                progress.start_fetch(block)
+                self.in_flight = block
+                commands.append(Fetch(block))
+        return tuple(commands)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    # ---- hooks ----
+
+    def on_begin(self, ctx: RequestContext) -> None:
+        """Plan once the request is known."""
+
+    def on_event(self, event: Event) -> None:
+        """React to an event after the bookkeeping."""
+
+    def next_fetch(self, now_s: float) -> CellBlock | None:
+        return None
+
+    def next_compute(self, now_s: float) -> CellBlock | None:
+        return None
+
+    def maybe_cancel(self, now_s: float) -> CellBlock | None:
+        """The in-flight block to cancel now, or None."""
+        return None
+
+    def fallback_compute(self) -> CellBlock | None:
+        """With the link given up: compute the first chunk that still misses cells, far enough."""
+        progress = self._progress()
+        for c in range(progress.num_chunks):
+            row = progress.state[c]
+            missing = [layer for layer, s in enumerate(row) if s == CellState.MISSING]
+            if missing:
+                block = CellBlock.one(c, progress.computed_prefix[c], missing[-1] + 1)
+                return block if progress.can_compute(block) else None
+        return None
+
+    # ---- helpers ----
+
+    def _progress(self) -> RequestProgress:
+        if self.progress is None:
+            raise RuntimeError(f"policy {self.name}: update/schedule called before begin")
+        return self.progress
+
+    def _context(self) -> RequestContext:
+        if self.ctx is None:
+            raise RuntimeError(f"policy {self.name}: used before begin")
+        return self.ctx
