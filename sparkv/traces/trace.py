@@ -46,7 +46,9 @@ class Trace:
             i = int(np.argmin(steps > 0))
             raise ValueError(f"times_s must be strictly increasing: {times[i]!r} then {times[i + 1]!r}")
         if not (math.isfinite(duration) and duration > times[-1]):
-            raise ValueError(f"duration_s must be finite and > last breakpoint {times[-1]!r}, got {duration!r}")
+            raise ValueError(
+                f"duration_s must be finite and > last breakpoint {times[-1]!r}, got {duration!r}"
+            )
         if not np.all(np.isfinite(rates) & (rates >= 0)):
             bad = rates[~(np.isfinite(rates) & (rates >= 0))][0]
             raise ValueError(f"rates_bps must be finite and >= 0, got {bad!r}")
