@@ -1,0 +1,1 @@
+"""Analysis: reads saved Results; validation, sweeps, tuning, plots and reports."""

@@ -1,0 +1,70 @@
+"""`sparkv simulate`: run policies over one scenario in the SimPy model and print a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sparkv.analysis.gantt import plot_gantt
+from sparkv.commands.common import add_scenario_args, format_table, scenario_from_args
+from sparkv.core.result import Result
+from sparkv.policies import POLICIES, make_policy
+from sparkv.sim import SimulationStalled, build_world, simulate
+
+COLUMNS = [
+    ("policy", "policy", ""),
+    ("ttft_s", "TTFT s", ".3f"),
+    ("energy_j", "energy J", ".1f"),
+    ("mb_streamed", "streamed MB", ".2f"),
+    ("mb_wasted", "wasted MB", ".2f"),
+    ("cells_computed", "cells computed", "d"),
+    ("cells_streamed", "cells streamed", "d"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="simulate policies on one scenario (SimPy model)")
+    add_scenario_args(p)
+    p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)})")
+    p.add_argument("--out", type=Path, help="folder for result JSON, timeline CSV and a Gantt PNG")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    scenario = scenario_from_args(args)
+    names = args.policy or list(POLICIES)
+    for name in names:
+        make_policy(name)  # fail early on an unknown name
+    world = build_world(scenario)
+    results: list[Result] = []
+    stalled: list[str] = []
+    for name in names:
+        try:
+            results.append(simulate(world, make_policy(name)))
+        except SimulationStalled as exc:
+            stalled.append(str(exc))
+    req = world.request
+    print(
+        f"simulated: {world.spec.name}, {req.context_tokens} context tokens in {req.num_chunks} chunks of "
+        f"{req.chunk_tokens}, trace {world.trace.name} (mean {world.trace.mean_bps * 8 / 1e6:.2f} Mbit/s), "
+        f"device {world.profile.name}, codec {scenario.codec}"
+    )
+    if results:
+        print(format_table([r.summary() for r in results], COLUMNS))
+    for line in stalled:
+        print(f"did not finish: {line}")
+    if args.out:
+        write_outputs(results, args.out)
+        print(f"wrote {args.out}/")
+    return 2 if stalled else 0
+
+
+def write_outputs(results: list[Result], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        r.save(out / f"{r.world}-{r.policy}.json")
+        r.write_timeline_csv(out / f"{r.world}-{r.policy}-timeline.csv")
+    (out / "summary.json").write_text(json.dumps([r.summary() for r in results], indent=1))
+    if results:
+        plot_gantt(results, out / "gantt.png")

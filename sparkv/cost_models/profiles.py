@@ -1,0 +1,90 @@
+"""Device profiles: one JSON file per (device, model or any model), read by the simulator and planners.
+
+A profile records where its numbers came from: the device, model, dtype, threads and library
+versions it was measured with (kind "measured"), or the published figures it was built from (kind
+"analytic"). A measured profile is valid for one device and one attention implementation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sparkv.core.errors import UserError
+from sparkv.core.model import ModelSpec
+from sparkv.cost_models.compute import FittedCompute, RooflineCompute, compute_model_from_dict
+from sparkv.cost_models.energy import ComputePower
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    kind: str  # "measured" or "analytic"
+    device: str  # human description of the hardware
+    compute: FittedCompute | RooflineCompute
+    power: ComputePower
+    install_s_per_byte: float = 0.0  # receive-side decode + copy into the cache, per wire byte
+    install_fixed_s: float = 0.0  # per transfer, receive side
+    model: str | None = None  # model it is valid for (None: any model spec)
+    dtype: str = "float32"
+    threads: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    date: str = ""
+    valid_for: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    fit_error: dict[str, float] = field(default_factory=dict)  # held-out error of the fit
+    link: dict[str, float] = field(default_factory=dict)  # calibrated link constants, if measured
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """A fitted profile describes one model; refuse to apply it to another."""
+        if self.model is not None and isinstance(self.compute, FittedCompute) and self.model != spec.name:
+            raise UserError(
+                f"device profile {self.name!r} was measured with model {self.model!r}, not {spec.name!r}; "
+                "use an analytic profile or profile this model (`sparkv profile`)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["compute"] = self.compute.to_dict()
+        out["power"] = self.power.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+        data = dict(data)
+        data["compute"] = compute_model_from_dict(data["compute"])
+        data["power"] = ComputePower(**data["power"])
+        return cls(**data)
+
+    def save(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def builtin_profile_names() -> list[str]:
+    folder = resources.files("sparkv") / "data" / "profiles"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A built-in profile by name, or a profile JSON file."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        text = path.read_text()
+    else:
+        res = resources.files("sparkv") / "data" / "profiles" / f"{name_or_path}.json"
+        if not res.is_file():
+            raise UserError(
+                f"unknown device profile {name_or_path!r}; built-in: {', '.join(builtin_profile_names())} "
+                "(or give a profile .json path)"
+            )
+        text = res.read_text()
+    try:
+        return DeviceProfile.from_dict(json.loads(text))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"device profile {name_or_path!r} is malformed: {exc}") from exc

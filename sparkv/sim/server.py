@@ -1,0 +1,51 @@
+"""The KV server as the simulator sees it: a service time per transfer, optionally shared.
+
+With `concurrency` slots and other clients arriving as a Poisson stream (`background_rps`), a
+request's transfers queue behind theirs, as they would at a busy edge server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import simpy
+
+
+class SimServer:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        service_s: float,
+        concurrency: int = 1,
+        background_rps: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if service_s < 0 or concurrency <= 0 or background_rps < 0:
+            raise ValueError(
+                f"bad server: service_s={service_s}, concurrency={concurrency}, background_rps={background_rps}"
+            )
+        self.env = env
+        self.service_s = service_s
+        self.slots = simpy.Resource(env, capacity=concurrency)
+        self.rng = np.random.default_rng(seed + 7919)
+        if background_rps > 0:
+            env.process(self._background(background_rps))
+
+    def serve(self) -> Any:
+        """SimPy sub-process: wait for a slot, then spend the service time."""
+        if self.service_s <= 0:
+            return
+        with self.slots.request() as slot:
+            yield slot
+            yield self.env.timeout(self.service_s)
+
+    def _background(self, rps: float) -> Any:
+        while True:
+            yield self.env.timeout(float(self.rng.exponential(1.0 / rps)))
+            self.env.process(self._other_client())
+
+    def _other_client(self) -> Any:
+        with self.slots.request() as slot:
+            yield slot
+            yield self.env.timeout(self.service_s)

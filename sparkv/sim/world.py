@@ -1,0 +1,53 @@
+"""Assemble a simulated world from a `Scenario`: request, model spec, trace, device profile, costs.
+
+The executor builds the same `CostTable` from the same scenario, so a policy sees identical
+predictions in both worlds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sparkv.core.config import Scenario
+from sparkv.core.costs import CostTable
+from sparkv.core.errors import UserError
+from sparkv.core.model import ModelSpec, resolve_model_spec
+from sparkv.core.request import Request
+from sparkv.cost_models.energy import RadioModel, get_radio
+from sparkv.cost_models.profiles import DeviceProfile, load_profile
+from sparkv.cost_models.table import build_cost_table
+from sparkv.traces import Trace, get_trace
+
+
+@dataclass(frozen=True, eq=False)
+class World:
+    """Everything a simulated (or real) request needs, built once from a scenario."""
+
+    scenario: Scenario
+    request: Request
+    spec: ModelSpec
+    trace: Trace  # scaled by the scenario's bandwidth scale; bytes/s
+    profile: DeviceProfile
+    costs: CostTable
+    radio: RadioModel
+    availability: Trace | None  # fraction of the device available to the request, 0..1
+
+
+def build_world(scenario: Scenario, trace: Trace | None = None, spec: ModelSpec | None = None) -> World:
+    """Resolve every name in `scenario`; pass `trace`/`spec` to reuse objects already loaded."""
+    try:
+        request = Request(scenario.context_tokens, scenario.query_tokens, scenario.chunk_tokens)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    spec = spec or resolve_model_spec(scenario.model)
+    base = trace if trace is not None else get_trace(scenario.trace)
+    scaled = base.scale(scenario.link.bandwidth_scale) if scenario.link.bandwidth_scale != 1.0 else base
+    if scaled.loop_bytes <= 0:
+        raise UserError(f"trace {base.name!r} carries no bytes at all: nothing can be streamed over it")
+    profile = load_profile(scenario.device)
+    prior = scaled.mean_bps
+    costs = build_cost_table(request, spec, profile, scenario.link, scenario.codec, prior)
+    availability = get_trace(scenario.availability) if scenario.availability else None
+    if availability is not None and availability.loop_bytes <= 0:
+        raise UserError(f"availability trace {scenario.availability!r} is zero throughout")
+    return World(scenario, request, spec, scaled, profile, costs, get_radio(scenario.link.radio), availability)
