@@ -7,13 +7,13 @@ worlds apart, and a real run's log can be replayed through a fresh policy.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from sparkv.core.request import CellBlock
 
 
-class Resource(str, Enum):
+class Resource(StrEnum):
     """The two lanes a request uses on the device."""
 
     LINK = "link"  # the receiver: one transfer at a time, fetch then install
