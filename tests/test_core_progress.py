@@ -1,0 +1,75 @@
+"""Dependency rules of the (chunk x layer) grid."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparkv.core.progress import CellState, RequestProgress
+from sparkv.core.request import CellBlock
+
+
+def test_compute_needs_prefix_and_earlier_chunks() -> None:
+    p = RequestProgress(3, 4)
+    with pytest.raises(ValueError, match="continue at layer 0"):
+        p.check_compute(CellBlock.one(0, 1, 2))
+    with pytest.raises(ValueError, match="not present"):
+        p.check_compute(CellBlock.one(1, 0, 1))  # chunk 0 layer 0 missing
+    p.start_compute(CellBlock.one(0, 0, 2))
+    with pytest.raises(ValueError, match="not present"):
+        p.check_compute(CellBlock.one(1, 0, 1))  # chunk 0 computing, not present yet
+    p.finish(CellBlock.one(0, 0, 2))
+    p.check_compute(CellBlock.one(1, 0, 2))
+    with pytest.raises(ValueError, match="not present"):
+        p.check_compute(CellBlock.one(1, 0, 3))  # layer 2 of chunk 0 missing
+
+
+def test_streamed_cells_unblock_later_compute() -> None:
+    p = RequestProgress(2, 2)
+    p.start_fetch(CellBlock(0, 1, 0, 2))
+    p.finish(CellBlock(0, 1, 0, 2))
+    assert p.can_compute(CellBlock.one(1, 0, 2))
+    assert p.present_prefix == [1, 1]
+
+
+def test_multi_chunk_compute_block() -> None:
+    p = RequestProgress(3, 2)
+    p.start_compute(CellBlock(0, 2, 0, 2))
+    p.finish(CellBlock(0, 2, 0, 2))
+    assert p.present_per_layer == [2, 2] and p.computed_prefix == [2, 2, 0]
+
+
+def test_recompute_of_streamed_cells_keeps_counts() -> None:
+    p = RequestProgress(1, 2)
+    p.start_fetch(CellBlock.one(0, 0, 1))
+    p.finish(CellBlock.one(0, 0, 1))
+    p.start_compute(CellBlock.one(0, 0, 2))  # recompute layer 0 to regain hidden states
+    assert p.state[0] == [CellState.PRESENT, CellState.COMPUTING]
+    p.finish(CellBlock.one(0, 0, 2))
+    assert p.cells_present == 2 and p.all_present()
+
+
+def test_cannot_fetch_twice_or_abort_what_is_not_in_flight() -> None:
+    p = RequestProgress(2, 2)
+    p.start_fetch(CellBlock(0, 2, 1, 2))
+    with pytest.raises(ValueError, match="FETCHING"):
+        p.start_fetch(CellBlock(1, 2, 1, 2))
+    p.abort_fetch(CellBlock(0, 2, 1, 2))
+    with pytest.raises(ValueError, match="MISSING"):
+        p.abort_fetch(CellBlock(0, 2, 1, 2))
+    with pytest.raises(ValueError, match="outside grid"):
+        p.check_fetch(CellBlock(0, 3, 0, 1))
+
+
+def test_query_layer_ready_follows_layers() -> None:
+    p = RequestProgress(2, 2)
+    assert not p.query_layer_ready()
+    p.start_fetch(CellBlock(0, 2, 0, 1))
+    p.finish(CellBlock(0, 2, 0, 1))
+    assert p.query_layer_ready() and p.layer_complete(0) and not p.layer_complete(1)
+    p.query_layers_done = 1
+    assert not p.query_layer_ready()
+
+
+def test_empty_blocks_are_rejected() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        CellBlock(1, 1, 0, 1)
