@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from sparkv.core.result import Result  # noqa: E402
+from sparkv.core.result import Result
 
 COLOURS = {
     "fetch": "#1f77b4",
@@ -43,7 +43,7 @@ def plot_gantt(results: list[Result], path: Path | str, title: str = "") -> Path
     ax.invert_yaxis()
     ax.set_xlabel("time since request start (s)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    ax.legend(handles, list(COLOURS), loc="lower right", fontsize=7, ncols=3)
+    ax.legend(handles, list(COLOURS), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     ax.set_title(title or "timeline by lane (dotted: first token)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
