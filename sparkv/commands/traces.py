@@ -24,9 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "spec such as lte:seed=1, const:20mbps, steps:10s@20mbps,5s@1mbps, ge:good=20mbps,bad=1mbps.",
     )
     show.add_argument("traces", nargs="+", metavar="TRACE", help="trace file or synthetic spec")
-    show.add_argument(
-        "--format", default="auto", choices=("auto", *FORMATS), help="file format (default: auto)"
-    )
+    show.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="file format (default: auto)")
     show.add_argument("--plot", metavar="PNG", type=Path, help="also plot the traces to this PNG")
     show.add_argument("--window-s", type=float, help="mahimahi: bin width in seconds (default 0.1)")
     show.add_argument("--rate-col", help="columns/5gophers/gnettrack: rate column (name or 0-based index)")
@@ -34,9 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--time-col", help="columns: time column (name or index); omit for fixed intervals")
     show.add_argument("--time-unit", help="columns: time unit (s, ms) or a strptime pattern")
     show.add_argument("--interval-s", type=float, help="columns: seconds per row without a time column")
-    show.add_argument(
-        "--outage-mbit-s", type=float, default=0.1, help="rate below which the link counts as down (0.1)"
-    )
+    show.add_argument("--outage-mbit-s", type=float, default=0.1, help="rate below which the link counts as down (0.1)")
     show.set_defaults(func=run_show)
 
 

@@ -168,9 +168,7 @@ def _hold_missing(rates: list[float | None], path: Path) -> list[float]:
     return out
 
 
-def _timed_trace(
-    times: list[float], rates: list[float | None], interval_s: float, path: Path, name: str
-) -> Trace:
+def _timed_trace(times: list[float], rates: list[float | None], interval_s: float, path: Path, name: str) -> Trace:
     """Average rows sharing a timestamp, drop missing rates, hold each rate to the next timestamp."""
     t = np.asarray(times, dtype=np.float64)
     have = np.array([r is not None for r in rates])

@@ -46,9 +46,7 @@ def load_mahimahi(path: str | Path, window_s: float = 0.1, name: str | None = No
     stamps: list[int] = []
     for lineno, text in read_lines(p):
         if not _INT_LINE.match(text):
-            raise UserError(
-                f"{p}:{lineno}: expected a millisecond timestamp (non-negative integer), got {text!r}"
-            )
+            raise UserError(f"{p}:{lineno}: expected a millisecond timestamp (non-negative integer), got {text!r}")
         ms = int(text)
         if stamps and ms < stamps[-1]:
             raise UserError(f"{p}:{lineno}: timestamps must not decrease ({ms} after {stamps[-1]})")
@@ -83,9 +81,7 @@ def load_nyu_mets(path: str | Path, name: str | None = None) -> Trace:
         try:
             factor = rate_unit_factor(m.group(2))
         except ValueError:
-            raise UserError(
-                f"{p}:{lineno}: unknown unit {m.group(2)!r}, expected bits/Kbits/Mbits/sec"
-            ) from None
+            raise UserError(f"{p}:{lineno}: unknown unit {m.group(2)!r}, expected bits/Kbits/Mbits/sec") from None
         value = float(m.group(1))
         if value < 0:
             raise UserError(f"{p}:{lineno}: expected a rate >= 0, got {text!r}")
@@ -207,9 +203,7 @@ def detect(path: str | Path) -> tuple[str, dict[str, Any]]:
         if fits(first):
             for lineno, text in lines[1:]:
                 if not fits(text):
-                    raise UserError(
-                        f"{p}:{lineno}: looks like {fmt} from line {first_no}, but got {_clip(text)}"
-                    )
+                    raise UserError(f"{p}:{lineno}: looks like {fmt} from line {first_no}, but got {_clip(text)}")
             return fmt, {}
     raise UserError(
         f"{p}:{first_no}: cannot tell the format from {_clip(first)}; expected a mahimahi ms timestamp, "
@@ -234,9 +228,7 @@ def load_trace(path: str | Path, fmt: str = "auto", name: str | None = None, **o
     extra = set(given) - _OPTIONS[fmt]
     if extra:
         allowed = ", ".join(sorted(_OPTIONS[fmt])) or "none"
-        raise UserError(
-            f"{path}: option(s) {', '.join(sorted(extra))} do not apply to {fmt} (allowed: {allowed})"
-        )
+        raise UserError(f"{path}: option(s) {', '.join(sorted(extra))} do not apply to {fmt} (allowed: {allowed})")
     merged = {**implied, **given}
     if fmt == "columns" and not {"rate_col", "rate_unit"} <= set(merged):
         raise UserError(f"{path}: format 'columns' needs rate_col and rate_unit (--rate-col, --rate-unit)")

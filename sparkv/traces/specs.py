@@ -40,9 +40,7 @@ def _kv(spec: str, body: str, allowed: Mapping[str, Callable[[str], Any]]) -> di
         key, eq, value = item.partition("=")
         key = key.strip().lower()
         if not eq or key not in allowed:
-            raise UserError(
-                f"trace spec {spec!r}: expected KEY=VALUE with KEY in {', '.join(allowed)}, got {item!r}"
-            )
+            raise UserError(f"trace spec {spec!r}: expected KEY=VALUE with KEY in {', '.join(allowed)}, got {item!r}")
         try:
             out[key] = allowed[key](value.strip())
         except ValueError as exc:
@@ -106,9 +104,7 @@ def _build(spec: str, kind: str, body: str) -> Trace:
         )  # fmt: skip
     if kind == "lte":
         o = _kv(spec, body, {"seed": _int, "dur": parse_duration, "mean": parse_rate})
-        return synthetic.lte_like(
-            o.get("seed", 0), o.get("dur", 300.0), o.get("mean", 15 * synthetic.MBIT_BPS)
-        )
+        return synthetic.lte_like(o.get("seed", 0), o.get("dur", 300.0), o.get("mean", 15 * synthetic.MBIT_BPS))
     if kind == "fit":
         tokens = body.split(",")
         n_path = len(tokens)
@@ -117,9 +113,7 @@ def _build(spec: str, kind: str, body: str) -> Trace:
         path = ",".join(tokens[:n_path]).strip()
         if not path:
             raise ValueError("expected fit:PATH[,seed=N,dur=D,bins=K]")
-        o = _kv(
-            spec, ",".join(tokens[n_path:]), {"seed": _int, "dur": parse_duration, "bins": _int, "raw": _int}
-        )
+        o = _kv(spec, ",".join(tokens[n_path:]), {"seed": _int, "dur": parse_duration, "bins": _int, "raw": _int})
         src = load_trace(path)
         return synthetic.fitted(
             src, o.get("dur", src.duration_s), seed=o.get("seed", 0), n_bins=o.get("bins", 8),

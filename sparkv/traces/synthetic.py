@@ -59,9 +59,7 @@ def steps(segments: Sequence[tuple[float, float]], name: str | None = None) -> T
     durations = np.array([d for d, _ in segments], dtype=np.float64)
     times = np.concatenate(([0.0], np.cumsum(durations)[:-1]))
     src = "steps(" + ", ".join(f"{d:g}s@{r:g}B/s" for d, r in segments) + ")"
-    return Trace(
-        times, np.array([r for _, r in segments], dtype=np.float64), float(durations.sum()), name or src, src
-    )
+    return Trace(times, np.array([r for _, r in segments], dtype=np.float64), float(durations.sum()), name or src, src)
 
 
 def _two_state(
@@ -150,9 +148,7 @@ def fitted(
         m = members[s]
         rates[i] = m[min(int(pick[i] * m.size), m.size - 1)]
         s = min(bisect_right(cdf[s], u[i]), k - 1)
-    src = (
-        f"fitted({trace.source or trace.name}, dur={duration_s:g}s, seed={seed}, bins={n_bins}, dt={dt_s:g}s)"
-    )
+    src = f"fitted({trace.source or trace.name}, dur={duration_s:g}s, seed={seed}, bins={n_bins}, dt={dt_s:g}s)"
     out = _merged(times, rates, duration_s, name or f"fitted({trace.name})", src)
     if match_mean and out.mean_bps > 0:
         out = replace(out, rates_bps=out.rates_bps * (trace.mean_bps / out.mean_bps))

@@ -46,9 +46,7 @@ class Trace:
             i = int(np.argmin(steps > 0))
             raise ValueError(f"times_s must be strictly increasing: {times[i]!r} then {times[i + 1]!r}")
         if not (math.isfinite(duration) and duration > times[-1]):
-            raise ValueError(
-                f"duration_s must be finite and > last breakpoint {times[-1]!r}, got {duration!r}"
-            )
+            raise ValueError(f"duration_s must be finite and > last breakpoint {times[-1]!r}, got {duration!r}")
         if not np.all(np.isfinite(rates) & (rates >= 0)):
             bad = rates[~(np.isfinite(rates) & (rates >= 0))][0]
             raise ValueError(f"rates_bps must be finite and >= 0, got {bad!r}")
@@ -132,15 +130,21 @@ class Trace:
             return math.inf
         k0, r0 = self._split(t0_s)
         need = self._cum_within(r0) + n_bytes  # bytes counted from the start of loop k0
+        # Rounding can land `need` a hair past a plateau of the cumulative count (a zero-rate stretch);
+        # the answer would then jump past the stretch, so counts within `tol` of a plateau reach it.
+        tol = 1e-12 * loop
         k = math.ceil(need / loop) - 1  # loops completed before the one where `need` is reached
         rem = need - k * loop  # in (0, loop] up to rounding
-        if rem > loop:
+        if rem > loop + tol:
             k, rem = k + 1, rem - loop
-        j = bisect_left(self._cum, rem)  # first breakpoint whose cumulative count reaches rem
-        j = min(max(j, 1), len(self._t))
+        elif rem <= tol and k > 0:
+            k, rem = k - 1, rem + loop
+        n = len(self._t)
+        j = min(max(bisect_left(self._cum, rem - tol), 1), n)  # first breakpoint whose count reaches rem
         i = j - 1
         rate = self._r[i]
-        r = self._t[i] + (rem - self._cum[i]) / rate if rate > 0 else self._t[i]
+        end = self._t[j] if j < n else self.duration_s
+        r = min(self._t[i] + max(rem - self._cum[i], 0.0) / rate, end) if rate > 0 else self._t[i]
         return max(t0_s, (k0 + k) * self.duration_s + r)
 
     # -- whole-trace transforms -----------------------------------------------------------------------

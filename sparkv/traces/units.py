@@ -44,9 +44,7 @@ def rate_unit_factor(unit: str) -> float:
         return _BYTE_WORDS[low]
     if low in BIT_RATE_UNITS and "B" not in u:  # a capital B always means bytes
         return BIT_RATE_UNITS[low]
-    raise ValueError(
-        f"unknown rate unit {unit!r}; use one of bps, kbps, Mbps, Gbps (bits) or B/s, KB/s, MB/s, GB/s"
-    )
+    raise ValueError(f"unknown rate unit {unit!r}; use one of bps, kbps, Mbps, Gbps (bits) or B/s, KB/s, MB/s, GB/s")
 
 
 def time_unit_factor(unit: str) -> float:
