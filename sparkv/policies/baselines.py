@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from sparkv.core.events import Event, TransferCancelled, TransferFailed
 from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
@@ -119,16 +121,12 @@ class StaticSplit(_MeetInTheMiddle):
     def on_begin(self, ctx: RequestContext) -> None:
         super().on_begin(ctx)
         costs = ctx.costs
-        num_layers = ctx.model.num_layers
-        best, best_t = 0, float("inf")
-        for m in range(ctx.request.num_chunks + 1):
-            compute = sum(costs.compute_s(CellBlock.one(c, 0, num_layers)) for c in range(m))
-            stream = sum(
-                costs.fetch_s(CellBlock.one(c, 0, num_layers), costs.bandwidth_prior_bps)
-                for c in range(m, ctx.request.num_chunks)
-            )
-            if max(compute, stream) < best_t:
-                best, best_t = m, max(compute, stream)
+        compute = costs.compute_cell_s.sum(axis=1) + costs.compute_launch_s  # [C] whole chunk, s
+        chunk_bytes = costs.cell_bytes.sum(axis=1)
+        fetch = costs.transfer_fixed_s + chunk_bytes * (1.0 / costs.bandwidth_prior_bps + costs.install_s_per_byte)
+        front = np.concatenate(([0.0], np.cumsum(compute)))  # front[m]: compute chunks [0, m)
+        back = np.concatenate((np.cumsum(fetch[::-1])[::-1], [0.0]))  # back[m]: stream chunks [m, C)
+        best = int(np.argmin(np.maximum(front, back)))
         self.split = best
 
     def meeting_allows_compute(self) -> bool:

@@ -53,19 +53,19 @@ class _Transfer:
     start_s: float
     process: simpy.Process
     data_start_s: float = math.inf  # when payload bytes began to flow
-    installing: bool = False
+    payload_end_s: float = math.inf  # when the last payload byte arrives (installation follows)
     sampled_s: float = math.inf  # end of the last bandwidth sample taken in flight
 
 
 class SimRun:
     """One simulated request under one policy; `run()` returns its `Result`."""
 
-    def __init__(self, world: World, policy: Policy, max_time_s: float = 3600.0) -> None:
+    def __init__(self, world: World, policy: Policy, max_time_s: float = 3600.0, record: bool = True) -> None:
         self.world = world
         self.env = simpy.Environment()
         self.policy_name = policy.name
         self.policy_config = policy.config
-        self.recorder = PolicyRecorder(policy)
+        self.recorder = PolicyRecorder(policy) if record else policy  # the log costs ~30% of a run
         self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0)
         policy.begin(self.ctx)
         self.progress = RequestProgress(world.request.num_chunks, world.spec.num_layers)
@@ -127,30 +127,28 @@ class SimRun:
             t = self.transfer
             if t is None or t.block != command.block:
                 raise RuntimeError(f"policy {self.policy_name} cancelled {command.block}, which is not in flight")
-            if not t.installing and t.process.is_alive:
+            if self.env.now < t.payload_end_s and t.process.is_alive:
                 t.process.interrupt("cancel")
 
     # ---- link lane ----
 
     def _transfer(self, block: CellBlock, n_bytes: int) -> Any:
         link = self.world.scenario.link
-        costs = self.world.costs
         start = self.env.now
         t = self.transfer
+        assert t is not None
         try:
-            yield from self.server.serve()
-            yield self.env.timeout(link.rtt_s)
-            assert self.transfer is not None
-            t = self.transfer
+            if self.server.contended:
+                yield from self.server.serve()
+                yield self.env.timeout(link.rtt_s)
+            else:
+                yield self.env.timeout(self.server.service_s + link.rtt_s)
             t.data_start_s = t.sampled_s = self.env.now
-            wire = n_bytes / link.efficiency
-            end = self.world.trace.time_to_deliver(self._trace_t(self.env.now), wire)
-            if math.isinf(end):
-                yield self.env.timeout(self.max_time_s)  # only a cancel can end this transfer
-            yield self.env.timeout(end - self._trace_t(self.env.now))
-            t.installing = True
-            data_end = self.env.now
-            yield self.env.timeout(n_bytes * costs.install_s_per_byte + self.world.profile.install_fixed_s)
+            end = self.world.trace.time_to_deliver(self._trace_t(self.env.now), n_bytes / link.efficiency)
+            t.payload_end_s = end - link.trace_offset_s
+            install = n_bytes * self.world.costs.install_s_per_byte + self.world.profile.install_fixed_s
+            # one timeout for payload and installation; a cancel during installation is ignored
+            yield self.env.timeout(self.max_time_s if math.isinf(end) else t.payload_end_s + install - self.env.now)
         except simpy.Interrupt:
             received = self._received(t)
             self.spans.append(Span("link", "cancelled", start, self.env.now, block, received))
@@ -164,9 +162,9 @@ class SimRun:
         self.cells_streamed += block.num_cells
         self.progress.finish(block)
         self.transfer = None
-        sample_start = t.sampled_s if t is not None else start
+        data_end = t.payload_end_s
         self.recorder.update(
-            BandwidthSample(data_end, n_bytes - self._sampled_bytes(t), max(data_end - sample_start, 1e-9))
+            BandwidthSample(data_end, n_bytes - self._sampled_bytes(t), max(data_end - t.sampled_s, 1e-9))
         )
         self._dispatch(TransferDone(self.env.now, block, n_bytes, self.env.now - start))
 
@@ -225,7 +223,7 @@ class SimRun:
             if self.finished.triggered:
                 return
             t = self.transfer
-            if t is not None and not t.installing and self.env.now > t.sampled_s:
+            if t is not None and t.sampled_s < self.env.now < t.payload_end_s:
                 before = self._sampled_bytes(t)
                 window = self.env.now - t.sampled_s
                 t.sampled_s = self.env.now
@@ -272,11 +270,11 @@ class SimRun:
             bytes_wasted=self.bytes_wasted,
             cells_streamed=self.cells_streamed,
             cells_computed=self.cells_computed,
-            log=self.recorder.log,
+            log=self.recorder.log if isinstance(self.recorder, PolicyRecorder) else [],
             extra={"context": {"costs": w.costs.to_dict()}, "energy_kind": "modelled"},
         )
 
 
-def simulate(world: World, policy: Policy, max_time_s: float = 3600.0) -> Result:
-    """Run one request of `world` under `policy` in the SimPy model."""
-    return SimRun(world, policy, max_time_s).run()
+def simulate(world: World, policy: Policy, max_time_s: float = 3600.0, record: bool = True) -> Result:
+    """Run one request of `world` under `policy` in the SimPy model; `record` keeps the policy log."""
+    return SimRun(world, policy, max_time_s, record).run()

@@ -27,6 +27,7 @@ class SimServer:
             )
         self.env = env
         self.service_s = service_s
+        self.contended = concurrency > 1 or background_rps > 0  # else a transfer never queues
         self.slots = simpy.Resource(env, capacity=concurrency)
         self.rng = np.random.default_rng(seed + 7919)
         if background_rps > 0:

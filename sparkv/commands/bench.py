@@ -1,0 +1,63 @@
+"""`sparkv bench ...`: speed measured side by side in one run, printed as rates and ratios."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from sparkv.commands.common import format_table
+from sparkv.core.config import Scenario
+from sparkv.core.paths import shared_path
+from sparkv.policies import BASELINES, POLICIES, make_policy
+from sparkv.sim import build_world, simulate
+from sparkv.traces import integral_vs_stepping
+
+DEFAULT_TRACE = ("traces", "mahimahi_lte_us", "Verizon-LTE-short.down")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks (rates and ratios from one run)")
+    bench_sub = p.add_subparsers(dest="bench", required=True)
+    s = bench_sub.add_parser("sim", help="simulated requests per second, and the trace integral vs 1 ms stepping")
+    s.add_argument("--trace", help="trace file or spec (default: the Verizon LTE trace in ../shared, if present)")
+    s.add_argument("--device", default="analytic-cpu-2core", help="device profile (default analytic-cpu-2core)")
+    s.add_argument("--requests", type=int, default=200, help="requests per policy per repeat (default 200)")
+    s.add_argument("--repeats", type=int, default=3, help="repeats; the median rate is printed (default 3)")
+    s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")
+    s.set_defaults(func=bench_sim)
+
+
+def bench_sim(args: argparse.Namespace) -> int:
+    trace = args.trace
+    if trace is None:
+        found = shared_path(*DEFAULT_TRACE)
+        trace = str(found) if found else "lte:seed=0"
+    scenario = Scenario(context_tokens=8192, chunk_tokens=512, model="smollm2-135m", trace=trace, device=args.device)
+    world = build_world(scenario)
+    names = args.policy or [*BASELINES, *(n for n in POLICIES if n not in BASELINES and n != "oracle")]
+    print(
+        f"bench sim: {scenario.model}, {scenario.context_tokens} tokens in {world.request.num_chunks} chunks, "
+        f"trace {world.trace.name}, {args.requests} requests x {args.repeats} repeats per policy, one process"
+    )
+    rows = []
+    for name in names:
+        simulate(world, make_policy(name), record=False)  # warm-up
+        rates = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for _ in range(args.requests):
+                simulate(world, make_policy(name), record=False)
+            rates.append(args.requests / (time.perf_counter() - t0))
+        rows.append({"policy": name, "rate": statistics.median(rates), "min": min(rates), "max": max(rates)})
+    print(format_table(rows, [("policy", "policy", ""), ("rate", "median req/s", ".0f"),
+                              ("min", "min req/s", ".0f"), ("max", "max req/s", ".0f")]))
+    # the link alone: a stream-only request's transfers (one per layer) by integral vs 1 ms stepping
+    layer_bytes = float(world.costs.cell_bytes[:, 0].sum() / scenario.link.efficiency)
+    link = integral_vs_stepping(world.trace, world.spec.num_layers, layer_bytes, step_s=0.001)
+    print(
+        f"link: {world.spec.num_layers} transfers of {layer_bytes / 1e6:.2f} MB: integral {link['integral_s'] * 1e6:.0f} us, "
+        f"1 ms stepping {link['stepping_s'] * 1e3:.1f} ms, ratio {link['ratio']:.0f}x "
+        f"(ends {link['end_integral_s']:.3f} s vs {link['end_stepping_s']:.3f} s)"
+    )
+    return 0
