@@ -125,8 +125,9 @@ def fitted(
     rate bins (fewer if quantiles tie, e.g. many zero seconds). Bin-to-bin transitions are counted from
     consecutive samples, cyclically since traces loop, so the chain's stationary distribution is the
     source's bin occupancy. In a state the rate is one of the source's samples in that bin, drawn
-    uniformly. Long outputs therefore match the source's mean and quantiles; `match_mean` (default) then
-    rescales the output so its mean equals the source's exactly.
+    uniformly. Long outputs therefore match the source's mean and quantiles; short ones wander around it
+    (raw chain on Verizon-LTE-short, 140 s: a 420 s output is within 15% of the mean for 90% of seeds,
+    a 4200 s one within 3%). `match_mean` (default) rescales the output so its mean is exactly the source's.
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
