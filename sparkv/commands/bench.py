@@ -56,7 +56,8 @@ def bench_sim(args: argparse.Namespace) -> int:
     layer_bytes = float(world.costs.cell_bytes[:, 0].sum() / scenario.link.efficiency)
     link = integral_vs_stepping(world.trace, world.spec.num_layers, layer_bytes, step_s=0.001)
     print(
-        f"link: {world.spec.num_layers} transfers of {layer_bytes / 1e6:.2f} MB: integral {link['integral_s'] * 1e6:.0f} us, "
+        f"link: {world.spec.num_layers} transfers of {layer_bytes / 1e6:.2f} MB: "
+        f"integral {link['integral_s'] * 1e6:.0f} us, "
         f"1 ms stepping {link['stepping_s'] * 1e3:.1f} ms, ratio {link['ratio']:.0f}x "
         f"(ends {link['end_integral_s']:.3f} s vs {link['end_stepping_s']:.3f} s)"
     )

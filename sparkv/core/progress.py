@@ -44,6 +44,11 @@ class RequestProgress:
         if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
             raise ValueError(f"{what} {block} outside grid {self.num_chunks} x {self.num_layers}")
         lo, hi = block.layer_lo, block.layer_hi
+        if hi - lo == 1:
+            for c in range(block.chunk_lo, block.chunk_hi):
+                if self.state[c][lo] != allowed:
+                    raise ValueError(f"{what} {block}: cell ({c}, {lo}) is {CellState(self.state[c][lo]).name}")
+            return
         for c in range(block.chunk_lo, block.chunk_hi):
             row = self.state[c][lo:hi]
             if row.count(allowed) != hi - lo:
@@ -86,6 +91,10 @@ class RequestProgress:
 
     def _set(self, block: CellBlock, state: int) -> None:
         lo, hi = block.layer_lo, block.layer_hi
+        if hi - lo == 1:
+            for c in range(block.chunk_lo, block.chunk_hi):
+                self.state[c][lo] = state
+            return
         fill = [state] * (hi - lo)
         for c in range(block.chunk_lo, block.chunk_hi):
             self.state[c][lo:hi] = fill
