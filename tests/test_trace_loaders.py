@@ -12,6 +12,7 @@ import statistics
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sparkv.cli import main
@@ -68,6 +69,7 @@ def test_mahimahi_real(name: str) -> None:
     assert tr.duration_s == pytest.approx(stamps[-1] / 1000)
     assert tr.loop_bytes == pytest.approx(len(stamps) * 1500)  # every packet once per loop
     assert tr.mean_bps == pytest.approx(len(stamps) * 1500 / (stamps[-1] / 1000))
+    assert np.diff(np.append(tr.times_s, tr.duration_s)).min() >= 0.05  # no sliver bins (120.002 s loops)
     one_s = load_trace(path, window_s=1.0)
     in_10th_second = sum(10_000 <= s < 11_000 for s in stamps)
     assert one_s.rate_at(10.5) == pytest.approx(in_10th_second * 1500)

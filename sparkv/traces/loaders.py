@@ -10,11 +10,12 @@
 | columns   | any table: the user names rate/time columns and units     | see `sparkv.traces.columns`    |
 
 Mahimahi replays its file in a loop whose period is the last timestamp, delivering every line once per
-loop; binning keeps both, so bytes per loop are exact. Bins are `window_s` wide (the last may be
-shorter); 100 ms keeps the sub-second fades that matter for a transfer of a few MB while making the
-trace 100x smaller than its 1 ms source. Pensieve's own simulator applies a sample to the interval that
-ends at its timestamp; here it applies to the interval that starts there (the convention of every other
-loader), and the last sample holds for the median sample interval.
+loop; binning keeps both, so bytes per loop are exact. Bins are `window_s` wide; the last may be shorter,
+or up to 1.5 windows long, so that no sliver of a bin turns a few packets into a rate spike. 100 ms keeps
+the sub-second fades that matter for a transfer of a few MB while making the trace 100x smaller than its
+1 ms source. Pensieve's own simulator applies a sample to the interval that ends at its timestamp; here it
+applies to the interval that starts there (the convention of every other loader), and the last sample
+holds for the median sample interval.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def load_mahimahi(path: str | Path, window_s: float = 0.1, name: str | None = No
     bins = np.minimum((np.asarray(stamps, dtype=np.float64) // window_ms).astype(np.int64), n_bins - 1)
     counts = np.bincount(bins, minlength=n_bins).astype(np.float64)
     starts = np.arange(n_bins, dtype=np.float64) * window_s
+    if n_bins > 1 and duration_s - starts[-1] < 0.5 * window_s:  # fold a sliver of a last bin into the one before
+        counts[-2] += counts[-1]
+        counts, starts = counts[:-1], starts[:-1]
     widths = np.diff(np.append(starts, duration_s))
     rates = counts * MAHIMAHI_PACKET_BYTES / widths
     return Trace(starts, rates, duration_s, name if name is not None else p.name, str(p))
