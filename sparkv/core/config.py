@@ -38,11 +38,11 @@ class Scenario:
     context_tokens: int = 8192
     query_tokens: int = 64
     chunk_tokens: int = 512
-    trace: str = "lte:seed=0"  # a trace file or a synthetic spec (see sparkv.traces.synthetic)
+    trace: str = "lte:seed=0"  # a trace file or a synthetic spec (grammar in sparkv.traces.specs)
     device: str = "cpu-smollm2"  # device profile name (built-in) or path to a profile JSON
     codec: str = "fp16"  # KV codec on the wire
     link: LinkConfig = field(default_factory=LinkConfig)
-    availability: str | None = None  # optional trace of the device's available fraction (0..1]
+    availability: str | None = None  # trace of the available fraction of the device, as "B/s" (1B/s = all)
     compute_noise: float = 0.0  # relative std-dev of simulated compute times around the profile
     seed: int = 0
 
