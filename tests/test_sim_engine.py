@@ -220,3 +220,19 @@ def test_two_fetches_at_once_is_a_policy_bug() -> None:
 
 def test_transfer_cancelled_event_type_exists() -> None:
     assert TransferCancelled(0.0, CellBlock(0, 1, 0, 1), 0).bytes == 0
+
+
+def test_background_load_slows_compute() -> None:
+    w = make_world()
+    half = World(w.scenario, w.request, w.spec, w.trace, w.profile, w.costs, w.radio, constant(0.5, 1000.0))
+    full = simulate(w, make_policy("local")).ttft_s
+    assert simulate(half, make_policy("local")).ttft_s == pytest.approx(2 * full, rel=1e-9)
+
+
+def test_shared_server_queues_transfers() -> None:
+    w = make_world()
+    alone = simulate(w, make_policy("stream")).ttft_s
+    shared = w.scenario.with_(server_background_rps=50.0, seed=1)
+    busy = World(shared, w.request, w.spec, w.trace, w.profile, w.costs, w.radio, None)
+    # other clients hold the single slot for the per-transfer service time (2 ms) at 50 transfers/s
+    assert simulate(busy, make_policy("stream")).ttft_s > alone

@@ -20,6 +20,8 @@ class LinkConfig:
     bandwidth_scale: float = 1.0  # multiply the trace's rates
     trace_offset_s: float = 0.0  # where in the trace the request starts
     radio: str = "lte"  # radio power model: lte, wifi, 5g, 3g
+    server_concurrency: int = 1  # transfers the KV server serves at once
+    server_background_rps: float = 0.0  # other clients' transfers per second at the same server (Poisson)
 
     def __post_init__(self) -> None:
         if self.rtt_s < 0 or self.per_transfer_s < 0:

@@ -69,7 +69,10 @@ class SimRun:
         self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0)
         policy.begin(self.ctx)
         self.progress = RequestProgress(world.request.num_chunks, world.spec.num_layers)
-        self.server = SimServer(self.env, world.scenario.link.per_transfer_s, seed=world.scenario.seed)
+        link = world.scenario.link
+        self.server = SimServer(
+            self.env, link.per_transfer_s, link.server_concurrency, link.server_background_rps, world.scenario.seed
+        )
         self.rng = np.random.default_rng(world.scenario.seed)
         self.tick_s: float | None = getattr(policy, "tick_s", None)
         self.max_time_s = max_time_s
