@@ -232,7 +232,7 @@ def test_background_load_slows_compute() -> None:
 def test_shared_server_queues_transfers() -> None:
     w = make_world()
     alone = simulate(w, make_policy("stream")).ttft_s
-    shared = w.scenario.with_(server_background_rps=50.0, seed=1)
+    shared = w.scenario.with_(server_background_rps=400.0, seed=1)
     busy = World(shared, w.request, w.spec, w.trace, w.profile, w.costs, w.radio, None)
-    # other clients hold the single slot for the per-transfer service time (2 ms) at 50 transfers/s
+    # other clients hold the single slot for the per-transfer service time (2 ms) at 400 transfers/s (80% busy)
     assert simulate(busy, make_policy("stream")).ttft_s > alone
