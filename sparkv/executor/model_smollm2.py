@@ -72,10 +72,10 @@ def _convert(gguf: Path, out: Path, show_progress: bool) -> None:
 
     t0 = time.perf_counter()
     steps = ["dequantise GGUF weights", "convert tokenizer", "save safetensors"]
-    with tqdm(total=len(steps), desc="SmolLM2 one-time conversion", unit="step", file=sys.stderr,
-              disable=not show_progress) as bar:
-        bar.write(f"sparkv: converting {gguf.name} to {out.parent / SMOLLM2_NAME} (once, ~30 s)",
-                  file=sys.stderr)
+    with tqdm(
+        total=len(steps), desc="SmolLM2 one-time conversion", unit="step", file=sys.stderr, disable=not show_progress
+    ) as bar:
+        bar.write(f"sparkv: converting {gguf.name} to {out.parent / SMOLLM2_NAME} (once, ~30 s)", file=sys.stderr)
         bar.set_postfix_str(steps[0])
         model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         bar.update()

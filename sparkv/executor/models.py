@@ -24,9 +24,18 @@ SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "gpt2")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 # Config keys that name a copy or a run rather than the model itself; left out of the model's identity.
-_VOLATILE_KEYS = ("_name_or_path", "_model_name_or_path", "transformers_version", "torch_dtype", "dtype",
-                  "_attn_implementation", "_attn_implementation_internal", "_commit_hash", "architectures",
-                  "quantization_config")
+_VOLATILE_KEYS = (
+    "_name_or_path",
+    "_model_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_attn_implementation",
+    "_attn_implementation_internal",
+    "_commit_hash",
+    "architectures",
+    "quantization_config",
+)
 
 
 @dataclass(eq=False)
@@ -56,7 +65,7 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> str:
-    """"cpu", or "cuda[:n]" when CUDA is available; anything else is a UserError."""
+    """The device string: "cpu", or "cuda[:n]" when CUDA is available; anything else is a UserError."""
     if device == "cpu":
         return device
     if device == "cuda" or device.startswith("cuda:"):
@@ -145,17 +154,28 @@ def tiny_config(
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     if family == "gpt2":  # GPT-2 has no GQA: every head has its own K/V
-        gpt2: dict[str, Any] = dict(n_layer=num_layers, n_embd=hidden_size, n_head=num_heads,
-                                    vocab_size=vocab_size, n_positions=2048,
-                                    bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+        gpt2: dict[str, Any] = dict(
+            n_layer=num_layers,
+            n_embd=hidden_size,
+            n_head=num_heads,
+            vocab_size=vocab_size,
+            n_positions=2048,
+            bos_token_id=vocab_size - 1,
+            eos_token_id=vocab_size - 1,
+        )
         return GPT2Config(**{**gpt2, **overrides})
     classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
     if family not in classes:
         raise ValueError(f"unknown tiny model family {family!r}; use one of {[*classes, 'gpt2']}")
     base: dict[str, Any] = dict(
-        num_hidden_layers=num_layers, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, vocab_size=vocab_size,
-        max_position_embeddings=2048, tie_word_embeddings=False,
+        num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
     )
     return classes[family](**{**base, **overrides})
 
@@ -182,8 +202,16 @@ def tiny_model(
     **overrides: Any,
 ) -> LoadedModel:
     """A random-weight model (no tokenizer) for fast tests; same arguments, same weights."""
-    model = _tiny_hf_model(family, seed, num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
-                           num_kv_heads=num_kv_heads, vocab_size=vocab_size, **overrides)
+    model = _tiny_hf_model(
+        family,
+        seed,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        vocab_size=vocab_size,
+        **overrides,
+    )
     return _finish(model, None, f"tiny-{family}", resolve_device(device), dtype)
 
 
