@@ -162,7 +162,8 @@ class RealDriver:
                 deadline = time.perf_counter() + self.config.transfer_timeout_s
                 cells = 0
                 for cell in self.fetch(job.request_id, job.block, deadline):
-                    k, v = torch.from_numpy(np.ascontiguousarray(cell.k)), torch.from_numpy(np.ascontiguousarray(cell.v))
+                    k = torch.from_numpy(np.ascontiguousarray(cell.k))
+                    v = torch.from_numpy(np.ascontiguousarray(cell.v))
                     self.sink.install(cell.chunk, cell.layer, k, v)
                     job.rx_bytes += cell.wire_bytes
                     cells += 1
@@ -194,7 +195,8 @@ class RealDriver:
                 else:  # a query layer, then the first token after the last one
                     self.sink.query_layer(arg)
                     end = self.now()
-                    self.events.put((QueryLayerDone(end, arg, end - start), Span("compute", "query", start, end, layer=arg)))
+                    span = Span("compute", "query", start, end, layer=arg)
+                    self.events.put((QueryLayerDone(end, arg, end - start), span))
                     if arg + 1 == self.ctx.model.num_layers:
                         token = self.sink.first_token()
                         done = self.now()
@@ -275,9 +277,8 @@ class RealDriver:
             self.progress.finish(event.block)
             self.out.cells_computed += event.block.num_cells
             self.compute_busy = False
-        elif isinstance(event, QueryLayerDone):
-            if event.layer + 1 < self.ctx.model.num_layers:
-                self.compute_busy = False
+        elif isinstance(event, QueryLayerDone) and event.layer + 1 < self.ctx.model.num_layers:
+            self.compute_busy = False  # after the last layer the first token is still being computed
         self._dispatch(event)
         return False
 
