@@ -1,0 +1,165 @@
+"""`sparkv quality`: answer quality of lossy KV codecs vs the lossless KV, on LEval documents with the real model."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sparkv.analysis.quality import DEFAULT_CODECS, TASKS, DocumentCost, Outcome, QualityConfig
+from sparkv.commands.common import format_table
+from sparkv.core.errors import UserError
+
+TARGET = {"max_bytes_pct": 30.0, "min_first_token_pct": 95.0, "max_score_drop_points": 1.0}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = QualityConfig()
+    p = sub.add_parser("quality", help="answer quality of KV codecs vs lossless KV on LEval (real model)")
+    p.add_argument("--codec", action="append", help=f"codec to test, repeatable (default {' '.join(DEFAULT_CODECS)})")
+    p.add_argument("--dataset", action="append", choices=list(TASKS), help="LEval task, repeatable (default all)")
+    p.add_argument("--documents", type=int, default=d.documents, help=f"documents per dataset ({d.documents})")
+    p.add_argument("--questions-per-doc", type=int, default=d.questions_per_doc,
+                   help=f"questions per document ({d.questions_per_doc})")
+    p.add_argument("--max-context-tokens", type=int, default=d.max_context_tokens,
+                   help=f"truncate each document to this many tokens ({d.max_context_tokens})")
+    p.add_argument("--chunk-tokens", type=int, default=d.chunk_tokens, help=f"tokens per KV cell ({d.chunk_tokens})")
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens,
+                   help=f"greedy tokens compared and scored ({d.new_tokens})")
+    p.add_argument("--model", default=d.model, help="smollm2 or a Hugging Face model directory (default smollm2)")
+    p.add_argument("--data-dir", type=Path, help="folder with the LEval JSONL files (default ../shared/datasets/leval)")
+    p.add_argument("--out", type=Path, help="folder for quality.json (configuration and every answer) and quality.csv")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=quality)
+
+
+def config_from_args(args: argparse.Namespace) -> QualityConfig:
+    from sparkv.cost_models.codecs import get_codec
+
+    for name in ("documents", "questions_per_doc", "max_context_tokens", "chunk_tokens", "new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    codecs = tuple(dict.fromkeys(get_codec(n).name for n in (args.codec or DEFAULT_CODECS)))  # checks names
+    return QualityConfig(
+        codecs=codecs,
+        datasets=tuple(dict.fromkeys(args.dataset or TASKS)),
+        documents=args.documents,
+        questions_per_doc=args.questions_per_doc,
+        max_context_tokens=args.max_context_tokens,
+        chunk_tokens=args.chunk_tokens,
+        new_tokens=args.new_tokens,
+        model=args.model,
+        data_dir=str(args.data_dir or ""),
+    )
+
+
+def summarise(outcomes: list[Outcome], costs: list[DocumentCost], codec: str, dataset: str | None) -> dict[str, Any]:
+    """One table row: a codec over one dataset (or all, for None)."""
+    rows = [o for o in outcomes if o.codec == codec and dataset in (None, o.dataset)]
+    spent = [c.cost for c in costs if c.codec == codec and dataset in (None, c.dataset)]
+    wire, fp16, cells = (sum(getattr(c, f) for c in spent) for f in ("wire_bytes", "fp16_bytes", "cells"))
+    score_l = 100 * statistics.fmean(o.score_lossless for o in rows) if rows else float("nan")
+    score_c = 100 * statistics.fmean(o.score_codec for o in rows) if rows else float("nan")
+
+    def pct(values: list[float]) -> float:
+        return 100 * statistics.fmean(values) if values else float("nan")
+
+    return {
+        "codec": codec,
+        "dataset": dataset or "all",
+        "questions": len(rows),
+        "bytes_pct_fp16": 100 * wire / fp16 if fp16 else float("nan"),
+        "first_token_pct": pct([float(o.first_token) for o in rows]),
+        "prefix_pct": pct([o.prefix_fraction for o in rows]),
+        "exact_pct": pct([float(o.exact) for o in rows]),
+        "kl_nats": statistics.fmean(o.kl_nats for o in rows) if rows else float("nan"),
+        "score_lossless_pts": score_l,
+        "score_codec_pts": score_c,
+        "score_diff_pts": score_c - score_l,
+        "encode_ms_per_cell": 1e3 * sum(c.encode_s for c in spent) / cells if cells else float("nan"),
+        "decode_ms_per_cell": 1e3 * sum(c.decode_s for c in spent) / cells if cells else float("nan"),
+    }
+
+
+def meets_target(row: dict[str, Any]) -> bool:
+    return bool(
+        row["bytes_pct_fp16"] <= TARGET["max_bytes_pct"]
+        and row["first_token_pct"] >= TARGET["min_first_token_pct"]
+        and row["score_diff_pts"] >= -TARGET["max_score_drop_points"]
+    )
+
+
+def columns(new_tokens: int) -> list[tuple[str, str, str]]:
+    return [
+        ("dataset", "dataset", ""),
+        ("questions", "questions", "d"),
+        ("bytes_pct_fp16", "bytes % of fp16", ".1f"),
+        ("first_token_pct", "first token agree %", ".1f"),
+        ("prefix_pct", f"{new_tokens}-token agree %", ".1f"),
+        ("exact_pct", f"{new_tokens}-token exact %", ".1f"),
+        ("kl_nats", "mean KL nats", ".4f"),
+        ("score_lossless_pts", "score lossless pts", ".1f"),
+        ("score_codec_pts", "score codec pts", ".1f"),
+        ("score_diff_pts", "diff pts", "+.1f"),
+    ]
+
+
+def quality(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparkv.analysis.quality import run_quality
+    from sparkv.executor.models import load_model
+
+    config = config_from_args(args)
+    loaded = load_model(config.model, device="cpu", dtype="float32")
+    t0 = time.perf_counter()
+    outcomes, costs = run_quality(loaded, config, show_progress=not args.no_progress)
+    wall_s = time.perf_counter() - t0
+    if not outcomes:
+        raise UserError("no questions were run: check --dataset, --documents and --questions-per-doc")
+    summaries = []
+    datasets = [d for d in config.datasets if any(o.dataset == d for o in outcomes)]
+    for codec in config.codecs:
+        rows = [summarise(outcomes, costs, codec, d) for d in datasets] + [summarise(outcomes, costs, codec, None)]
+        summaries += rows
+        total = rows[-1]
+        print(f"\ncodec {codec}: encode {total['encode_ms_per_cell']:.2f} ms/cell, "
+              f"decode {total['decode_ms_per_cell']:.2f} ms/cell (K+V, {config.chunk_tokens} tokens)")
+        print(format_table(rows, columns(config.new_tokens)))
+    overall = [s for s in summaries if s["dataset"] == "all"]
+    met = [s["codec"] for s in overall if meets_target(s)]
+    ctx = sorted({o.context_tokens for o in outcomes})
+    print(f"\n{len(outcomes) // len(config.codecs)} questions, context {ctx[0]}-{ctx[-1]} tokens, model "
+          f"{loaded.model_id}, {torch.get_num_threads()} torch threads, {wall_s:.0f} s")
+    print(f"target (<= {TARGET['max_bytes_pct']:g}% of fp16 bytes, >= {TARGET['min_first_token_pct']:g}% first-token "
+          f"agreement, score within {TARGET['max_score_drop_points']:g} pt of lossless): "
+          f"{', '.join(met) if met else 'met by none'}")
+    if args.out is not None:
+        write_outputs(args.out, config, summaries, outcomes, costs, {
+            "model_id": loaded.model_id, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "wall_s": wall_s, "target": TARGET,
+        })
+    return 0
+
+
+def write_outputs(out: Path, config: QualityConfig, summaries: list[dict[str, Any]], outcomes: list[Outcome],
+                  costs: list[DocumentCost], run: dict[str, Any]) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        data = {"config": asdict(config), "run": run, "summaries": summaries,
+                "outcomes": [asdict(o) for o in outcomes], "costs": [asdict(c) for c in costs]}
+        (out / "quality.json").write_text(json.dumps(data, indent=1))
+        with open(out / "quality.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(summaries[0]))
+            writer.writeheader()
+            writer.writerows(summaries)
+    except OSError as exc:
+        raise UserError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
+    print(f"wrote {out / 'quality.json'} and {out / 'quality.csv'}")
