@@ -1,0 +1,133 @@
+"""Where sweep and tuning work runs: in this process, a local process pool, or a Ray cluster.
+
+A backend maps a picklable module-level function over a list of tasks and yields `(index, output)` as
+each task finishes (in completion order). Workers are long-lived processes, so module-level caches in
+the worker (traces, model specs) are filled once per worker, not once per task.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Protocol
+
+from sparkv.core.errors import UserError
+
+BACKENDS = ("local", "ray")
+
+
+class Backend(Protocol):
+    name: str
+    workers: int  # parallel slots
+
+    def imap(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class SerialBackend:
+    """Everything in this process (jobs = 1); simplest to debug."""
+
+    name = "serial"
+    workers = 1
+
+    def imap(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        for i, task in enumerate(tasks):
+            yield i, fn(task)
+
+    def close(self) -> None:
+        pass
+
+
+class LocalBackend:
+    """A `concurrent.futures` process pool on this machine (forkserver start: safe with threads, fast)."""
+
+    name = "local"
+
+    def __init__(self, jobs: int, preload: Sequence[str] = ()) -> None:
+        if jobs < 1:
+            raise UserError(f"--jobs must be >= 1, got {jobs}")
+        self.workers = jobs
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in methods and preload:
+            ctx.set_forkserver_preload(list(preload))
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+
+    def imap(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        futures: dict[Future[Any], int] = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield futures[fut], fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayBackend:
+    """Ray tasks: join the cluster at `address`, or start a local one with `jobs` CPUs when none is given."""
+
+    name = "ray"
+
+    def __init__(self, jobs: int | None = None, address: str | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the Ray backend needs Ray: pip install 'sparkv[ray]'") from None
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                import sparkv
+
+                # Ship this checkout's package so cluster workers run the same code (dependencies must be installed).
+                kwargs["runtime_env"] = {"py_modules": [os.path.dirname(sparkv.__file__)]}
+            else:
+                kwargs["num_cpus"] = jobs or os.cpu_count() or 1
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"cannot start or join a Ray cluster at {address or 'local'}: {exc}") from exc
+            self._started = True
+        self.workers = int(ray.cluster_resources().get("CPU", 1))
+
+    def imap(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        ray = self._ray
+        remote = ray.remote(num_cpus=1)(fn)
+        refs = {remote.remote(t): i for i, t in enumerate(tasks)}
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield refs[ref], ray.get(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_backend(name: str = "local", jobs: int = 1, address: str | None = None,
+                 preload: Sequence[str] = ()) -> Backend:  # fmt: skip
+    """A backend by name; `local` with one job runs in this process."""
+    if name == "local":
+        return SerialBackend() if jobs == 1 else LocalBackend(jobs, preload)
+    if name == "ray":
+        return RayBackend(jobs, address)
+    raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def default_jobs() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,126 @@
+"""`sparkv sweep`: what-if studies in the simulator over traces, link, context, model, device, codec and policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sparkv.analysis.backends import BACKENDS, default_jobs, make_backend
+from sparkv.analysis.sweep import SweepSpec, expand, load_spec, provenance, run_sweep
+from sparkv.analysis.tables import SUMMARY_COLUMNS, summarise, write_csv, write_parquet
+from sparkv.commands.common import format_table
+from sparkv.core.errors import UserError
+
+# flag -> (axis, converter); every flag takes comma lists and may be repeated.
+AXIS_FLAGS: dict[str, tuple[str, Any]] = {
+    "bandwidth_scale": ("bandwidth_scale", float),
+    "rtt_ms": ("rtt_ms", float),
+    "chunk_tokens": ("chunk_tokens", int),
+    "context_tokens": ("context_tokens", int),
+    "query_tokens": ("query_tokens", int),
+    "model": ("model", str),
+    "device": ("device", str),
+    "codec": ("codec", str),
+    "policy": ("policy", str),
+    "radio": ("radio", str),
+    "seed": ("seed", int),
+    "trace_offset_s": ("trace_offset_s", float),
+}
+HELP = {
+    "bandwidth_scale": "multiply the trace's bandwidth, e.g. 0.5,1,2",
+    "rtt_ms": "round trip per transfer, ms",
+    "trace_offset_s": "start time in the trace, s",
+    "codec": "KV codec on the wire (a per-layer codec such as int8:0-3,int4 is taken whole)",
+    "policy": "registered policy name or a tuned policy config JSON (default: every registered policy)",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="what-if sweep in the simulator (grid or list), in parallel, to one table")
+    p.add_argument("--spec", type=Path, help="sweep file (JSON or TOML: mode, base, axes); flags replace its axes")
+    p.add_argument("--config", type=Path, help="base scenario JSON (as saved in a result's config)")
+    p.add_argument("--trace", action="append", help="trace file, folder, glob or synthetic spec; repeatable "
+                   "(not comma-split: specs contain commas)")  # fmt: skip
+    for name in AXIS_FLAGS:
+        flag = "--" + name.removesuffix("_s").replace("_", "-")
+        p.add_argument(flag, dest=name, action="append", help=HELP.get(name, name.replace("_", " ")) + "; comma list")
+    p.add_argument("--mode", choices=("grid", "list"), help="grid: cartesian product (default); list: zip the axes")
+    p.add_argument("--backend", choices=BACKENDS, default="local", help="local processes (default) or ray")
+    p.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="parallel workers (default: CPU count)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--out", type=Path, default=Path("sweep-out"), help="output folder (default sweep-out)")
+    p.add_argument("--keep-results", action="store_true", help="also save every Result JSON under OUT/results/")
+    p.add_argument("--dry-run", action="store_true", help="print the number of runs and the axes, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _split(values: list[str], axis: str) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        if axis == "codec" and ":" in value:
+            out.append(value.strip())
+        else:
+            out.extend(v.strip() for v in value.split(",") if v.strip())
+    return out
+
+
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    spec = load_spec(args.spec) if args.spec else SweepSpec({})
+    axes = dict(spec.axes)
+    base = dict(spec.base)
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read scenario {args.config}: {exc}") from exc
+        data = data.get("scenario", data.get("config", {}).get("scenario", data))
+        base = {**data, **base}
+    if args.trace:
+        axes["trace"] = list(args.trace)
+    for name, (axis, convert) in AXIS_FLAGS.items():
+        values = getattr(args, name)
+        if values:
+            try:
+                axes[axis] = [convert(v) for v in _split(values, axis)]
+            except ValueError as exc:
+                raise UserError(f"--{name.replace('_', '-')}: {exc}") from exc
+    return SweepSpec(axes, args.mode or spec.mode, base)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    points = expand(spec)
+    sizes = ", ".join(f"{k} x{len(v)}" for k, v in spec.axes.items())
+    print(f"sweep: {len(points)} runs ({spec.mode}: {sizes or 'defaults'})")
+    if args.dry_run:
+        return 0
+    backend = make_backend(args.backend, args.jobs, args.ray_address, preload=["sparkv.analysis.sweep"])
+    start = time.perf_counter()
+    try:
+        rows = run_sweep(points, backend, args.out / "results" if args.keep_results else None,
+                         progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
+    finally:
+        backend.close()
+    wall_s = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_csv(rows, args.out / "results.csv")
+    parquet = write_parquet(rows, args.out / "results.parquet")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "stalled", "error")}
+    traces = list(dict.fromkeys(p["scenario"]["trace"] for p in points))
+    meta = {"kind": "sweep", "spec": spec.to_dict(), "traces": traces, "runs": len(rows), "status": counts,
+            "backend": backend.name, "workers": backend.workers, "wall_s": wall_s, "argv": sys.argv[1:],
+            **provenance()}  # fmt: skip
+    (args.out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(format_table(summarise(rows), SUMMARY_COLUMNS))
+    print(f"{len(rows)} runs in {wall_s:.1f} s ({len(rows) / wall_s:.0f} runs/s, {backend.name} x{backend.workers}); "
+          f"ok {counts['ok']}, stalled {counts['stalled']}, error {counts['error']}")  # fmt: skip
+    errors = sorted({r["error"] for r in rows if r["status"] == "error"})
+    for line in errors[:5]:
+        print(f"error: {line}")
+    print(f"wrote {csv_path}" + (f", {parquet}" if parquet else "") + f", {args.out / 'sweep.json'}")
+    return 1 if errors else 0
