@@ -1,0 +1,256 @@
+"""The device side of the KV link: fetch blocks of cells from the KV server, decoded as they arrive.
+
+One `KVClient` holds one TCP connection (opened on first use, reopened after a fault) and runs one
+fetch at a time. `fetch` yields each cell once its last byte has arrived and its crc32 checks out;
+`cancel` (from any thread) sends CANCEL and wakes the reader, which then stops yielding, drains the
+stream to the server's END for at most `cancel_drain_s`, and otherwise drops the connection (the next
+fetch reconnects). Every wait is bounded: by the fetch's deadline, by `idle_timeout_s` without a byte,
+and by `connect_timeout_s` when connecting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import select
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparkv.core.request import CellBlock
+from sparkv.executor import protocol as P
+from sparkv.executor.net_codecs import get_codec
+from sparkv.executor.net_io import FrameReader, Woken, drain_wake, make_wake_pair, ring, send_all
+from sparkv.executor.protocol import CorruptFrame, DeadlineExceeded, PeerGone, ServerError, ServerGone
+
+__all__ = ["CellPayload", "CorruptFrame", "DeadlineExceeded", "KVClient", "ServerError", "ServerGone"]
+
+
+@dataclass(frozen=True)
+class CellPayload:
+    """One decoded cell."""
+
+    chunk: int
+    layer: int
+    k: np.ndarray  # [num_kv_heads, tokens, head_dim]
+    v: np.ndarray  # same shape and dtype as k
+    wire_bytes: int  # bytes of this cell's CELL and PIECE frames, headers included
+    recv_s: float  # perf_counter instant its last byte arrived
+
+
+class KVClient:
+    """Fetches cells over one connection; `cancel` may be called from another thread."""
+
+    def __init__(self, host: str, port: int, connect_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
+                 cancel_drain_s: float = 0.25) -> None:
+        self.host, self.port = host, port
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s  # DeadlineExceeded after this long without a byte
+        self.cancel_drain_s = cancel_drain_s  # after a cancel, wait this long for END before reconnecting
+        self._sock: socket.socket | None = None
+        self._reader: FrameReader | None = None
+        self._wake_r, self._wake_w = make_wake_pair()
+        self._lock = threading.Lock()  # guards the fields below and sends on the socket
+        self._active: int | None = None  # request id of the running fetch
+        self._cancel_at: float | None = None  # when the running fetch was cancelled
+        self._precancelled: set[int] = set()  # cancelled before their fetch started
+        self._nonce = itertools.count(1)
+        self.drops = 0  # connections closed after a fault, a cancel or a stale check
+
+    # ---- connection ----
+
+    def _connection(self) -> tuple[socket.socket, FrameReader]:
+        sock, reader = self._sock, self._reader
+        if sock is not None and reader is not None:
+            ready, _, _ = select.select([sock], [], [], 0)
+            if not ready:  # idle and healthy: nothing may arrive between fetches
+                return sock, reader
+            self._drop()  # closed by the server, or leftovers from an abandoned fetch
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+        except OSError as exc:
+            raise ServerGone(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.connect_timeout_s)  # bounds sends; reads are select-gated
+        reader = FrameReader(sock, wake=self._wake_r)
+        self._sock, self._reader = sock, reader
+        return sock, reader
+
+    def _drop(self) -> None:
+        """Close the connection; the next fetch opens a new one."""
+        if self._sock is not None:
+            self.drops += 1
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        self._sock, self._reader = None, None
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        with self._lock:
+            send_all(sock, data, time.perf_counter() + self.connect_timeout_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> KVClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- requests ----
+
+    def ping(self, timeout_s: float = 5.0) -> float:
+        """Round-trip time in seconds of a PING (not during a fetch)."""
+        with self._lock:
+            if self._active is not None:
+                raise RuntimeError("ping during a fetch")
+        sock, reader = self._connection()
+        nonce, t0 = next(self._nonce), time.perf_counter()
+        try:
+            self._send(sock, P.encode(P.Ping(nonce)))
+            while True:
+                ftype, body = reader.read(t0 + timeout_s)
+                if ftype == P.PONG and P.decode(ftype, body) == P.Pong(nonce):
+                    return time.perf_counter() - t0
+        except Woken:
+            drain_wake(self._wake_r)
+            raise DeadlineExceeded("ping interrupted") from None
+        except PeerGone as exc:
+            self._drop()
+            raise ServerGone(str(exc)) from exc
+
+    def cancel(self, request_id: int) -> None:
+        """Stop fetch `request_id` (running or not yet started); returns at once."""
+        with self._lock:
+            if self._active != request_id:
+                self._precancelled.add(request_id)
+                return
+            if self._cancel_at is not None:
+                return
+            self._cancel_at = time.perf_counter()
+            sock = self._sock
+        ring(self._wake_w)
+        if sock is not None:
+            try:
+                with self._lock:
+                    send_all(sock, P.encode(P.Cancel(request_id)), time.perf_counter() + 1.0)
+            except P.NetError:
+                pass  # the reader will find the connection gone, or drop it after the drain
+
+    def fetch(self, request_id: int, context_key: str, chunk_tokens: int, codec: str, block: CellBlock,
+              deadline_s: float | None = None) -> Iterator[CellPayload]:
+        """Cells of `block` in order (chunk-major) as they arrive.
+
+        deadline_s: perf_counter instant by which the whole block must have arrived (None: only the idle
+        timeout applies). Raises ServerGone, CorruptFrame, ServerError or DeadlineExceeded; after a
+        `cancel` the iterator simply ends.
+        """
+        with self._lock:
+            if self._active is not None:
+                raise RuntimeError(f"KVClient runs one fetch at a time; request {self._active} is running")
+            self._active, self._cancel_at = request_id, None
+            cancelled = request_id in self._precancelled
+            self._precancelled.discard(request_id)
+        clean = False
+        try:
+            if cancelled:
+                clean = True
+                return
+            drain_wake(self._wake_r)
+            sock, reader = self._connection()
+            try:
+                self._send(sock, P.encode(P.Fetch(request_id, context_key, chunk_tokens, codec, block)))
+            except PeerGone as exc:
+                raise ServerGone(f"sending FETCH: {exc}") from exc
+            try:
+                yield from self._receive(reader, request_id, math.inf if deadline_s is None else deadline_s)
+            except ServerError as exc:
+                clean = exc.request_id == request_id  # refused one request: the connection is still good
+                raise
+            clean = True
+        finally:
+            with self._lock:
+                self._active, self._cancel_at = None, None
+                if not clean:
+                    self._drop()
+
+    def _receive(self, reader: FrameReader, rid: int, deadline_s: float) -> Iterator[CellPayload]:
+        head: P.CellHeader | None = None
+        parts: list[bytes] = []
+        got = wire = 0
+        last_s = time.perf_counter()
+        while True:
+            cancel_at = self._cancel_at
+            limit = min(deadline_s, last_s + self.idle_timeout_s)
+            if cancel_at is not None:
+                limit = min(limit, cancel_at + self.cancel_drain_s)
+            try:
+                ftype, body = reader.read(limit)
+            except Woken:
+                drain_wake(self._wake_r)
+                continue
+            except DeadlineExceeded:
+                if cancel_at is not None:
+                    with self._lock:
+                        self._drop()  # END did not come in time: start afresh next fetch
+                    return
+                why = "deadline" if time.perf_counter() >= deadline_s else f"{self.idle_timeout_s} s without a byte"
+                raise DeadlineExceeded(f"request {rid}: {why}") from None
+            except PeerGone as exc:
+                if cancel_at is not None:
+                    return
+                raise ServerGone(f"request {rid}: {exc}") from exc
+            last_s = time.perf_counter()
+            if ftype == P.PIECE:
+                if head is None:
+                    raise CorruptFrame(f"request {rid}: PIECE outside a cell")
+                parts.append(body)
+                got += len(body)
+                wire += P.HEADER.size + len(body)
+                if got > head.payload_len:
+                    raise CorruptFrame(f"request {rid}: cell ({head.chunk}, {head.layer}) payload overruns")
+            else:
+                msg = P.decode(ftype, body)
+                if isinstance(msg, P.CellHeader):
+                    if head is not None or msg.request_id != rid:
+                        raise CorruptFrame(f"request {rid}: unexpected CELL for request {msg.request_id}")
+                    head, parts, got, wire = msg, [], 0, P.HEADER.size + len(body)
+                elif isinstance(msg, P.Abort):
+                    head = None
+                elif isinstance(msg, P.End) and msg.request_id == rid:
+                    return
+                elif isinstance(msg, P.Error) and msg.request_id in (rid, 0):
+                    if msg.request_id == 0:
+                        with self._lock:
+                            self._drop()
+                    raise ServerError(msg.request_id, msg.code, msg.message)
+                elif not isinstance(msg, P.Pong):
+                    raise CorruptFrame(f"request {rid}: unexpected {P.FRAME_NAMES[ftype]} {msg}")
+            if head is not None and got == head.payload_len:
+                cell = _decode_cell(head, b"".join(parts), wire, last_s)
+                head = None
+                if self._cancel_at is None:
+                    yield cell
+
+
+def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float) -> CellPayload:
+    where = f"cell ({head.chunk}, {head.layer})"
+    crc = zlib.crc32(payload)
+    if crc != head.crc32:
+        raise CorruptFrame(f"{where}: crc32 {crc:08x} != header {head.crc32:08x}")
+    try:
+        codec = get_codec(head.codec)
+        k = codec.decode(payload[: head.k_len], head.shape, head.dtype)
+        v = codec.decode(payload[head.k_len :], head.shape, head.dtype)
+    except Exception as exc:  # an unknown codec name or a payload the codec rejects
+        raise CorruptFrame(f"{where}: cannot decode with codec {head.codec!r}: {exc}") from exc
+    return CellPayload(head.chunk, head.layer, k, v, wire, recv_s)

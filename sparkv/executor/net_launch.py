@@ -1,0 +1,174 @@
+"""Start the KV server as a child process (optionally inside a network namespace) and hold on to it."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from sparkv.executor.net_pacing import trace_to_json
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+_PKG_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding the sparkv package
+_live: weakref.WeakSet[ServerHandle] = weakref.WeakSet()
+
+
+class ServerHandle:
+    """A running KV server process: where it listens, and how to stop (or kill) it."""
+
+    def __init__(self, host: str, port: int, proc: subprocess.Popen[bytes], workdir: Path,
+                 netns: str | None, paced: bool) -> None:
+        self.host, self.port, self.proc = host, port, proc
+        self.netns = netns  # namespace it runs in, or None
+        self.paced = paced  # True when it paces its sends to a trace
+        self._workdir = workdir  # trace JSON and the server's stderr log
+        _live.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _control(self, line: str) -> None:
+        if self.alive() and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.write(line.encode() + b"\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
+
+    def set_clock(self, t0_s: float) -> None:
+        """Trace time 0 of the server's pacing is perf_counter instant `t0_s` (same clock across processes)."""
+        self._control(f"clock {t0_s!r}")
+
+    def log(self) -> str:
+        """The server's stderr so far."""
+        try:
+            return (self._workdir / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Ask the server to stop; SIGTERM, then SIGKILL if it has not exited within timeout_s."""
+        self._control("stop")
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye (for fault tests)."""
+        if self.alive():
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # else a zombie the OS reaps with us
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        _live.discard(self)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = f" in netns {self.netns}" if self.netns else ""
+        return f"ServerHandle({self.host}:{self.port}, pid {self.pid}{where}, paced={self.paced})"
+
+
+def start_server(
+    root: Path | str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    pacing_trace: Any = None,
+    netns: str | None = None,
+    faults: tuple[str, ...] | list[str] = (),
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+) -> ServerHandle:
+    """Start `python -m sparkv.executor.server` and wait (bounded) for it to report its port.
+
+    pacing_trace: None (send as fast as the socket takes it), a trace file path, or a trace object with
+    times_s/rates_bps/duration_s (sparkv.traces.Trace), which is handed over as JSON.
+    netns: run the server inside this network namespace (`ip netns exec`); `host` must be an address there.
+    faults: server fault-injection specs, e.g. ("die-after-bytes=100000",) or ("corrupt-cell=0,1",).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"store root {root} is not a directory")
+    workdir = Path(tempfile.mkdtemp(prefix="sparkv-server-"))
+    cmd = [sys.executable, "-m", "sparkv.executor.server", "--root", str(root.resolve()),
+           "--host", host, "--port", str(port)]
+    if pacing_trace is not None:
+        if isinstance(pacing_trace, str | Path):
+            trace_file = Path(pacing_trace)
+        else:
+            trace_file = workdir / "trace.json"
+            trace_file.write_text(json.dumps(trace_to_json(pacing_trace)))
+        cmd += ["--trace", str(trace_file)]
+    for fault in faults:
+        cmd += ["--fault", fault]
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH", "")) if p)
+    with open(workdir / "server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
+    bound = _read_port(proc, time.perf_counter() + startup_timeout_s)
+    if bound is None:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        text = (workdir / "server.log").read_text(errors="replace")[-2000:]
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"KV server did not start ({' '.join(cmd)}): {text or 'no output'}")
+    return ServerHandle(host, bound, proc, workdir, netns, pacing_trace is not None)
+
+
+def _read_port(proc: subprocess.Popen[bytes], deadline_s: float) -> int | None:
+    """The port from the server's `PORT <n>` line, or None if it exits or is silent until the deadline."""
+    assert proc.stdout is not None
+    fd, buf = proc.stdout.fileno(), b""
+    while b"\n" not in buf:
+        remaining = deadline_s - time.perf_counter()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+        if ready:
+            data = os.read(fd, 256)
+            if not data:
+                return None
+            buf += data
+        elif proc.poll() is not None:
+            return None
+    line = buf.split(b"\n", 1)[0].decode(errors="replace").split()
+    return int(line[1]) if len(line) == 2 and line[0] == "PORT" and line[1].isdigit() else None
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Servers whose owner never stopped them die with this process."""
+    for handle in list(_live):
+        handle.kill()

@@ -1,0 +1,110 @@
+"""The KV server's read side of the on-disk KV stores (format in sparkv.executor.kvstore), without torch.
+
+A root folder holds one directory per context, named by its hex key; each holds meta.json and per layer
+k_{layer:03d}.npy / v_{layer:03d}.npy, arrays [num_kv_heads, context_tokens, head_dim], memory-mapped
+here. A cell (c, l) for chunk size S is tokens [c*S, min((c+1)*S, T)) of layer l's K and V.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparkv.core.request import CellBlock
+from sparkv.executor.protocol import E_BAD_REQUEST, E_INTERNAL, E_OUT_OF_RANGE, E_UNKNOWN_CONTEXT
+
+KEY_RE = re.compile(r"^[0-9A-Za-z_-]{1,128}$")  # store names; no dots or slashes, so no path escapes
+
+
+class RequestRefused(Exception):
+    """A request the server answers with an ERROR frame (code from sparkv.executor.protocol)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class OpenStore:
+    """One context's store: its shape and lazily memory-mapped per-layer arrays."""
+
+    path: Path
+    context_tokens: int  # T
+    num_layers: int  # L
+    shape: tuple[int, int, int]  # [num_kv_heads, T, head_dim] of every array
+    dtype: np.dtype
+    _arrays: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def array(self, kind: str, layer: int) -> np.ndarray:
+        with self._lock:
+            arr = self._arrays.get((kind, layer))
+            if arr is None:
+                file = self.path / f"{kind}_{layer:03d}.npy"
+                try:
+                    arr = np.load(file, mmap_mode="r")
+                except (OSError, ValueError) as exc:
+                    raise RequestRefused(E_INTERNAL, f"store {self.path.name}: cannot read {file.name}") from exc
+                if arr.shape != self.shape or arr.dtype != self.dtype:
+                    raise RequestRefused(E_INTERNAL, f"store {self.path.name}: {file.name} is "
+                                         f"{arr.dtype}{list(arr.shape)}, meta says {self.dtype}{list(self.shape)}")
+                self._arrays[(kind, layer)] = arr
+            return arr
+
+    def num_chunks(self, chunk_tokens: int) -> int:
+        return -(-self.context_tokens // chunk_tokens)
+
+    def check(self, chunk_tokens: int, block: CellBlock) -> None:
+        """RequestRefused unless every cell of `block` exists for chunks of `chunk_tokens` tokens."""
+        if chunk_tokens <= 0:
+            raise RequestRefused(E_BAD_REQUEST, f"chunk_tokens must be positive, got {chunk_tokens}")
+        chunks = self.num_chunks(chunk_tokens)
+        if block.chunk_hi > chunks or block.layer_hi > self.num_layers:
+            raise RequestRefused(E_OUT_OF_RANGE, f"cells {block} outside c[0:{chunks}]xl[0:{self.num_layers}] "
+                                 f"(T={self.context_tokens}, S={chunk_tokens})")
+
+    def cell(self, chunk_tokens: int, chunk: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Contiguous K and V [num_kv_heads, tokens, head_dim] of cell (chunk, layer)."""
+        lo, hi = chunk * chunk_tokens, min((chunk + 1) * chunk_tokens, self.context_tokens)
+        k = np.ascontiguousarray(self.array("k", layer)[:, lo:hi])
+        v = np.ascontiguousarray(self.array("v", layer)[:, lo:hi])
+        return k, v
+
+
+class StoreCache:
+    """Stores under one root, opened on first use and kept open."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"store root {self.root} is not a directory")
+        self._stores: dict[str, OpenStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> OpenStore:
+        if not KEY_RE.match(key):
+            raise RequestRefused(E_UNKNOWN_CONTEXT, f"bad context key {key[:80]!r}")
+        with self._lock:
+            store = self._stores.get(key)
+            if store is None:
+                store = self._open(key)
+                self._stores[key] = store
+            return store
+
+    def _open(self, key: str) -> OpenStore:
+        path = self.root / key
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            spec = meta["spec"]
+            t = int(meta["context_tokens"])
+            shape = (int(spec["num_kv_heads"]), t, int(spec["head_dim"]))
+            return OpenStore(path, t, int(spec["num_layers"]), shape, np.dtype(meta["dtype"]))
+        except FileNotFoundError as exc:
+            raise RequestRefused(E_UNKNOWN_CONTEXT, f"unknown context {key!r}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RequestRefused(E_INTERNAL, f"store {key!r} has a bad meta.json: {exc}") from exc
