@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +147,7 @@ class KVClient:
                 pass  # the reader will find the connection gone, or drop it after the drain
 
     def fetch(self, request_id: int, context_key: str, chunk_tokens: int, codec: str, block: CellBlock,
-              deadline_s: float | None = None) -> Iterator[CellPayload]:
+              deadline_s: float | None = None) -> Generator[CellPayload, None, None]:
         """Cells of `block` in order (chunk-major) as they arrive.
 
         deadline_s: perf_counter instant by which the whole block must have arrived (None: only the idle

@@ -108,3 +108,20 @@ class StoreCache:
             raise RequestRefused(E_UNKNOWN_CONTEXT, f"unknown context {key!r}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RequestRefused(E_INTERNAL, f"store {key!r} has a bad meta.json: {exc}") from exc
+
+
+def make_synthetic_store(root: Path | str, key: str = "0123456789abcdef", num_layers: int = 2,
+                         num_kv_heads: int = 2, context_tokens: int = 100, head_dim: int = 8,
+                         dtype: str = "float32", seed: int = 0) -> Path:
+    """A store of random K/V in the served format (for tests and benchmarks); its directory."""
+    path = Path(root) / key
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (num_kv_heads, context_tokens, head_dim)
+    for layer in range(num_layers):
+        for kind in ("k", "v"):
+            np.save(path / f"{kind}_{layer:03d}.npy", rng.standard_normal(shape).astype(dtype))
+    spec = {"name": "synthetic", "num_layers": num_layers, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    meta = {"format": 1, "model_id": "synthetic", "spec": spec, "context_tokens": context_tokens, "dtype": dtype}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path

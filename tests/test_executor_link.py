@@ -1,0 +1,156 @@
+"""Links replaying a trace: sender-side pacing on loopback, and netns + tc tbf where the machine allows it.
+
+Wall-clock checks are loose (a factor of 0.7-1.5 of the ideal time) and each takes well under 2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sparkv.core.request import CellBlock
+from sparkv.executor import link as link_mod
+from sparkv.executor import netns
+from sparkv.executor.client import KVClient
+from sparkv.executor.link import Link, NetnsLink, PacingLink, make_link
+from sparkv.executor.net_pacing import BUCKET_S, Pacer, _pace_until
+from sparkv.executor.net_store import make_synthetic_store
+from sparkv.traces.synthetic import constant, steps
+
+KEY, S = "11223344aabbccdd", 256  # 8 chunks x 4 layers, 256 KiB per cell
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("kv")
+    make_synthetic_store(root, KEY, num_layers=4, num_kv_heads=2, context_tokens=2048, head_dim=64)
+    return root
+
+
+def _netns_works() -> str:
+    """'' when namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        ns = netns.create_netns()
+    except (netns.NetnsUnavailable, RuntimeError) as exc:
+        return str(exc)
+    netns.delete_netns(ns)
+    return ""
+
+
+NETNS_SKIP = _netns_works() if sys.platform == "linux" else "not Linux"
+needs_netns = pytest.mark.skipif(bool(NETNS_SKIP), reason=f"network namespaces unavailable: {NETNS_SKIP}")
+
+
+def timed_fetch(link: Link, block: CellBlock) -> tuple[int, float]:
+    """(wire bytes, seconds) of one fetch, with the trace clock started at the request."""
+    with KVClient(link.server.host, link.server.port) as client:
+        client.ping()  # connect first: the handshake is not part of the transfer
+        t0 = time.perf_counter()
+        link.start_clock(t0)
+        n = sum(cell.wire_bytes for cell in client.fetch(1, KEY, S, "raw", block))
+        return n, time.perf_counter() - t0
+
+
+def test_pacer_follows_the_trace() -> None:
+    pacer = Pacer(constant(1000.0, 10.0), t0_s=time.perf_counter() - 5.0)
+    # An idle link banks BUCKET_S of credit at most: 500 bytes leave about 0.5 s - BUCKET_S from now.
+    assert pacer.reserve(500) - time.perf_counter() == pytest.approx(0.5 - BUCKET_S, abs=0.05)
+    pacer.set_clock(time.perf_counter())
+    first = pacer.reserve(1000)
+    assert pacer.reserve(1000) == pytest.approx(first + 1.0)
+    stop, cancel = threading.Event(), threading.Event()
+    cancel.set()
+    assert not _pace_until(time.perf_counter() + 10, cancel, stop, time.perf_counter() + 10)
+    assert _pace_until(time.perf_counter(), threading.Event(), stop, time.perf_counter() + 1)
+
+
+def test_pacing_link_delivers_at_the_trace_rate(root: Path) -> None:
+    rate = 2e6
+    with make_link("pacing", constant(rate, 60.0), root) as link:
+        assert link.kind == "pacing" and link.server.paced
+        n, took = timed_fetch(link, CellBlock(0, 1, 0, 4))  # 1 MiB: about 0.5 s
+    assert 0.7 * n / rate < took < 1.5 * n / rate
+
+
+def test_pacing_link_follows_a_step_trace(root: Path) -> None:
+    trace = steps([(0.2, 4e6), (10.0, 1e6)])  # 0.8 MB in the first 0.2 s, then slower
+    with make_link("pacing", trace, root) as link:
+        n, took = timed_fetch(link, CellBlock(0, 1, 0, 4))  # 1.05 MB: 0.2 s + the rest at 1 MB/s
+    ideal = 0.2 + (n - 0.8e6) / 1e6
+    assert 0.7 * ideal < took < 1.5 * ideal
+
+
+def test_make_link_rejects_unknown_kinds(root: Path) -> None:
+    with pytest.raises(ValueError, match="link kind"):
+        make_link("carrier-pigeon", constant(1e6), root)
+
+
+def test_auto_falls_back_to_pacing_and_says_why(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> netns.Netns:
+        raise netns.NetnsUnavailable("ip netns add: Operation not permitted")
+
+    monkeypatch.setattr(link_mod, "create_netns", refuse)
+    with make_link("auto", constant(1e6), root) as link:
+        assert isinstance(link, PacingLink) and link.kind == "pacing"
+        assert "Operation not permitted" in link.reason
+    assert not link.server.alive()
+
+
+def test_tbf_parameters_floor_zero_rates() -> None:
+    bits, burst, latency_us = netns.tbf_params(0.0, overhead=1.0)
+    assert bits == 8000 and burst >= 1514 and latency_us == 50_000
+    bits, burst, _ = netns.tbf_params(1e8, overhead=1.0)
+    assert bits == 8e8 and burst == int(1e8 * netns.BURST_S)
+
+
+@needs_netns
+def test_netns_link_shapes_to_the_trace_and_cleans_up(root: Path) -> None:
+    rate = 2e6
+    with make_link("auto", constant(rate, 60.0), root) as link:
+        assert isinstance(link, NetnsLink) and link.kind == "netns-tbf"
+        assert link.server.host == link.ns.ns_addr and netns.exists(link.ns)
+        n, took = timed_fetch(link, CellBlock(0, 1, 0, 4))
+        ns = link.ns
+    assert 0.7 * n / rate < took < 1.5 * n / rate
+    assert link.rate_changes[0].rate_bps == rate
+    assert not netns.exists(ns)
+    assert ns.host_if not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+@needs_netns
+def test_netns_link_replays_rate_changes(root: Path) -> None:
+    trace = steps([(0.3, 4e6), (0.3, 0.0), (10.0, 1e6)])
+    with NetnsLink(trace, root, step_s=0.1) as link:
+        before = len(link.rate_changes)  # the trace plays from the link's opening until start_clock
+        link.start_clock()
+        deadline = time.perf_counter() + 2.0
+        while time.perf_counter() < deadline and (
+            len(link.rate_changes) < before + 3 or link.rate_changes[-1].rate_bps != 1e6
+        ):
+            threading.Event().wait(0.05)
+        changes = [(round(c.trace_s, 1), c.rate_bps) for c in link.rate_changes[before:]]
+        zero = [c for c in link.rate_changes if c.rate_bps == 0.0]
+    # a step the player was already taking when the clock restarted may come first
+    assert changes[-3:] == [(0.0, 4e6), (0.3, 0.0), (0.6, 1e6)], changes
+    assert zero and zero[0].applied_bps == pytest.approx(netns.MIN_RATE_BPS * netns.FRAME_OVERHEAD, rel=1e-3)
+
+
+@needs_netns
+def test_stale_namespaces_of_dead_processes_are_removed() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=10)
+    name = f"sparkv-{dead.pid}-250"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        assert name in netns.cleanup_stale()
+        assert name not in netns.list_netns()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
