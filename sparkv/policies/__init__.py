@@ -8,6 +8,8 @@ from typing import Any
 from sparkv.core.errors import UserError
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.policies.baselines import Bidirectional, LocalOnly, StaticSplit, StreamOnly
+from sparkv.policies.oracle import OraclePolicy
+from sparkv.policies.sparkv import SparKVPolicy
 
 # name -> factory(**options); the SparKV policy and the oracle register themselves on import below.
 POLICIES: dict[str, Callable[..., Policy]] = {
@@ -15,6 +17,8 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "stream": StreamOnly,
     "cake": Bidirectional,
     "static": StaticSplit,
+    "sparkv": SparKVPolicy,
+    "oracle": OraclePolicy,
 }
 BASELINES = ("local", "stream", "cake", "static")
 

@@ -1,0 +1,144 @@
+"""The run-time controller of SparKV: estimates, drift detection, re-planning and cancel decisions.
+
+Every decision is a comparison of predicted timelines (`planner_model.Evaluator`) under the current
+estimates: the link's goodput (`estimators.BandwidthEstimator`) and the device's speed relative to
+the cost table (`estimators.SpeedEstimator`). All knobs live in one frozen `SparKVConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sparkv.core.costs import CostTable
+from sparkv.core.request import CellBlock
+from sparkv.policies.estimators import ESTIMATORS, BandwidthEstimator, SpeedEstimator
+from sparkv.policies.planner import Plan, Planner
+from sparkv.policies.planner_model import ComputeSpeed, ConstantLink, Evaluator, Prediction, Snapshot
+
+
+@dataclass(frozen=True)
+class SparKVConfig:
+    """Every parameter of the SparKV policy; saved beside each result."""
+
+    estimator: str = "ewma"  # bandwidth estimator: ewma, harmonic, mean, quantile
+    window_s: float = 4.0  # seconds of samples the window estimators use
+    ewma_alpha: float = 0.3  # EWMA weight of one second of samples
+    quantile: float = 0.3  # the quantile estimator's quantile
+    bandwidth_margin: float = 0.0  # plan with (1 - margin) x the estimate
+    compute_alpha: float = 0.3  # EWMA weight of each command's measured / predicted time
+    drift_threshold: float = 0.04  # re-plan when the paths' predicted ends drift by this x time left...
+    drift_min_s: float = 0.2  # ...and by at least this many seconds
+    min_gain: float = 0.003  # adopt a re-plan only if it predicts TTFT lower by this fraction
+    migration_cap_cells: int = 0  # most cells moved between the paths per re-plan (0: no cap)
+    group_layers: int = 3  # planning granularity: k_c in multiples of it, one compute command per group
+    transfer_target_s: float = 2.0  # transfer size: about this many seconds at the estimated goodput
+    tick_s: float = 0.25  # driver tick period (ticks carry in-flight bandwidth samples)
+    stall_s: float = 0.75  # seconds of an in-flight transfer without bytes before a cancel is weighed
+    cancel_gain: float = 0.02  # cancel a transfer when that predicts TTFT lower by this fraction
+    probe_after_s: float = 2.0  # with no link work planned, probe the link after this long idle
+    search_window: int = 3  # chunks either side of the cut in local search
+    local_search: bool = True
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        for name in ("window_s", "ewma_alpha", "group_layers", "transfer_target_s", "tick_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SparKVConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("bandwidth_margin", "quantile", "compute_alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"SparKVConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.migration_cap_cells < 0 or self.search_window < 0:
+            raise ValueError(f"caps must be >= 0: {self.migration_cap_cells}, {self.search_window}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparKVConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"name"}
+        if unknown:
+            raise ValueError(f"unknown SparKVConfig keys {sorted(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> SparKVConfig:
+        """From a JSON file: the config itself, or a saved result/evaluation holding it under "policy"."""
+        data = json.loads(Path(path).read_text())
+        for key in ("sparkv", "policy"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+        return cls.from_dict(data)
+
+    def with_(self, **changes: Any) -> SparKVConfig:
+        return replace(self, **changes)
+
+
+class Controller:
+    """Estimates and predictions for one request; the policy asks it when to re-plan or cancel."""
+
+    def __init__(self, costs: CostTable, config: SparKVConfig) -> None:
+        self.cfg = config
+        self.costs = costs
+        self.ev = Evaluator(costs, config.group_layers)
+        self.planner = Planner(self.ev, window=config.search_window)
+        self.bw = BandwidthEstimator(
+            config.estimator, costs.bandwidth_prior_bps, config.window_s, config.ewma_alpha, config.quantile
+        )
+        self.speed = SpeedEstimator(config.compute_alpha)
+        self.drift_at_plan = 0.0  # link end - compute end when the current plan was made
+
+    # ---- models under the current estimates ----
+
+    def planning_bps(self) -> float:
+        return self.bw.estimate() * (1.0 - self.cfg.bandwidth_margin)
+
+    def link(self) -> ConstantLink:
+        return ConstantLink(self.planning_bps(), self.costs.transfer_fixed_s, self.costs.install_s_per_byte)
+
+    def compute(self) -> ComputeSpeed:
+        return ComputeSpeed(self.speed.scale)
+
+    def target_bytes(self) -> float:
+        return max(self.cfg.transfer_target_s * self.planning_bps(), 1.0)
+
+    def predict(self, k: list[int], snap: Snapshot) -> Prediction:
+        return self.ev.predict(k, snap, self.link(), self.compute(), self.target_bytes())
+
+    def plan(self, snap: Snapshot, current: list[int] | None = None) -> Plan:
+        cap = self.cfg.migration_cap_cells or None
+        return self.planner.plan(
+            snap, self.link(), self.compute(), self.target_bytes(), current, cap, self.cfg.local_search
+        )
+
+    def blocks(self, k: list[int], snap: Snapshot) -> tuple[list[CellBlock], list[CellBlock]]:
+        return self.ev.blocks(k, snap, self.target_bytes())
+
+    # ---- decisions ----
+
+    def adopt(self, pred: Prediction) -> None:
+        self.drift_at_plan = _gap(pred)
+
+    def drifted(self, pred: Prediction, now_s: float) -> bool:
+        """The paths' predicted ends have moved apart (or together) since the plan was made."""
+        gap = _gap(pred)
+        if math.isinf(gap) or math.isinf(self.drift_at_plan):
+            return math.isinf(gap) != math.isinf(self.drift_at_plan)
+        left = max(pred.link_end_s, pred.compute_end_s) - now_s
+        change = abs(gap - self.drift_at_plan)
+        return change > max(self.cfg.drift_min_s, self.cfg.drift_threshold * left)
+
+    def gains(self, new: Prediction, old: Prediction, fraction: float) -> bool:
+        """`new` is better than `old` by more than `fraction` of the time left."""
+        return new.ttft_s < old.ttft_s - fraction * max(old.ttft_s, 1e-9)
+
+
+def _gap(pred: Prediction) -> float:
+    if pred.link_end_s == float("inf") or pred.compute_end_s == float("inf"):
+        return float("inf")
+    return pred.link_end_s - pred.compute_end_s

@@ -1,0 +1,302 @@
+"""What a plan does, predicted exactly as the simulator would run it.
+
+A plan is a vector k: chunk c computes layers [0, k_c) and streams [k_c, L). The order rule is fixed
+("meet in the middle" at layer granularity):
+
+- compute: chunks in ascending order, each chunk's layers ascending, one command per layer group;
+- link: chunks in descending order, each chunk's missing layers ascending, split into transfers of
+  at most `target_bytes` (whole chunks of the same layer range merge while they fit);
+- the query's prefill runs layer by layer with priority whenever the compute lane frees up and its
+  next layer is complete; a compute command waits until the cells it depends on are present.
+
+`Evaluator.predict` replays exactly that on two serial lanes (link: fixed cost + payload at the link
+model's rate + install; compute: launch + cell times at the compute model's speed), starting from a
+`Snapshot` of a request in progress, so the same code serves the first plan and every re-plan.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sparkv.core.costs import BandwidthForecast, CostTable
+from sparkv.core.progress import RequestProgress
+from sparkv.core.request import CellBlock
+
+_INF = math.inf
+_MISSING, _FETCHING, _PRESENT = 0, 1, 3
+
+
+class LinkModel(Protocol):
+    def transfer_end(self, t_s: float, n_bytes: float) -> float:
+        """Time a transfer of `n_bytes` wire bytes issued at `t_s` is installed."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConstantLink:
+    """Steady goodput: fixed cost + bytes / bandwidth + install, as `CostTable.fetch_s`."""
+
+    bandwidth_bps: float  # goodput, bytes/s
+    fixed_s: float  # per transfer: round trip, server, install fixed part
+    install_s_per_byte: float
+
+    def transfer_end(self, t_s: float, n_bytes: float) -> float:
+        return t_s + self.fixed_s + n_bytes / max(self.bandwidth_bps, 1e-9) + n_bytes * self.install_s_per_byte
+
+
+@dataclass(frozen=True)
+class ForecastLink:
+    """A known future (the oracle): the simulator's own transfer arithmetic on a trace."""
+
+    forecast: BandwidthForecast  # trace rates in bytes/s (already scaled)
+    offset_s: float  # request time 0 is this trace time
+    efficiency: float  # goodput / trace rate
+    pre_s: float  # before the first payload byte: server service + round trip
+    post_s: float  # after the last payload byte, fixed part of installation
+    install_s_per_byte: float
+
+    def transfer_end(self, t_s: float, n_bytes: float) -> float:
+        start = t_s + self.pre_s
+        end = self.forecast.time_to_deliver(start + self.offset_s, n_bytes / self.efficiency) - self.offset_s
+        return end + n_bytes * self.install_s_per_byte + self.post_s
+
+
+@dataclass(frozen=True)
+class ComputeSpeed:
+    """Wall time of compute work: `scale` x predicted, optionally on a device shared over time."""
+
+    scale: float = 1.0  # measured / predicted
+    availability: BandwidthForecast | None = None  # fraction of the device available (as "bytes/s")
+
+    def end(self, t_s: float, work_s: float) -> float:
+        if self.availability is None:
+            return t_s + work_s * self.scale
+        return self.availability.time_to_deliver(t_s, work_s * self.scale)
+
+
+@dataclass
+class Snapshot:
+    """A request in progress, as far as planning needs it."""
+
+    now_s: float
+    prefix: list[int]  # per chunk: layers computed or being computed
+    state: list[list[int]]  # [C][L] CellState values (read only)
+    link_free_s: float  # when the link can start its next transfer
+    fetching: CellBlock | None  # in flight; its cells land at link_free_s
+    compute_free_s: float  # when the compute lane frees up
+    query_next: int  # next query layer to run (one running counts as done)
+    _stops: list[list[int]] | None = field(default=None, repr=False)
+
+    @classmethod
+    def fresh(cls, num_chunks: int, num_layers: int, t_s: float = 0.0) -> Snapshot:
+        state = [[_MISSING] * num_layers for _ in range(num_chunks)]
+        return cls(t_s, [0] * num_chunks, state, t_s, None, t_s, 0)
+
+    @classmethod
+    def of(cls, progress: RequestProgress, now_s: float, link_free_s: float, fetching: CellBlock | None,
+           compute_free_s: float, query_next: int) -> Snapshot:  # fmt: skip
+        return cls(now_s, list(progress.computed_prefix), progress.state, link_free_s, fetching,
+                   compute_free_s, query_next)  # fmt: skip
+
+    def stops(self) -> list[list[int]]:
+        """Per chunk and layer: the first layer at or after it whose cell is not missing (cached)."""
+        if self._stops is None:
+            out = []
+            for row in self.state:
+                nxt, stop = len(row), [len(row)] * len(row)
+                for layer in range(len(row) - 1, -1, -1):
+                    if row[layer] != _MISSING:
+                        nxt = layer
+                    stop[layer] = nxt
+                out.append(stop)
+            self._stops = out
+        return self._stops
+
+    def k_bounds(self) -> tuple[list[int], list[int]]:
+        """Per chunk, the least and greatest k a plan may give (never compute over an in-flight fetch)."""
+        hi = []
+        for c, row in enumerate(self.state):
+            p = self.prefix[c]
+            hi.append(row.index(_FETCHING, p) if _FETCHING in row[p:] else len(row))
+        return list(self.prefix), hi
+
+
+@dataclass(frozen=True)
+class Prediction:
+    ttft_s: float
+    link_end_s: float  # last planned transfer installed
+    compute_end_s: float  # last planned compute command done
+
+
+class Evaluator:
+    """Predicts a plan's timeline from a snapshot; holds the request's per-cell costs as prefix sums."""
+
+    def __init__(self, costs: CostTable, group_layers: int) -> None:
+        if group_layers <= 0:
+            raise ValueError(f"group_layers must be positive, got {group_layers}")
+        self.C, self.L = costs.num_chunks, costs.num_layers
+        self.group = group_layers
+        self.launch_s = costs.compute_launch_s
+        self.query_s = [float(x) for x in costs.query_layer_s]
+        self.first_token_s = costs.first_token_s
+        self.cum_s = [[0.0, *row] for row in costs.compute_cell_s.cumsum(axis=1).tolist()]  # [C][L+1]
+        self.bytes = [[int(x) for x in row] for row in costs.cell_bytes]  # [C][L]
+        self.cum_bytes = [[0, *row] for row in costs.cell_bytes.cumsum(axis=1).tolist()]
+        self.fixed_s = costs.transfer_fixed_s
+        self.install_s_per_byte = costs.install_s_per_byte
+        self.bounds = [*range(0, self.L, group_layers), self.L]  # layer-group boundaries
+
+    # ---- the order rule ----
+
+    def compute_blocks(self, k: list[int], snap: Snapshot) -> list[tuple[int, int, int]]:
+        """(chunk, layer_lo, layer_hi) commands, chunks ascending, cut at layer-group boundaries."""
+        g, out = self.group, []
+        for c in range(self.C):
+            lo, hi = snap.prefix[c], k[c]
+            while lo < hi:
+                nxt = min((lo // g + 1) * g, hi)
+                out.append((c, lo, nxt))
+                lo = nxt
+        return out
+
+    def link_blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> list[tuple[int, int, int, int, int]]:
+        """(chunk_lo, chunk_hi, layer_lo, layer_hi, bytes) transfers, chunks descending, layers ascending."""
+        out: list[tuple[int, int, int, int, int]] = []
+        L, stops = self.L, snap.stops()
+        for c in range(self.C - 1, -1, -1):
+            row, cum = snap.state[c], self.cum_bytes[c]
+            lo = k[c]
+            while lo < L:
+                if row[lo] != _MISSING:
+                    lo += 1
+                    continue
+                stop = stops[c][lo]
+                hi = min(max(bisect_right(cum, cum[lo] + target_bytes) - 1, lo + 1), stop)
+                n = cum[hi] - cum[lo]
+                if out:
+                    c0, c1, l0, l1, n0 = out[-1]
+                    if c0 == c + 1 and l0 == lo and l1 == hi and n0 + n <= target_bytes:
+                        out[-1] = (c, c1, lo, hi, n0 + n)
+                        lo = hi
+                        continue
+                out.append((c, c + 1, lo, hi, n))
+                lo = hi
+        return out
+
+    def blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> tuple[list[CellBlock], list[CellBlock]]:
+        comp = [CellBlock.one(c, lo, hi) for c, lo, hi in self.compute_blocks(k, snap)]
+        link = [CellBlock(c0, c1, lo, hi) for c0, c1, lo, hi, _ in self.link_blocks(k, snap, target_bytes)]
+        return comp, link
+
+    # ---- the timeline ----
+
+    def predict(
+        self, k: list[int], snap: Snapshot, link: LinkModel, speed: ComputeSpeed, target_bytes: float
+    ) -> Prediction:
+        L, C, g = self.L, self.C, self.group
+        ready = [-_INF] * L  # per layer: when its last streamed cell lands
+        t = snap.link_free_s
+        fetched = []
+        f = snap.fetching
+        if f is not None:
+            ready[f.layer_lo : f.layer_hi] = [t] * (f.layer_hi - f.layer_lo)
+            fetched.append((f.chunk_lo, f.chunk_hi, f.layer_lo, f.layer_hi, t))
+        for c0, c1, lo, hi, n in self.link_blocks(k, snap, target_bytes):
+            t = link.transfer_end(t, n)
+            ready[lo:hi] = [t] * (hi - lo)
+            fetched.append((c0, c1, lo, hi, t))
+        link_end = t
+        prefix = snap.prefix
+        last = _last_computing(prefix, k, L)
+        done = [-_INF] * L  # per layer: when its last computed cell is done
+        t, q, min_k = snap.compute_free_s, snap.query_next, L
+        scale, plain, launch, qs = speed.scale, speed.availability is None, self.launch_s, self.query_s
+        for c in range(C):
+            lo, hi, cum = prefix[c], k[c], self.cum_s[c]
+            # run the query layers that are ready before this chunk's commands
+            while q < L and last[q] < c and max(ready[q], done[q]) <= t:
+                t = t + qs[q] * scale if plain else speed.end(t, qs[q])
+                q += 1
+            if lo < hi:
+                n_cmds = (hi - 1) // g - lo // g + 1
+                whole = t + (n_cmds * launch + cum[hi] - cum[lo]) * scale
+                quiet = q >= L or last[q] > c or (last[q] < c and max(ready[q], done[q]) > whole)
+                if plain and min_k >= hi and quiet:
+                    t = whole  # nothing can interleave: the chunk's commands back to back
+                    done[lo:hi] = [t] * (hi - lo)
+                else:
+                    t, q = self._chunk(c, lo, hi, min_k, k, t, q, ready, done, last, fetched, speed)
+                    if t == _INF:
+                        return Prediction(_INF, link_end, _INF)
+            if k[c] < min_k:
+                min_k = k[c]
+        compute_end = t
+        while q < L:  # the rest of the query as its layers land
+            rq = max(ready[q], done[q])
+            t = max(t, rq)
+            t = t + qs[q] * scale if plain else speed.end(t, qs[q])
+            q += 1
+        ttft = t + self.first_token_s * scale if plain else speed.end(t, self.first_token_s)
+        return Prediction(ttft, link_end, compute_end)
+
+    def _chunk(
+        self, c: int, lo: int, hi: int, min_k: int, k: list[int], t: float, q: int, ready: list[float],
+        done: list[float], last: list[int], fetched: list[tuple[int, int, int, int, float]], speed: ComputeSpeed,
+    ) -> tuple[float, int]:  # fmt: skip
+        """Chunk c's commands one by one, with query layers and waits for streamed cells in between."""
+        g, L, cum, qs = self.group, self.L, self.cum_s[c], self.query_s
+        cur = lo
+        while cur < hi:
+            nxt = min((cur // g + 1) * g, hi)
+            rq = _INF
+            if q < L and (last[q] < c or (last[q] == c and q < cur)):
+                rq = max(ready[q], done[q])
+                if rq <= t:
+                    t = speed.end(t, qs[q])
+                    q += 1
+                    continue
+            dep = _dependency(c, cur, nxt, fetched) if min_k < nxt else -_INF
+            if dep <= t:
+                t = speed.end(t, self.launch_s + cum[nxt] - cum[cur])
+                done[cur:nxt] = [t] * (nxt - cur)
+                cur = nxt
+                continue
+            t = min(dep, rq)
+            if t == _INF:
+                break
+        return t, q
+
+
+def _last_computing(prefix: list[int], k: list[int], L: int) -> list[int]:
+    """Per layer, the last chunk whose planned commands cover it (-1 if none)."""
+    last = [-1] * L
+    a = b = 0  # layers [a, b) are filled (one interval while the ranges overlap)
+    for c in range(len(k) - 1, -1, -1):
+        lo, hi = prefix[c], k[c]
+        if lo >= hi:
+            continue
+        if a == b or (lo <= b and hi >= a):
+            if a == b:
+                a, b = lo, lo
+            if lo < a:
+                last[lo:a] = [c] * (a - lo)
+            if hi > b:
+                last[b:hi] = [c] * (hi - b)
+            a, b = min(a, lo), max(b, hi)
+        else:
+            for layer in range(lo, hi):
+                if last[layer] < 0:
+                    last[layer] = c
+    return last
+
+
+def _dependency(c: int, lo: int, hi: int, fetched: list[tuple[int, int, int, int, float]]) -> float:
+    """When the streamed cells (c' < c, layers [lo, hi)) that chunk c's command needs have all landed."""
+    dep = -_INF
+    for c0, _, a, b, t in fetched:
+        if c0 < c and a < hi and b > lo and t > dep:
+            dep = t
+    return dep

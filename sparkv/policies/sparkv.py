@@ -1,0 +1,211 @@
+"""SparKV: plan the compute/stream split per layer group, then keep re-planning as the request runs.
+
+At the start the planner (`planner.Planner`) picks k_c for every chunk under the cost table's
+predictions. Then every event feeds the controller's estimates (goodput from bandwidth samples, device
+speed from compute timings), and every `schedule` call checks, on the exact predicted timeline,
+whether the two paths' finish times have drifted apart; if so it re-plans from the request's current
+state (moving unstarted cells between paths, within the migration cap) and adopts the new plan when
+it predicts a lower TTFT. A transfer that has carried no bytes for `stall_s` is cancelled when
+computing its cells is predicted to finish sooner. Link failures fall back to computing
+(`TrackingPolicy`). Pure: time comes only from events, so a log replays to the same commands.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from sparkv.core.events import (
+    BandwidthSample,
+    Compute,
+    ComputeDone,
+    Event,
+    Fetch,
+    QueryLayerDone,
+    Resource,
+    TransferCancelled,
+    TransferDone,
+    TransferFailed,
+)
+from sparkv.core.events import Command as Cmd
+from sparkv.core.progress import CellState
+from sparkv.core.request import CellBlock
+from sparkv.policies.base import RequestContext
+from sparkv.policies.controller import Controller, SparKVConfig
+from sparkv.policies.planner_model import Prediction, Snapshot
+from sparkv.policies.tracking import TrackingPolicy
+
+
+class SparKVPolicy(TrackingPolicy):
+    name = "sparkv"
+
+    def __init__(self, config: SparKVConfig | dict[str, Any] | str | None = None, **overrides: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = SparKVConfig()
+        elif isinstance(config, dict):
+            config = SparKVConfig.from_dict(config)
+        elif isinstance(config, str):
+            config = SparKVConfig.load(config)
+        self.cfg = config.with_(**overrides) if overrides else config
+        self.tick_s = self.cfg.tick_s  # the driver sends Tick events at this period
+        self.ctl: Controller | None = None
+        self.k: list[int] = []
+        self.compute_q: deque[CellBlock] = deque()
+        self.link_q: deque[CellBlock] = deque()
+        self.stats: dict[str, Any] = {}
+
+    # ---- events ----
+
+    def on_begin(self, ctx: RequestContext) -> None:
+        self.ctl = Controller(ctx.costs, self.cfg)
+        self.fetch_start_s = self.compute_start_s = ctx.start_s
+        self.fetch_got = 0  # payload bytes of the in-flight transfer reported so far
+        self.query_since: float | None = None
+        self.dirty = False  # cells went missing again: re-plan before the next command
+        self.cancelling = False
+        self.link_idle_since = ctx.start_s
+        self.last_replan_s = self.last_cancel_check_s = ctx.start_s
+        snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
+        plan = self.ctl.plan(snap)
+        self.stats = {"plan_k": list(plan.k), "predicted_ttft_s": plan.prediction.ttft_s, "replans": 0,
+                      "cancels": 0, "probes": 0}  # fmt: skip
+        self._adopt(list(plan.k), snap, plan.prediction)
+
+    def on_event(self, event: Event) -> None:
+        ctl = self._ctl()
+        if isinstance(event, BandwidthSample):
+            ctl.bw.add(event.t_s, event.bytes, event.duration_s)
+            self.fetch_got += event.bytes
+        elif isinstance(event, TransferDone):
+            self.link_idle_since = event.t_s
+        elif isinstance(event, TransferCancelled | TransferFailed):
+            self.dirty, self.cancelling, self.link_idle_since = True, False, event.t_s
+        elif isinstance(event, ComputeDone):
+            ctl.speed.add(event.duration_s, self._context().costs.compute_s(event.block))
+        elif isinstance(event, QueryLayerDone):
+            ctl.speed.add(event.duration_s, float(self._context().costs.query_layer_s[event.layer]))
+            self.query_since = None
+
+    # ---- decisions ----
+
+    def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Cmd, ...]:
+        if Resource.COMPUTE in idle:
+            self.query_since = None
+        elif self.computing is None and self.query_since is None:
+            self.query_since = now_s  # the driver started a query layer at this dispatch
+        if not self.link_dead:
+            self._control(now_s, idle)
+        commands = super().schedule(now_s, idle)
+        for cmd in commands:
+            if isinstance(cmd, Fetch):
+                self.fetch_start_s, self.fetch_got = now_s, 0
+            elif isinstance(cmd, Compute):
+                self.compute_start_s = now_s
+        return commands
+
+    def _control(self, now_s: float, idle: frozenset[Resource]) -> None:
+        ctl = self._ctl()
+        snap = self._snapshot(now_s)
+        current = ctl.predict(self.k, snap)
+        drifted = now_s - self.last_replan_s >= ctl.cfg.tick_s and ctl.drifted(current, now_s)
+        if self.dirty or drifted:
+            self.last_replan_s = now_s
+            plan = ctl.plan(snap, None if self.dirty else self.k)
+            if self.dirty or ctl.gains(plan.prediction, current, ctl.cfg.min_gain):
+                self.stats["replans"] += 1
+                self._adopt(list(plan.k), snap, plan.prediction)
+            else:
+                ctl.adopt(current)  # keep the plan; measure further drift from here
+            self.dirty = False
+        if self.in_flight is not None and not self.cancelling:
+            self._weigh_cancel(now_s, snap)
+        elif Resource.LINK in idle and self.in_flight is None and not self.link_q:
+            self._probe(now_s, snap, current)
+
+    def _weigh_cancel(self, now_s: float, snap: Snapshot) -> None:
+        ctl = self._ctl()
+        if now_s - self.last_cancel_check_s < ctl.cfg.tick_s:
+            return
+        stalled = ctl.bw.silent_s(now_s, self.fetch_start_s + ctl.costs.transfer_fixed_s) >= ctl.cfg.stall_s
+        if not stalled and snap.link_free_s - now_s < 2 * ctl.cfg.transfer_target_s:
+            return
+        self.last_cancel_check_s = now_s
+        keep = ctl.plan(snap)
+        block = self.in_flight
+        assert block is not None
+        state = [list(row) for row in snap.state]
+        for c in range(block.chunk_lo, block.chunk_hi):
+            state[c][block.layer_lo : block.layer_hi] = [int(CellState.MISSING)] * (block.layer_hi - block.layer_lo)
+        dropped = Snapshot(now_s, snap.prefix, state, now_s, None, snap.compute_free_s, snap.query_next)
+        drop = ctl.plan(dropped)
+        if ctl.gains(drop.prediction, keep.prediction, ctl.cfg.cancel_gain):
+            self.cancelling = True
+            self.stats["cancels"] += 1
+
+    def _probe(self, now_s: float, snap: Snapshot, current: Prediction) -> None:
+        """No link work planned, no bytes for a while, much compute left: move one cell to the link."""
+        wait = self._ctl().cfg.probe_after_s
+        if now_s - self.link_idle_since < wait or current.compute_end_s - now_s < 2 * wait:
+            return
+        lo, hi = snap.k_bounds()
+        for c in range(len(self.k) - 1, -1, -1):
+            if self.k[c] > lo[c] and self.k[c] - 1 < hi[c]:
+                k = list(self.k)
+                k[c] -= 1
+                self.stats["probes"] += 1
+                self._adopt(k, snap, self._ctl().predict(k, snap))
+                self.link_idle_since = now_s
+                return
+
+    def maybe_cancel(self, now_s: float) -> CellBlock | None:
+        if self.cancelling and self.in_flight is not None:
+            return self.in_flight
+        return None
+
+    def next_compute(self, now_s: float) -> CellBlock | None:
+        if self.compute_q and self._progress().can_compute(self.compute_q[0]):
+            return self.compute_q.popleft()
+        return None
+
+    def next_fetch(self, now_s: float) -> CellBlock | None:
+        if self.cancelling:
+            return None
+        if self.link_q:
+            return self.link_q.popleft()
+        return None
+
+    # ---- helpers ----
+
+    def _adopt(self, k: list[int], snap: Snapshot, pred: Prediction) -> None:
+        ctl = self._ctl()
+        self.k = k
+        comp, link = ctl.blocks(k, snap)
+        self.compute_q, self.link_q = deque(comp), deque(link)
+        ctl.adopt(pred)
+
+    def _snapshot(self, now_s: float) -> Snapshot:
+        ctl, progress = self._ctl(), self._progress()
+        costs = ctl.costs
+        link_free = now_s
+        if self.in_flight is not None:
+            n = costs.block_bytes(self.in_flight)
+            start = max(now_s, self.fetch_start_s + costs.transfer_fixed_s)
+            link_free = start + max(n - self.fetch_got, 0) / ctl.planning_bps() + n * costs.install_s_per_byte
+        scale = ctl.speed.scale
+        compute_free = now_s
+        if self.computing is not None:
+            compute_free = max(now_s, self.compute_start_s + costs.compute_s(self.computing) * scale)
+        running = self.query_since is not None
+        q = progress.query_layers_done
+        if running and self.query_since is not None and q < progress.num_layers:
+            compute_free = max(now_s, self.query_since + float(costs.query_layer_s[q]) * scale)
+        return Snapshot.of(progress, now_s, link_free, self.in_flight, compute_free, q + int(running))
+
+    def _ctl(self) -> Controller:
+        if self.ctl is None:
+            raise RuntimeError("sparkv policy used before begin")
+        return self.ctl
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **self.cfg.to_dict(), "stats": dict(self.stats)}
