@@ -140,6 +140,7 @@ def _raw_exchange(server: ServerHandle, data: bytes) -> P.Message:
 
 @pytest.mark.parametrize(("data", "code"), [
     (P.HEADER.pack(P.MAGIC, P.VERSION, P.FETCH, P.MAX_FRAME_BYTES + 1), P.E_FRAME_TOO_LARGE),
+    (P.HEADER.pack(P.MAGIC, P.VERSION, P.FETCH, 2**32 - 1) + bytes(300_000), P.E_FRAME_TOO_LARGE),
     (b"GET / HTTP/1.1\r\n\r\n", P.E_BAD_FRAME),
     (P.frame(P.FETCH, b"\x01\x02"), P.E_BAD_FRAME),
     (P.encode(P.End(1, 2, 3, 0)), P.E_BAD_FRAME),

@@ -174,8 +174,10 @@ def frame(ftype: int, body: bytes) -> bytes:
 
 
 def piece(payload: bytes | memoryview) -> bytes:
-    """One PIECE frame carrying part of a cell's payload."""
-    return frame(PIECE, bytes(payload))
+    """One PIECE frame carrying part of a cell's payload (one copy: header and payload joined)."""
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"piece of {len(payload)} bytes exceeds MAX_FRAME_BYTES={MAX_FRAME_BYTES}")
+    return HEADER.pack(MAGIC, VERSION, PIECE, len(payload)) + payload
 
 
 def dtype_code(dtype: np.dtype) -> int:

@@ -155,13 +155,24 @@ class _Connection:
                 else:
                     raise P.CorruptFrame(f"a client may not send {P.FRAME_NAMES[ftype]} frames")
         except P.CorruptFrame as exc:
-            with contextlib.suppress(P.NetError):
+            with contextlib.suppress(P.NetError, OSError):
                 self.send(P.encode(P.Error(0, exc.code, str(exc))))
+                self._discard_input()
         except P.NetError:
             pass  # the client left, or went quiet for IDLE_S
         finally:
             self._close()
             self.sock.close()
+
+    def _discard_input(self, for_s: float = 0.2) -> None:
+        """After an ERROR for a bad frame: stop sending, read and drop what the client still sends for a
+        moment, so closing does not reset the connection before the client has read the ERROR."""
+        self.sock.shutdown(socket.SHUT_WR)
+        deadline = time.perf_counter() + for_s
+        while (remaining := deadline - time.perf_counter()) > 0:
+            ready, _, _ = select.select([self.sock], [], [], remaining)
+            if ready and not self.sock.recv(65536):
+                return
 
     def _work_loop(self) -> None:
         try:
@@ -225,12 +236,12 @@ class _Connection:
 
     def _send_cell(self, head: bytes, payload: bytes, cancel: threading.Event) -> tuple[int, bool]:
         """Send a CELL header and its PIECEs; (bytes sent, False if cancelled or stalled part-way)."""
-        pacer, sent, offset = self.server.pacer, 0, 0
+        pacer, sent, offset, view = self.server.pacer, 0, 0, memoryview(payload)
         frames = [head]
         while offset < len(payload) or frames:
             if not frames:
                 n = pacer.piece_bytes() if pacer is not None else P.PIECE_BYTES
-                frames.append(P.piece(payload[offset : offset + n]))
+                frames.append(P.piece(view[offset : offset + n]))
                 offset += n
             data = frames.pop()
             if pacer is not None:
