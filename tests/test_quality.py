@@ -122,6 +122,7 @@ def test_option_letters() -> None:
     assert option_letter("The answer is (C).") == "C"
     assert option_letter("D. They were tired") == "D"
     assert option_letter("I am not sure") is None
+    assert option_letter("A cat? The answer is B) because") == "B"  # "A" as an article is not an option
     assert option_match("B", "(B) Their subconscious") == 1.0
     assert option_match("(A)", "(B) x") == 0.0
     assert option_match("B", "no letter here") == 0.0

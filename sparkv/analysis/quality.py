@@ -15,7 +15,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +106,12 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def option_letter(text: str) -> str | None:
-    """The option an answer names: the first "(X)", else the first standalone capital A-D."""
-    m = re.search(r"\(([A-D])\)", text) or re.search(r"\b([A-D])\b", text)
-    return m.group(1) if m else None
+    """The option an answer names: the first "(X)", else "X)", "X." or "X:", else a standalone capital A-D."""
+    for pattern in (r"\(([A-D])\)", r"\b([A-D])[).:]", r"\b([A-D])\b"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None
 
 
 def option_match(prediction: str, reference: str) -> float:
@@ -322,8 +325,8 @@ def run_quality(
         raise UserError(f"model {loaded.model_id} has no tokenizer; the quality run needs text")
     codecs = [get_codec(name) for name in config.codecs]
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
-    docs = [d for ds in config.datasets for d in load_documents(data_dir, ds, config.documents,
-                                                                config.questions_per_doc)]
+    per_set = (load_documents(data_dir, ds, config.documents, config.questions_per_doc) for ds in config.datasets)
+    docs = [d for ds_docs in per_set for d in ds_docs]
     eos = eos_token_ids(loaded)
     outcomes: list[Outcome] = []
     costs: list[DocumentCost] = []
@@ -343,10 +346,9 @@ def run_quality(
                 for i, (gen, (_, query_ids)) in enumerate(zip(gens, prompts, strict=True)):
                     ref = doc.questions[i][1]
                     answer = loaded.tokenizer.decode(gen.tokens, skip_special_tokens=True).strip()
-                    agree = compare(base[i], gen)
-                    outcomes.append(Outcome(
-                        doc.dataset, doc.index, i, name, len(context_ids), len(query_ids), agree.first_token,
-                        agree.prefix_fraction, agree.exact, agree.kl_nats, task_score(doc.dataset, texts[i], ref),
-                        task_score(doc.dataset, answer, ref), texts[i], answer, ref,
-                    ))
+                    scores = task_score(doc.dataset, texts[i], ref), task_score(doc.dataset, answer, ref)
+                    outcomes.append(Outcome(doc.dataset, doc.index, i, name, len(context_ids), len(query_ids),
+                                            **asdict(compare(base[i], gen)), score_lossless=scores[0],
+                                            score_codec=scores[1], answer_lossless=texts[i], answer_codec=answer,
+                                            reference=ref))
     return outcomes, costs
