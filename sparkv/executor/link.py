@@ -82,7 +82,8 @@ class PacingLink:
     def start_clock(self, t0_s: float | None = None) -> None:
         t0 = time.perf_counter() if t0_s is None else t0_s
         self.clock_starts.append(t0)
-        self.server.set_clock(t0)
+        if not self.server.set_clock(t0):
+            log.warning("pacing link: the server did not acknowledge the clock start (is it alive?)")
 
     def close(self) -> None:
         self.server.stop()

@@ -50,9 +50,14 @@ class ServerHandle:
             except (BrokenPipeError, OSError):
                 pass
 
-    def set_clock(self, t0_s: float) -> None:
-        """Trace time 0 of the server's pacing is perf_counter instant `t0_s` (same clock across processes)."""
+    def set_clock(self, t0_s: float, timeout_s: float = 2.0) -> bool:
+        """Trace time 0 of the server's pacing is perf_counter instant `t0_s` (same clock across processes).
+
+        Waits (at most timeout_s) for the server's acknowledgement, so a FETCH sent afterwards is paced
+        from the new clock; False when none came (the server is gone or stuck).
+        """
         self._control(f"clock {t0_s!r}")
+        return self.alive() and _read_line(self.proc, time.perf_counter() + timeout_s) == "CLOCK"
 
     def log(self) -> str:
         """The server's stderr so far."""
@@ -137,7 +142,8 @@ def start_server(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH", "")) if p)
     with open(workdir / "server.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
-    bound = _read_port(proc, time.perf_counter() + startup_timeout_s)
+    line = (_read_line(proc, time.perf_counter() + startup_timeout_s) or "").split()
+    bound = int(line[1]) if len(line) == 2 and line[0] == "PORT" and line[1].isdigit() else None
     if bound is None:
         proc.kill()
         proc.wait(timeout=STOP_TIMEOUT_S)
@@ -147,24 +153,25 @@ def start_server(
     return ServerHandle(host, bound, proc, workdir, netns, pacing_trace is not None)
 
 
-def _read_port(proc: subprocess.Popen[bytes], deadline_s: float) -> int | None:
-    """The port from the server's `PORT <n>` line, or None if it exits or is silent until the deadline."""
-    assert proc.stdout is not None
+def _read_line(proc: subprocess.Popen[bytes], deadline_s: float) -> str | None:
+    """One line of the server's stdout (unbuffered reads, one byte at a time, so nothing is read ahead);
+    None if it exits, closes stdout or stays silent until the deadline."""
+    if proc.stdout is None or proc.stdout.closed:
+        return None
     fd, buf = proc.stdout.fileno(), b""
-    while b"\n" not in buf:
+    while not buf.endswith(b"\n"):
         remaining = deadline_s - time.perf_counter()
         if remaining <= 0:
             return None
         ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
         if ready:
-            data = os.read(fd, 256)
+            data = os.read(fd, 1)
             if not data:
                 return None
             buf += data
         elif proc.poll() is not None:
             return None
-    line = buf.split(b"\n", 1)[0].decode(errors="replace").split()
-    return int(line[1]) if len(line) == 2 and line[0] == "PORT" and line[1].isdigit() else None
+    return buf.decode(errors="replace").strip()
 
 
 @atexit.register

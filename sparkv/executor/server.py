@@ -2,8 +2,8 @@
 
 Run as `python -m sparkv.executor.server --root DIR [--host H] [--port P] [--trace FILE] [--fault ...]`;
 it prints `PORT <n>` on stdout once listening and reads control lines on stdin (`clock <t0>`: trace
-time 0 is perf_counter instant t0; `stop`); stdin closing (its parent died) stops it too. Start it from
-Python with `start_server` (sparkv.executor.net_launch).
+time 0 is perf_counter instant t0, acknowledged with a `CLOCK` line; `stop`); stdin closing (its parent
+died) stops it too. Start it from Python with `start_server` (sparkv.executor.net_launch).
 
 Each connection gets a reader thread (FETCH, CANCEL, PING) and a worker thread that streams the cells
 of its FETCHes in order, each as a CELL header and PIECE frames, checking for a CANCEL before every
@@ -271,8 +271,10 @@ def _control_loop(server: KVServer) -> None:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             cmd, _, arg = line.decode().strip().partition(" ")
-            if cmd == "clock" and server.pacer is not None:
-                server.pacer.set_clock(float(arg))
+            if cmd == "clock":
+                if server.pacer is not None:
+                    server.pacer.set_clock(float(arg))
+                print("CLOCK", flush=True)  # the parent waits for this before its next request
             elif cmd == "stop":
                 server.stop.set()
 
