@@ -155,3 +155,11 @@ def test_stale_namespaces_of_dead_processes_are_removed() -> None:
         assert name not in netns.list_netns()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+@needs_netns
+def test_netns_link_that_fails_to_start_leaves_no_namespace(tmp_path: Path) -> None:
+    mine = f"sparkv-{os.getpid()}-"
+    with pytest.raises(ValueError, match="not a directory"):
+        NetnsLink(constant(1e6), tmp_path / "missing")
+    assert not [name for name in netns.list_netns() if name.startswith(mine)]

@@ -35,9 +35,11 @@ def get_codec(name: str) -> WireCodec:
     """The codec called `name`; ValueError (or the registry's UserError) for an unknown one."""
     try:
         from sparkv.cost_models.codecs import get_codec as registry
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("sparkv.cost_models"):
+            raise  # the registry exists but cannot import something it needs: say so
         if name == "raw":
             return RawCodec()
-        raise ValueError(f"unknown codec {name!r}: only 'raw' is built in") from None
+        raise ValueError(f"unknown codec {name!r}: no codec registry, only 'raw' is built in") from None
     codec: WireCodec = registry(name)
     return codec

@@ -197,6 +197,8 @@ class _Connection:
             store.check(f.chunk_tokens, f.block)
             try:
                 codec = get_codec(f.codec)
+            except ImportError as exc:
+                raise RequestRefused(P.E_INTERNAL, f"codec registry unavailable: {exc!r}") from exc
             except Exception as exc:  # the registry raises UserError or ValueError
                 raise RequestRefused(P.E_BAD_CODEC, f"codec {f.codec!r}: {exc}") from exc
         except RequestRefused as exc:
@@ -288,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault", action="append", default=[], help="die-after-bytes=N | corrupt-cell=c,l")
     args = ap.parse_args(argv)
     pacer = Pacer(load_trace_arg(args.trace)) if args.trace else None
-    get_codec("raw")  # import the codec registry now, not during the first request
+    try:
+        get_codec("raw")  # import the codec registry now, not during the first request
+    except ImportError as exc:  # requests will retry the import and report it
+        print(f"codec registry unavailable: {exc!r}", file=sys.stderr)
     server = KVServer(args.root, args.host, args.port, pacer, Faults.parse(args.fault))
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     threading.Thread(target=_control_loop, args=(server,), name="kv-control", daemon=True).start()
