@@ -201,9 +201,13 @@ def _policy_options(name: str) -> tuple[str, dict[str, Any]]:
     return policy_factory(name)
 
 
-def make_named_policy(name: str) -> Policy:
-    """A fresh policy for a sweep's policy value (name or config file)."""
+def make_named_policy(name: str, world: Any = None) -> Policy:
+    """A fresh policy for a sweep's policy value (name or config file); the oracle gets the world's future."""
     registered, options = _policy_options(name)
+    if registered == "oracle" and world is not None and "forecast" not in options:
+        from sparkv.analysis.evaluate import oracle_options
+
+        options = {**oracle_options(world), **options}
     return make_policy(registered, **options)
 
 
@@ -214,7 +218,7 @@ def run_point(scenario: Scenario, policy: str, keep: str | None = None, world: A
     label = policy if not policy.endswith(".json") else f"{_policy_options(policy)[0]}:{Path(policy).stem}"
     try:
         world = world or build_world(scenario, _trace(scenario.trace), _spec(scenario.model))
-        result = simulate(world, make_named_policy(policy), record=False)
+        result = simulate(world, make_named_policy(policy, world), record=False)
     except SimulationStalled as exc:
         return _failed_row(scenario, label, "stalled", str(exc))
     except (UserError, ValueError) as exc:

@@ -233,3 +233,17 @@ SUMMARY_COLUMNS = [
     ("energy_mean_j", "mean energy J", ".1f"),
     ("mb_streamed_mean", "mean streamed MB", ".2f"),
 ]
+
+
+def prediction_pairs(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(quantity, predicted column, measured column) for validation tables: `predicted_X`/`measured_X`,
+    `sim_X`/`real_X` or `X_pred`/`X_meas`, e.g. ("ttft_s", "sim_ttft_s", "real_ttft_s")."""
+    columns = {k for r in rows[:50] for k in r}
+    out = []
+    for col in sorted(columns):
+        for pre, meas in (("predicted_", "measured_"), ("sim_", "real_"), ("pred_", "meas_")):
+            if col.startswith(pre) and meas + col[len(pre) :] in columns:
+                out.append((col[len(pre) :], col, meas + col[len(pre) :]))
+        if col.endswith("_pred") and col[: -len("_pred")] + "_meas" in columns:
+            out.append((col[: -len("_pred")], col, col[: -len("_pred")] + "_meas"))
+    return [p for p in out if numbers(rows, p[1]) and numbers(rows, p[2])]
