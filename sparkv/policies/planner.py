@@ -81,37 +81,64 @@ class Planner:
                 return True
             return abs(pa.ttft_s - pb.ttft_s) <= _TIE_S and sum(a) < sum(b)
 
-        n_pos = self.ev.C * (len(self.ev.bounds) - 1)
-        if current is None or cap_cells is None:
-            valid = list(range(n_pos + 1))
-        else:
-            valid = [p for p in range(n_pos + 1) if allowed(self.cut_k(p, lo, hi))]
-        if not valid:  # the current plan is not in the family: stay with it
-            assert current is not None
-            return Plan(tuple(current), score(current), len(cache))
-        # bisection: first valid position where compute ends no earlier than the link
+        best: list[int] | None = None
+        best_pred: Prediction | None = None
+        seeds: list[tuple[list[int], Prediction]] = []
+        groups = len(self.ev.bounds) - 1
+        families: list[tuple[int, Callable[[int], list[int]]]] = [
+            (self.ev.C * groups, lambda p: self.cut_k(p, lo, hi)),  # whole chunks from the front
+            (groups, lambda j: self.layer_k(j, lo, hi)),  # the same layers of every chunk
+        ]
+        for size, family in families:
+            k, pred = self._family_best(size, family, score, allowed, better)
+            if k is not None and pred is not None:
+                seeds.append((k, pred))
+        if current is not None:
+            seeds.append((list(current), score(current)))
+        for k, pred in seeds:
+            if better(k, pred, best, best_pred):
+                best, best_pred = k, pred
+        assert best is not None and best_pred is not None
+        if local_search:
+            for k, pred in sorted(seeds, key=lambda s: s[1].ttft_s)[:2]:
+                k, pred = self._descend(k, pred, lo, hi, score, allowed, better)
+                if better(k, pred, best, best_pred):
+                    best, best_pred = k, pred
+        return Plan(tuple(best), best_pred, len(cache))
+
+    def layer_k(self, j: int, lo: list[int], hi: list[int]) -> list[int]:
+        """Member j of the layer family: every chunk computes layer groups [0, j), clipped."""
+        x = self.ev.bounds[j]
+        return [min(max(x, a), b) for a, b in zip(lo, hi, strict=True)]
+
+    @staticmethod
+    def _family_best(
+        size: int,
+        family: Callable[[int], list[int]],
+        score: Callable[[list[int]], Prediction],
+        allowed: Callable[[list[int]], bool],
+        better: Callable[[list[int], Prediction, list[int] | None, Prediction | None], bool],
+    ) -> tuple[list[int] | None, Prediction | None]:
+        """Bisect a family ordered by computed cells for where compute and link end together; score around it."""
+        valid = [p for p in range(size + 1) if allowed(family(p))]
+        if not valid:
+            return None, None
         a, b = 0, len(valid) - 1
         while a < b:
             mid = (a + b) // 2
-            pred = score(self.cut_k(valid[mid], lo, hi))
+            pred = score(family(valid[mid]))
             if pred.compute_end_s >= pred.link_end_s:
                 b = mid
             else:
                 a = mid + 1
         best: list[int] | None = None
         best_pred: Prediction | None = None
-        candidates = [valid[i] for i in range(max(0, a - 3), min(len(valid), a + 3))]
-        if current is not None:
-            candidates.append(-1)
-        for p in candidates:
-            k = list(current) if p < 0 and current is not None else self.cut_k(p, lo, hi)
+        for i in range(max(0, a - 2), min(len(valid), a + 3)):
+            k = family(valid[i])
             pred = score(k)
             if better(k, pred, best, best_pred):
                 best, best_pred = k, pred
-        assert best is not None and best_pred is not None
-        if local_search:
-            best, best_pred = self._descend(best, best_pred, lo, hi, score, allowed, better)
-        return Plan(tuple(best), best_pred, len(cache))
+        return best, best_pred
 
     def _descend(
         self,
@@ -153,8 +180,20 @@ class Planner:
             for nk in (up(k[c]), down(k[c])):
                 if nk != k[c] and lo[c] <= nk <= hi[c]:
                     out.append([*k[:c], nk, *k[c + 1 :]])
-            if c + 1 in chunks:
-                for a, b in ((up(k[c]), down(k[c + 1])), (down(k[c]), up(k[c + 1]))):
-                    if a != k[c] and b != k[c + 1] and lo[c] <= a <= hi[c] and lo[c + 1] <= b <= hi[c + 1]:
-                        out.append([*k[:c], a, b, *k[c + 2 :]])
+            for d in chunks:  # one group from chunk c to chunk d
+                if d > c:
+                    for a, b in ((up(k[c]), down(k[d])), (down(k[c]), up(k[d]))):
+                        if a != k[c] and b != k[d] and lo[c] <= a <= hi[c] and lo[d] <= b <= hi[d]:
+                            cand = list(k)
+                            cand[c], cand[d] = a, b
+                            out.append(cand)
+        n = len(k)
+        for c in chunks:  # shift every chunk from c to the end, or from the start to c, by one group
+            for step in (up, down):
+                for span in (range(c, n), range(c + 1)):
+                    cand = list(k)
+                    for x in span:
+                        cand[x] = min(max(step(k[x]), lo[x]), hi[x])
+                    if cand != k and cand not in out:
+                        out.append(cand)
         return out

@@ -89,6 +89,7 @@ class Snapshot:
     compute_free_s: float  # when the compute lane frees up
     query_next: int  # next query layer to run (one running counts as done)
     _stops: list[list[int]] | None = field(default=None, repr=False)
+    pieces: dict[tuple[int, int, float], list[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def fresh(cls, num_chunks: int, num_layers: int, t_s: float = 0.0) -> Snapshot:
@@ -165,26 +166,33 @@ class Evaluator:
     def link_blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> list[tuple[int, int, int, int, int]]:
         """(chunk_lo, chunk_hi, layer_lo, layer_hi, bytes) transfers, chunks descending, layers ascending."""
         out: list[tuple[int, int, int, int, int]] = []
-        L, stops = self.L, snap.stops()
         for c in range(self.C - 1, -1, -1):
-            row, cum = snap.state[c], self.cum_bytes[c]
-            lo = k[c]
-            while lo < L:
-                if row[lo] != _MISSING:
-                    lo += 1
-                    continue
-                stop = stops[c][lo]
-                hi = min(max(bisect_right(cum, cum[lo] + target_bytes) - 1, lo + 1), stop)
-                n = cum[hi] - cum[lo]
+            for lo, hi, n in self._pieces(c, k[c], snap, target_bytes):
                 if out:
                     c0, c1, l0, l1, n0 = out[-1]
                     if c0 == c + 1 and l0 == lo and l1 == hi and n0 + n <= target_bytes:
                         out[-1] = (c, c1, lo, hi, n0 + n)
-                        lo = hi
                         continue
                 out.append((c, c + 1, lo, hi, n))
-                lo = hi
         return out
+
+    def _pieces(self, c: int, kc: int, snap: Snapshot, target_bytes: float) -> list[tuple[int, int, int]]:
+        """Chunk c's missing layers from kc on, as (layer_lo, layer_hi, bytes) transfers (cached per snapshot)."""
+        key = (c, kc, target_bytes)
+        got = snap.pieces.get(key)
+        if got is not None:
+            return got
+        got = []
+        row, cum, stops, lo = snap.state[c], self.cum_bytes[c], snap.stops()[c], kc
+        while lo < self.L:
+            if row[lo] != _MISSING:
+                lo += 1
+                continue
+            hi = min(max(bisect_right(cum, cum[lo] + target_bytes) - 1, lo + 1), stops[lo])
+            got.append((lo, hi, cum[hi] - cum[lo]))
+            lo = hi
+        snap.pieces[key] = got
+        return got
 
     def blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> tuple[list[CellBlock], list[CellBlock]]:
         comp = [CellBlock.one(c, lo, hi) for c, lo, hi in self.compute_blocks(k, snap)]
@@ -204,8 +212,12 @@ class Evaluator:
         if f is not None:
             ready[f.layer_lo : f.layer_hi] = [t] * (f.layer_hi - f.layer_lo)
             fetched.append((f.chunk_lo, f.chunk_hi, f.layer_lo, f.layer_hi, t))
+        const = isinstance(link, ConstantLink)
+        if const:
+            assert isinstance(link, ConstantLink)
+            fixed, per_byte = link.fixed_s, 1.0 / max(link.bandwidth_bps, 1e-9) + link.install_s_per_byte
         for c0, c1, lo, hi, n in self.link_blocks(k, snap, target_bytes):
-            t = link.transfer_end(t, n)
+            t = t + fixed + n * per_byte if const else link.transfer_end(t, n)
             ready[lo:hi] = [t] * (hi - lo)
             fetched.append((c0, c1, lo, hi, t))
         link_end = t
@@ -247,24 +259,29 @@ class Evaluator:
         done: list[float], last: list[int], fetched: list[tuple[int, int, int, int, float]], speed: ComputeSpeed,
     ) -> tuple[float, int]:  # fmt: skip
         """Chunk c's commands one by one, with query layers and waits for streamed cells in between."""
-        g, L, cum, qs = self.group, self.L, self.cum_s[c], self.query_s
+        g, L, cum, qs, launch = self.group, self.L, self.cum_s[c], self.query_s, self.launch_s
+        plain, scale = speed.availability is None, speed.scale
+        dep = _dependencies(c, L, fetched) if min_k < hi else None  # per layer: streamed cells of c' < c land
         cur = lo
         while cur < hi:
-            nxt = min((cur // g + 1) * g, hi)
+            nxt = (cur // g + 1) * g
+            if nxt > hi:
+                nxt = hi
             rq = _INF
             if q < L and (last[q] < c or (last[q] == c and q < cur)):
-                rq = max(ready[q], done[q])
+                rq = ready[q] if ready[q] > done[q] else done[q]
                 if rq <= t:
-                    t = speed.end(t, qs[q])
+                    t = t + qs[q] * scale if plain else speed.end(t, qs[q])
                     q += 1
                     continue
-            dep = _dependency(c, cur, nxt, fetched) if min_k < nxt else -_INF
-            if dep <= t:
-                t = speed.end(t, self.launch_s + cum[nxt] - cum[cur])
+            wait = max(dep[cur:nxt]) if dep is not None else -_INF
+            if wait <= t:
+                work = launch + cum[nxt] - cum[cur]
+                t = t + work * scale if plain else speed.end(t, work)
                 done[cur:nxt] = [t] * (nxt - cur)
                 cur = nxt
                 continue
-            t = min(dep, rq)
+            t = wait if wait < rq else rq
             if t == _INF:
                 break
         return t, q
@@ -293,10 +310,12 @@ def _last_computing(prefix: list[int], k: list[int], L: int) -> list[int]:
     return last
 
 
-def _dependency(c: int, lo: int, hi: int, fetched: list[tuple[int, int, int, int, float]]) -> float:
-    """When the streamed cells (c' < c, layers [lo, hi)) that chunk c's command needs have all landed."""
-    dep = -_INF
+def _dependencies(c: int, L: int, fetched: list[tuple[int, int, int, int, float]]) -> list[float]:
+    """Per layer: when the streamed cells of chunks before c at that layer have all landed."""
+    dep = [-_INF] * L
     for c0, _, a, b, t in fetched:
-        if c0 < c and a < hi and b > lo and t > dep:
-            dep = t
+        if c0 < c:
+            for layer in range(a, b):
+                if t > dep[layer]:
+                    dep[layer] = t
     return dep

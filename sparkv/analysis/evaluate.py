@@ -1,0 +1,270 @@
+"""The evaluation: every policy over traces x context lengths x bandwidth scales in the simulator.
+
+A bandwidth scale is either absolute (multiply the trace) or set from a target ratio of stream-only to
+local-only TTFT (`ratios`): local and stream-only are simulated at scale 1, and the scale that brings
+their ratio to the target is used, so every trace is evaluated in the regime where the split matters.
+Each scenario also gets the oracle (the trace itself as forecast, see `oracle_options`) and the fluid
+lower bound. One row per (scenario, policy), with the scenario's full configuration.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sparkv.core.config import Scenario
+from sparkv.core.errors import UserError
+from sparkv.core.paths import shared_path
+from sparkv.policies import make_policy
+from sparkv.policies.base import RequestContext
+from sparkv.policies.bounds import fluid_bound_s
+from sparkv.policies.controller import SparKVConfig
+from sparkv.policies.planner_model import ComputeSpeed, ForecastLink
+from sparkv.sim import SimulationStalled, World, build_world, simulate
+from sparkv.traces import Trace, get_trace, is_spec
+
+POLICY_ORDER = ("local", "stream", "cake", "static", "sparkv", "oracle")
+SYNTHETIC = ("lte:seed=1", "lte:seed=2", "lte:seed=3", "ge:seed=1", "ge:seed=2", "steps:20s@16mbps,20s@2mbps")
+_DOC = ("readme", "license", "copying", "upstream")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `sparkv evaluate` runs; saved beside its results."""
+
+    traces: list[str]
+    context_tokens: list[int] = field(default_factory=lambda: [4096, 8192, 16384])
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # stream-only / local-only targets
+    scales: list[float] = field(default_factory=list)  # absolute bandwidth scales, in addition
+    policies: list[str] = field(default_factory=lambda: list(POLICY_ORDER))
+    base: dict[str, Any] = field(default_factory=dict)  # Scenario.to_dict() every point starts from
+    sparkv: dict[str, Any] = field(default_factory=dict)  # SparKVConfig.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_traces() -> list[str]:
+    """The real traces under ../shared/traces if present, else synthetic families."""
+    root = shared_path("traces")
+    return expand_traces([str(root)]) if root else list(SYNTHETIC)
+
+
+def expand_traces(values: Iterable[str]) -> list[str]:
+    """Files, folders (recursively; docs and mahimahi uplinks skipped), globs and synthetic specs."""
+    out: list[str] = []
+    for value in map(str, values):
+        path = Path(value)
+        if path.is_file():
+            out.append(value)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_doc(p))
+            out.extend(str(p) for p in files if not (p.suffix == ".up" and p.with_suffix(".down").exists()))
+        elif any(ch in value for ch in "*?["):
+            out.extend(sorted(p for p in glob.glob(value, recursive=True) if Path(p).is_file()))
+        elif is_spec(value):
+            out.append(value)
+        else:
+            raise UserError(f"trace {value!r}: no such file, folder or glob match, and not a synthetic spec")
+    if not out:
+        raise UserError(f"no traces found in {list(values)}")
+    return list(dict.fromkeys(out))
+
+
+def _is_doc(path: Path) -> bool:
+    name = path.name.lower()
+    return name.startswith(".") or path.suffix == ".md" or name.startswith(_DOC)
+
+
+def oracle_options(world: World) -> dict[str, Any]:
+    """make_policy("oracle", **options): the world's scaled trace and link arithmetic, its device availability."""
+    link = world.scenario.link
+    return {
+        "forecast": world.trace,
+        "offset_s": link.trace_offset_s,
+        "efficiency": link.efficiency,
+        "pre_s": link.per_transfer_s + link.rtt_s,
+        "post_s": world.profile.install_fixed_s,
+        "availability": world.availability,
+    }
+
+
+def world_link(world: World) -> ForecastLink:
+    o = oracle_options(world)
+    return ForecastLink(o["forecast"], o["offset_s"], o["efficiency"], o["pre_s"], o["post_s"],
+                        world.costs.install_s_per_byte)  # fmt: skip
+
+
+def fluid_bound(world: World) -> float:
+    return fluid_bound_s(world.costs, world_link(world), ComputeSpeed(1.0, world.availability))
+
+
+def jobs_for(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """One job per (trace, context, scale target); each runs every policy on one world."""
+    out = []
+    for trace in cfg.traces:
+        for ctx in cfg.context_tokens:
+            targets = [("ratio", r) for r in cfg.ratios] + [("scale", s) for s in cfg.scales]
+            for kind, value in targets:
+                out.append({"trace": trace, "context_tokens": ctx, "kind": kind, "value": value,
+                            "policies": cfg.policies, "base": cfg.base, "sparkv": cfg.sparkv})  # fmt: skip
+    return out
+
+
+def _ttft(world: World, name: str) -> float:
+    try:
+        return simulate(world, make_policy(name), record=False).ttft_s
+    except SimulationStalled:
+        return math.inf
+
+
+def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every policy on one scenario; rows of plain data (runs in a worker process)."""
+    base = Scenario.from_dict(job["base"]) if job["base"] else Scenario()
+    scenario = base.with_(trace=job["trace"], context_tokens=job["context_tokens"])
+    trace = _trace(job["trace"])
+    world = build_world(scenario, trace=trace)
+    scale = float(job["value"]) if job["kind"] == "scale" else 1.0
+    if job["kind"] == "ratio":
+        ratio_1 = _ttft(world, "stream") / _ttft(world, "local")
+        scale = ratio_1 / float(job["value"]) if math.isfinite(ratio_1) else 1.0
+    if scale != scenario.link.bandwidth_scale:
+        scenario = scenario.with_(bandwidth_scale=scale * scenario.link.bandwidth_scale)
+        world = build_world(scenario, trace=trace)
+    bound = fluid_bound(world)
+    rows: list[dict[str, Any]] = []
+    for name in job["policies"]:
+        options: dict[str, Any] = {}
+        if name == "oracle":
+            options = oracle_options(world)
+        elif name == "sparkv" and job["sparkv"]:
+            options = {"config": SparKVConfig.from_dict(job["sparkv"])}
+        plan_ms = _plan_ms(world, name, options) if name in ("sparkv", "oracle") else math.nan
+        policy = make_policy(name, **options)
+        t0 = time.perf_counter()
+        try:
+            result = simulate(world, policy, record=False)
+        except SimulationStalled as exc:
+            rows.append({"policy": name, "status": "stalled", "reason": str(exc), "ttft_s": math.inf})
+            continue
+        wall = time.perf_counter() - t0
+        stats = result.config["policy"].get("stats", {})
+        rows.append({
+            "policy": name, "status": "ok", "ttft_s": result.ttft_s, "energy_j": result.energy_total_j,
+            **{f"energy_{k}_j": v for k, v in result.energy_j.items()},
+            "mb_streamed": result.bytes_streamed / 1e6, "mb_wasted": result.bytes_wasted / 1e6,
+            "cells_computed": result.cells_computed, "cells_streamed": result.cells_streamed,
+            "predicted_ttft_s": stats.get("predicted_ttft_s", math.nan), "replans": stats.get("replans", 0),
+            "cancels": stats.get("cancels", 0), "plan_ms": plan_ms, "sim_wall_s": wall,
+            "policy_config": json.dumps({k: v for k, v in result.config["policy"].items() if k != "stats"}),
+        })  # fmt: skip
+    ttft = {r["policy"]: r["ttft_s"] for r in rows}
+    common = {
+        "trace": Path(job["trace"]).name if not is_spec(job["trace"]) else job["trace"],
+        "trace_path": job["trace"], "context_tokens": job["context_tokens"], "scale_kind": job["kind"],
+        "scale_target": job["value"], "bandwidth_scale": scenario.link.bandwidth_scale,
+        "trace_mean_mbps": world.trace.mean_bps * 8 / 1e6, "fluid_bound_s": bound,
+        "local_ttft_s": ttft.get("local", math.nan), "stream_ttft_s": ttft.get("stream", math.nan),
+        "oracle_ttft_s": ttft.get("oracle", math.nan), "cake_ttft_s": ttft.get("cake", math.nan),
+        "scenario": json.dumps(scenario.to_dict()),
+    }  # fmt: skip
+    return [{**common, **row} for row in rows]
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Per row: speed-ups over the baselines, gaps to the oracle and the bound, the regime test."""
+    for r in rows:
+        best = min(r["local_ttft_s"], r["stream_ttft_s"])
+        t = r["ttft_s"]
+        r["stream_local_ratio"] = r["stream_ttft_s"] / r["local_ttft_s"]
+        r["in_band"] = 0.25 <= r["stream_local_ratio"] <= 4.0
+        r["speedup_vs_best_single"] = best / t
+        r["speedup_vs_cake"] = r["cake_ttft_s"] / t
+        r["ttft_over_oracle"] = t / r["oracle_ttft_s"]
+        r["ttft_over_bound"] = t / r["fluid_bound_s"]
+
+
+def run_evaluation(
+    cfg: EvalConfig, jobs: int = 1, progress: Callable[[int, int], None] | None = None
+) -> list[dict[str, Any]]:
+    """All jobs, in parallel across `jobs` processes; rows sorted by scenario and policy order."""
+    tasks = jobs_for(cfg)
+    rows: list[dict[str, Any]] = []
+    if jobs <= 1:
+        for i, task in enumerate(tasks):
+            rows.extend(run_job(task))
+            if progress:
+                progress(i + 1, len(tasks))
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_job, t) for t in tasks]
+            for i, fut in enumerate(as_completed(futures)):
+                rows.extend(fut.result())
+                if progress:
+                    progress(i + 1, len(tasks))
+    order = {name: i for i, name in enumerate(POLICY_ORDER)}
+    rows.sort(key=lambda r: (r["trace_path"], r["context_tokens"], r["scale_kind"], r["scale_target"],
+                             order.get(r["policy"], 99)))  # fmt: skip
+    add_ratios(rows)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], band_only: bool = True) -> list[dict[str, Any]]:
+    """Per policy: medians over the scenarios (in the 4x band when `band_only`)."""
+    out = []
+    names = [n for n in POLICY_ORDER if any(r["policy"] == n for r in rows)]
+    names += sorted({r["policy"] for r in rows} - set(names))
+    for name in names:
+        sel = [r for r in rows if r["policy"] == name and r["status"] == "ok" and (r["in_band"] or not band_only)]
+        if not sel:
+            continue
+
+        def med(key: str, sel: list[dict[str, Any]] = sel) -> float:
+            vals = [float(r[key]) for r in sel if math.isfinite(float(r[key]))]
+            return statistics.median(vals) if vals else math.nan
+
+        def p90(key: str, sel: list[dict[str, Any]] = sel) -> float:
+            vals = sorted(float(r[key]) for r in sel)
+            return vals[min(len(vals) - 1, int(0.9 * len(vals)))]
+
+        out.append({
+            "policy": name, "n": len(sel), "ttft_med_s": med("ttft_s"), "ttft_p90_s": p90("ttft_s"),
+            "energy_med_j": med("energy_j"), "speedup_best_single": med("speedup_vs_best_single"),
+            "speedup_cake": med("speedup_vs_cake"), "over_oracle": med("ttft_over_oracle"),
+            "over_oracle_p90": p90("ttft_over_oracle"), "over_bound": med("ttft_over_bound"),
+        })  # fmt: skip
+    return out
+
+
+def _plan_ms(world: World, name: str, options: dict[str, Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Milliseconds of the policy's first plan (its `begin`), timed outside the pure policy."""
+    policy = make_policy(name, **options)
+    t0 = clock()
+    policy.begin(RequestContext(world.request, world.spec, world.costs, 0.0))
+    return (clock() - t0) * 1e3
+
+
+@lru_cache(maxsize=64)
+def _trace(name: str) -> Trace:
+    return get_trace(name)  # once per worker process
+
+
+def bench_planning(repeats: int = 30, device: str = "analytic-cpu-2core", trace: str = "const:5mbps,1000s") -> dict:
+    """SparKV's first plan for an 8k-token (16 chunks of 512) 30-layer SmolLM2 request: wall and CPU ms here."""
+    scenario = Scenario(model="smollm2-135m", context_tokens=8192, chunk_tokens=512, trace=trace, device=device)
+    world = build_world(scenario)
+    wall = sorted(_plan_ms(world, "sparkv", {}) for _ in range(repeats))
+    cpu = sorted(_plan_ms(world, "sparkv", {}, time.process_time) for _ in range(repeats))
+    return {"median_ms": statistics.median(wall), "max_ms": wall[-1], "median_cpu_ms": statistics.median(cpu),
+            "repeats": repeats, "chunks": world.request.num_chunks, "layers": world.spec.num_layers,
+            "device": device}  # fmt: skip

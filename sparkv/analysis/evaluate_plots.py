@@ -1,0 +1,97 @@
+"""Figures of an evaluation: TTFT and energy CDFs per policy, speed-ups of SparKV, gaps to the bounds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+COLORS = {"local": "#7f7f7f", "stream": "#1f77b4", "cake": "#ff7f0e", "static": "#9467bd", "sparkv": "#d62728",
+          "oracle": "#2ca02c", "fluid bound": "#000000"}  # fmt: skip
+
+
+def _cdf(ax: Any, values: list[float], label: str) -> None:
+    vals = np.sort([v for v in values if math.isfinite(v)])
+    if vals.size == 0:
+        return
+    y = np.arange(1, vals.size + 1) / vals.size
+    ax.step(vals, y, where="post", label=f"{label} (n={vals.size})", color=COLORS.get(label))
+
+
+def _by_policy(rows: list[dict[str, Any]], key: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            out.setdefault(r["policy"], []).append(float(r[key]))
+    return out
+
+
+def plot_evaluation(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
+    """Write the evaluation's figures into `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    band = [r for r in rows if r.get("in_band")]
+    rows = band or rows
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, vals in _by_policy(rows, "ttft_s").items():
+        _cdf(axes[0], vals, name)
+    bounds = {(r["trace_path"], r["context_tokens"], r["scale_target"]): r["fluid_bound_s"] for r in rows}
+    _cdf(axes[0], list(bounds.values()), "fluid bound")
+    for name, vals in _by_policy(rows, "energy_j").items():
+        _cdf(axes[1], vals, name)
+    for ax, label in zip(axes, ("TTFT (s)", "energy per request (J)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("fraction of scenarios")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "TTFT and energy over traces x contexts x bandwidth scales")
+    paths.append(_save(fig, out / "cdf_ttft_energy.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sparkv = {_key(r): r["ttft_s"] for r in rows if r["policy"] == "sparkv" and r["status"] == "ok"}
+    for base in ("local", "stream", "cake", "static"):
+        ratios = [r["ttft_s"] / sparkv[_key(r)] for r in rows if r["policy"] == base and _key(r) in sparkv]
+        _cdf(ax, ratios, base)
+    best = [min(r["local_ttft_s"], r["stream_ttft_s"]) / r["ttft_s"] for r in rows if r["policy"] == "sparkv"]
+    _cdf(ax, best, "best of local/stream")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up of SparKV (baseline TTFT / SparKV TTFT)")
+    ax.set_ylabel("fraction of scenarios")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "speedup_sparkv.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, vals in _by_policy(rows, "ttft_over_oracle").items():
+        _cdf(axes[0], vals, name)
+    for name, vals in _by_policy(rows, "ttft_over_bound").items():
+        _cdf(axes[1], vals, name)
+    for ax, label in zip(axes, ("TTFT / oracle TTFT", "TTFT / fluid lower bound"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("fraction of scenarios")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "gap_oracle_bound.png"))
+    return paths
+
+
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["trace_path"], r["context_tokens"], r["scale_kind"], r["scale_target"])
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,184 @@
+"""`sparkv evaluate`: every policy over traces x context lengths x bandwidth scales, against the oracle."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from sparkv.analysis.evaluate import (
+    POLICY_ORDER,
+    EvalConfig,
+    bench_planning,
+    default_traces,
+    expand_traces,
+    run_evaluation,
+    summarise,
+)
+from sparkv.commands.common import format_table
+from sparkv.core.config import Scenario
+from sparkv.core.errors import UserError
+from sparkv.cost_models.profiles import builtin_profile_names
+from sparkv.policies import make_policy
+from sparkv.policies.controller import SparKVConfig
+
+SUMMARY = [
+    ("policy", "policy", ""), ("n", "scenarios", "d"), ("ttft_med_s", "TTFT med s", ".2f"),
+    ("ttft_p90_s", "TTFT p90 s", ".2f"), ("energy_med_j", "energy med J", ".0f"),
+    ("speedup_best_single", "x best(local,stream)", ".2f"), ("speedup_cake", "x cake", ".3f"),
+    ("over_oracle", "/oracle med", ".3f"), ("over_oracle_p90", "/oracle p90", ".3f"),
+    ("over_bound", "/bound med", ".3f"),
+]  # fmt: skip
+
+
+def default_device() -> str:
+    return "cpu-smollm2" if "cpu-smollm2" in builtin_profile_names() else "analytic-cpu-2core"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="all policies over traces, contexts and bandwidth scales vs the oracle")
+    p.add_argument("--trace", action="append", help="trace file, folder, glob or synthetic spec; repeatable "
+                   "(default: ../shared/traces if present, else synthetic lte/ge/steps families)")  # fmt: skip
+    p.add_argument("--context-tokens", default="4096,8192,16384", help="context lengths (default 4096,8192,16384)")
+    p.add_argument("--ratios", default="0.5,1,2",
+                   help="bandwidth scales set so stream-only TTFT / local-only TTFT hits each ratio (default 0.5,1,2)")
+    p.add_argument("--scales", default="", help="absolute bandwidth scales, in addition (e.g. 1)")
+    p.add_argument("--policy", action="append", help=f"policies (default: {', '.join(POLICY_ORDER)})")
+    p.add_argument("--device", help="device profile (default: cpu-smollm2 if built in, else analytic-cpu-2core)")
+    p.add_argument("--model", default="smollm2-135m", help="model spec (default smollm2-135m)")
+    p.add_argument("--codec", default="fp16", help="KV codec on the wire, the same for every policy (default fp16)")
+    p.add_argument("--chunk-tokens", type=int, default=512, help="tokens per chunk (default 512)")
+    p.add_argument("--rtt-ms", type=float, help="round trip per transfer, ms (default 30)")
+    p.add_argument("--sparkv-config", type=Path, help="SparKVConfig JSON (e.g. from `sparkv tune`)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
+    p.add_argument("--planner-check", type=int, default=0, metavar="N",
+                   help="also compare the planner with exhaustive search on N random small instances")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    traces = expand_traces(args.trace) if args.trace else default_traces()
+    names = args.policy or list(POLICY_ORDER)
+    for name in names:
+        make_policy(name)  # fail early on an unknown name
+    base = Scenario(model=args.model, device=args.device or default_device(), codec=args.codec,
+                    chunk_tokens=args.chunk_tokens)  # fmt: skip
+    if args.rtt_ms is not None:
+        base = base.with_(rtt_s=args.rtt_ms / 1e3)
+    sparkv: dict[str, Any] = {}
+    if args.sparkv_config:
+        try:
+            sparkv = SparKVConfig.load(args.sparkv_config).to_dict()
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"cannot read SparKV config {args.sparkv_config}: {exc}") from exc
+    contexts = [int(x) for x in _floats(args.context_tokens)]
+    if any(c <= 0 for c in contexts):
+        raise UserError(f"--context-tokens must be positive, got {args.context_tokens}")
+    return EvalConfig(traces, contexts, _floats(args.ratios), _floats(args.scales), names, base.to_dict(), sparkv)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    n_jobs = len(cfg.traces) * len(cfg.context_tokens) * (len(cfg.ratios) + len(cfg.scales))
+    print(f"evaluate: {len(cfg.traces)} traces x {len(cfg.context_tokens)} contexts x "
+          f"{len(cfg.ratios) + len(cfg.scales)} scales = {n_jobs} scenarios, {len(cfg.policies)} policies, "
+          f"device {cfg.base['device']}, codec {cfg.base['codec']}, {args.jobs} jobs")  # fmt: skip
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_jobs, unit="scenario")
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    rows = run_evaluation(cfg, jobs=max(1, args.jobs), progress=progress)
+    bar.close()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "rows.csv")
+    summary = summarise(rows)
+    targets = check_targets(summary, rows)
+    planning = bench_planning(device=cfg.base["device"])
+    planner_check = None
+    if args.planner_check:
+        from sparkv.policies.planner_exact import study
+
+        planner_check = [study(args.planner_check, seed=1, chunks=5, groups=6, monotone=False),
+                         study(args.planner_check, seed=2, chunks=8, groups=8, monotone=True)]  # fmt: skip
+    report = {"config": cfg.to_dict(), "sparkv_config": cfg.sparkv or SparKVConfig().to_dict(),
+              "summary_in_band": summary, "summary_all": summarise(rows, band_only=False), "targets": targets,
+              "planning": planning, "planner_check": planner_check,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}  # fmt: skip
+    (out / "evaluation.json").write_text(json.dumps(report, indent=1, default=str))
+    print_report(summary, targets, planning, planner_check, rows)
+    if not args.no_plots:
+        from sparkv.analysis.evaluate_plots import plot_evaluation
+
+        plot_evaluation(rows, out)
+    print(f"wrote {out}/ (rows.csv, evaluation.json{'' if args.no_plots else ', *.png'})")
+    return 0
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def check_targets(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets on the in-band scenarios (stream-only within 4x of local-only)."""
+    by = {s["policy"]: s for s in summary}
+    if "sparkv" not in by:
+        return {}
+    s = by["sparkv"]
+    base_energy = [by[b]["energy_med_j"] for b in ("local", "stream", "cake", "static") if b in by]
+    energy: dict[tuple[Any, ...], dict[str, float]] = {}
+    for r in rows:
+        if r.get("in_band") and r["status"] == "ok":
+            key = (r["trace_path"], r["context_tokens"], r["scale_kind"], r["scale_target"])
+            energy.setdefault(key, {})[r["policy"]] = r["energy_j"]
+    wins = [e["sparkv"] <= min(v for k, v in e.items() if k in ("local", "stream", "cake", "static"))
+            for e in energy.values() if "sparkv" in e and len(e) > 1]  # fmt: skip
+    return {
+        "ttft_over_oracle_med": {"value": s["over_oracle"], "target": "<= 1.10", "met": s["over_oracle"] <= 1.10},
+        "speedup_best_single_med": {"value": s["speedup_best_single"], "target": ">= 1.8",
+                                    "met": s["speedup_best_single"] >= 1.8},
+        "speedup_cake_med": {"value": s["speedup_cake"], "target": ">= 1.1", "met": s["speedup_cake"] >= 1.1},
+        "energy_med_vs_best_baseline": {"value": s["energy_med_j"], "best_baseline": min(base_energy, default=math.nan),
+                                        "met": s["energy_med_j"] <= min(base_energy, default=math.inf),
+                                        "scenarios_no_worse": sum(wins) / max(len(wins), 1)},
+    }  # fmt: skip
+
+
+def print_report(summary: list[dict[str, Any]], targets: dict[str, Any], planning: dict[str, Any],
+                 planner_check: list[dict[str, Any]] | None, rows: list[dict[str, Any]]) -> None:  # fmt: skip
+    n_band = len({(r["trace_path"], r["context_tokens"], r["scale_target"]) for r in rows if r.get("in_band")})
+    n_all = len({(r["trace_path"], r["context_tokens"], r["scale_target"]) for r in rows})
+    print(f"\nscenarios with stream-only within 4x of local-only: {n_band} of {n_all} (medians over them)")
+    print(format_table(summary, SUMMARY))
+    for name, t in targets.items():
+        extra = {k: v for k, v in t.items() if k not in ("value", "target", "met")}
+        print(f"  target {name}: {t['value']:.3f} ({t.get('target', '')}) {'MET' if t['met'] else 'NOT MET'} {extra}")
+    print(f"SparKV first plan, 8k tokens x 30 layers ({planning['device']}): median {planning['median_ms']:.1f} ms, "
+          f"max {planning['max_ms']:.1f} ms wall; median {planning['median_cpu_ms']:.1f} ms CPU")  # fmt: skip
+    for check in planner_check or []:
+        print(f"planner vs exact ({check['kind']}, {check['chunks']}x{check['groups']}, {check['exact']} k): "
+              f"{check['within_2pct']:.1%} within 2 %, worst {check['worst_ratio']:.4f}, "
+              f"{check['instances']} instances")  # fmt: skip
