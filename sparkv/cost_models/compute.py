@@ -1,7 +1,7 @@
 """Compute cost of prefill on a device: fitted from measurements, or analytic (roofline).
 
 Both answer one question: seconds for one decoder layer over `new_tokens` tokens that attend to
-`past_tokens` earlier ones. Chunk and query costs are sums of these.
+`past_tokens` earlier ones. Chunk and query costs are sums of these, plus `launch_s` per command.
 """
 
 from __future__ import annotations
@@ -24,19 +24,34 @@ class ComputeModel(Protocol):
 
 @dataclass(frozen=True)
 class FittedCompute:
-    """t = fixed + per_token * n + per_attn * n * (past + (n + 1) / 2), per layer; valid for one model."""
+    """Per layer: t = fixed + per_token*n + per_attn*n*(past + (n+1)/2) + per_past*past + per_sq*n^2.
+
+    n new tokens attend to `past` earlier ones. The first three terms are the classic form (weights,
+    causal attention); `per_past` (reading and expanding the cached K/V of the past, independent of n)
+    and `per_sq` (attention kernels that compute the full n x n block under a causal mask) are kept
+    only when held-out data demand them (`sparkv.cost_models.fit`). Valid for one model.
+    """
 
     model: str  # the model it was measured with
     fixed_s: float
     per_token_s: float
     per_attn_s: float
-    launch_s: float = 0.0
+    launch_s: float = 0.0  # fixed seconds per compute command (embedding, bookkeeping)
     lm_head_s: float = 0.0  # final norm + LM head + sampling for one position
     kind: str = "fitted"
+    per_past_s: float = 0.0
+    per_sq_s: float = 0.0
 
     def layer_s(self, spec: ModelSpec, new_tokens: int, past_tokens: int) -> float:
-        attended = new_tokens * (past_tokens + (new_tokens + 1) / 2)
-        return self.fixed_s + self.per_token_s * new_tokens + self.per_attn_s * attended
+        n = new_tokens
+        attended = n * (past_tokens + (n + 1) / 2)
+        return (
+            self.fixed_s
+            + self.per_token_s * n
+            + self.per_attn_s * attended
+            + self.per_past_s * past_tokens
+            + self.per_sq_s * n * n
+        )
 
     def first_token_s(self, spec: ModelSpec) -> float:
         return self.lm_head_s
@@ -57,12 +72,20 @@ class RooflineCompute:
     kind: str = "roofline"
 
     def layer_s(self, spec: ModelSpec, new_tokens: int, past_tokens: int) -> float:
+        t_compute, t_memory = self.layer_times(spec, new_tokens, past_tokens)
+        return max(t_compute, t_memory) + self.per_layer_s
+
+    def layer_times(self, spec: ModelSpec, new_tokens: int, past_tokens: int) -> tuple[float, float]:
+        """(seconds if compute-bound, seconds if memory-bound) for one layer, overhead excluded."""
         flops = spec.layer_flops(new_tokens, past_tokens)
         weights = spec.layer_params * spec.dtype_bytes
         kv_read = (past_tokens + new_tokens) * spec.kv_bytes_per_token_layer
-        t_compute = flops / (self.peak_flops * self.flops_efficiency)
-        t_memory = (weights + kv_read) / self.mem_bw_bps
-        return max(t_compute, t_memory) + self.per_layer_s
+        return flops / (self.peak_flops * self.flops_efficiency), (weights + kv_read) / self.mem_bw_bps
+
+    def bound(self, spec: ModelSpec, new_tokens: int, past_tokens: int) -> str:
+        """"compute" or "memory": which roof limits this layer."""
+        t_compute, t_memory = self.layer_times(spec, new_tokens, past_tokens)
+        return "compute" if t_compute >= t_memory else "memory"
 
     def first_token_s(self, spec: ModelSpec) -> float:
         flops = 2.0 * spec.hidden_size * spec.vocab_size

@@ -8,7 +8,7 @@ versions it was measured with (kind "measured"), or the published figures it was
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,20 @@ class DeviceProfile:
     sources: dict[str, str] = field(default_factory=dict)
     fit_error: dict[str, float] = field(default_factory=dict)  # held-out error of the fit
     link: dict[str, float] = field(default_factory=dict)  # calibrated link constants, if measured
+    install_by_codec: dict[str, dict[str, float]] = field(default_factory=dict)  # codec -> fixed_s, s_per_byte
+    measurements: dict[str, Any] = field(default_factory=dict)  # raw samples and fit details, for reports
+
+    def install_cost(self, codec: str) -> tuple[float, float]:
+        """(fixed seconds per transfer, seconds per wire byte) to decode and install cells of `codec`.
+
+        Uses the measured entry for the codec (or for its part before "+", e.g. "int8" for "int8+zstd"
+        when only that was measured), else the profile's defaults.
+        """
+        for key in (codec, codec.split("+")[0], codec.split(":")[0]):
+            entry = self.install_by_codec.get(key)
+            if entry:
+                return float(entry.get("fixed_s", 0.0)), float(entry["s_per_byte"])
+        return self.install_fixed_s, self.install_s_per_byte
 
     def check_model(self, spec: ModelSpec) -> None:
         """A fitted profile describes one model; refuse to apply it to another."""
@@ -55,6 +69,9 @@ class DeviceProfile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
         data = dict(data)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown profile keys {sorted(unknown)}")
         data["compute"] = compute_model_from_dict(data["compute"])
         data["power"] = ComputePower(**data["power"])
         return cls(**data)

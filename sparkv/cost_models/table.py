@@ -31,12 +31,13 @@ def build_cost_table(
     """Predictions for one request; `bandwidth_prior_bps` is the expected trace rate (before efficiency)."""
     profile.check_model(spec)
     query_layer = profile.compute.layer_s(spec, request.query_tokens, request.context_tokens)
+    install_fixed_s, install_s_per_byte = profile.install_cost(codec)
     return CostTable(
         compute_cell_s=compute_grid_s(spec, request, profile),
         compute_launch_s=profile.compute.launch_s,
         cell_bytes=cell_bytes_grid(spec, request, codec),
-        transfer_fixed_s=link.rtt_s + link.per_transfer_s + profile.install_fixed_s,
-        install_s_per_byte=profile.install_s_per_byte,
+        transfer_fixed_s=link.rtt_s + link.per_transfer_s + install_fixed_s,
+        install_s_per_byte=install_s_per_byte,
         query_layer_s=np.full(spec.num_layers, query_layer),
         first_token_s=profile.compute.first_token_s(spec),
         bandwidth_prior_bps=max(bandwidth_prior_bps * link.efficiency, 1.0),

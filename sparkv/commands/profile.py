@@ -1,0 +1,89 @@
+"""`sparkv profile`: measure the real model on this machine and write a device profile JSON.
+
+    sparkv profile                          # SmolLM2 on this CPU -> ./cpu-smollm2.json (a few minutes)
+    sparkv profile --device cuda            # the same on an NVIDIA GPU
+    sparkv profile --quick --out /tmp/p.json   # a tiny random model, seconds (for tests)
+    sparkv profile --link pacing --update cpu-smollm2.json   # calibrate the link into an existing profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from sparkv.core.errors import UserError
+from sparkv.cost_models.profiles import DeviceProfile
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure compute, install and link costs on this machine; write a profile")
+    p.add_argument("--model", default="smollm2", help="model to load: smollm2 or a Hugging Face directory")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
+    p.add_argument("--name", help="profile name (default <cpu|cuda>-<model>)")
+    p.add_argument("--out", type=Path, help="output JSON (default ./<name>.json)")
+    p.add_argument("--quick", action="store_true", help="tiny random model and a small grid (seconds)")
+    p.add_argument("--max-context", type=int, help="longest context measured (default 8192)")
+    p.add_argument("--repeats", type=int, help="timed commands per point (default 3)")
+    p.add_argument("--codecs", help="comma-separated codecs whose install cost to measure")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
+    p.add_argument("--link", choices=("pacing", "netns"), help="calibrate the link with the real KV server")
+    p.add_argument("--update", type=Path, help="with --link: add the calibration to this existing profile")
+    p.add_argument("--link-rate-mbps", type=float, default=20.0, help="shaped rate for link calibration")
+    p.add_argument("--link-rtt-ms", type=float, help="round trip to subtract (default: measured with pings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkv.cost_models.profile_build import QUICK, run_profile, summary_lines
+    from sparkv.cost_models.profiler import ProfileConfig
+    from sparkv.cost_models.profiles import load_profile
+
+    if args.update and not args.link:
+        raise UserError("--update needs --link (it adds a link calibration to an existing profile)")
+    if args.link and args.update:
+        profile = load_profile(str(args.update))
+        profile = _calibrate(profile, args)
+        profile.save(args.update)
+        print(f"wrote link calibration into {args.update}: {json.dumps(profile.link)}")
+        return 0
+    cfg = QUICK if args.quick else ProfileConfig(model=args.model)
+    changes: dict[str, object] = {"device": args.device, "dtype": args.dtype, "threads": args.threads}
+    if args.max_context:
+        changes["max_context"] = args.max_context
+    if args.repeats:
+        changes["repeats"] = args.repeats
+    if args.codecs:
+        changes["codecs"] = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    if args.no_wait:
+        changes["quiet_wait_s"] = 0.0
+    try:
+        cfg = replace(cfg, **changes)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    profile, _ = run_profile(cfg, name=args.name or "", show_progress=not args.quiet)
+    if args.link:
+        profile = _calibrate(profile, args)
+    out = args.out or Path(f"{profile.name}.json")
+    profile.save(out)
+    print("\n".join(summary_lines(profile)))
+    print(f"wrote {out}")
+    return 0
+
+
+def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfile:
+    from sparkv.cost_models.link_calibration import apply_calibration, calibrate_link
+    from sparkv.cost_models.link_real import real_fetcher
+
+    rate_bps = args.link_rate_mbps * 1e6 / 8
+    with real_fetcher(args.link, rate_bps) as (fetch, rtt_s):
+        cal = calibrate_link(fetch, rate_bps, rtt_s if args.link_rtt_ms is None else args.link_rtt_ms / 1e3)
+    print(
+        f"link ({args.link}) at {args.link_rate_mbps:g} Mbit/s: per-transfer {cal.per_transfer_s * 1e3:.2f} ms, "
+        f"efficiency {cal.efficiency:.3f}, rtt {cal.rtt_s * 1e3:.2f} ms, fit median error {cal.rel_error['median']:.1%}"
+    )
+    return apply_calibration(profile, cal, kind=args.link)

@@ -1,0 +1,124 @@
+"""Calibrating the link model against a real link.
+
+The simulator's transfer takes  rtt + per_transfer + bytes / (rate x efficiency)  (plus installation,
+which the profiler measures separately). Given a way to run a transfer of N bytes at a known, steady
+rate (`fetch(n_bytes) -> elapsed seconds`), timing several sizes and fitting a line by least squares
+gives the fixed time (intercept) and the effective goodput (1 / slope), so
+
+    per_transfer_s = intercept - rtt_s      efficiency = goodput / rate.
+
+The slope comes from ordinary least squares (large transfers dominate it, as they should: they
+measure the rate), the intercept from the median of t - bytes x slope over all sizes (small transfers
+measure it; a median ignores the one or two sizes a shaper's token-bucket burst carries for free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from sparkv.cost_models.fit import error_summary
+from sparkv.cost_models.profiles import DeviceProfile
+
+DEFAULT_SIZES = (4_096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304)
+
+
+@dataclass(frozen=True)
+class LinkCalibration:
+    """Fitted link constants and how well the line fits."""
+
+    rate_bps: float  # the shaped rate the transfers ran at, bytes/s
+    rtt_s: float  # round trip the link was configured with (subtracted from the intercept)
+    fixed_s: float  # fitted intercept: seconds every transfer pays regardless of size
+    per_transfer_s: float  # fixed_s - rtt_s, clipped at 0: request handling, framing, server service
+    goodput_bps: float  # 1 / fitted slope
+    efficiency: float  # goodput / rate, clipped to (0, 1] (a shaper's burst can push the raw ratio above 1)
+    rel_error: dict[str, float]  # median / p90 / max relative error of the line on the samples
+    samples: list[tuple[int, float]]  # (bytes, median seconds)
+
+    def to_link_dict(self) -> dict[str, float]:
+        """The values a profile's `link` dict holds (names match `LinkConfig` where they overlap)."""
+        return {
+            "per_transfer_s": self.per_transfer_s,
+            "efficiency": self.efficiency,
+            "rtt_s": self.rtt_s,
+            "rate_bps": self.rate_bps,
+            "fixed_s": self.fixed_s,
+            "goodput_bps": self.goodput_bps,
+            "fit_median_rel_error": self.rel_error["median"],
+            "fit_p90_rel_error": self.rel_error["p90"],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_link(samples: Sequence[tuple[int, float]], rate_bps: float, rtt_s: float = 0.0) -> LinkCalibration:
+    """Line t = fixed + bytes / goodput through (bytes, seconds) samples (see the module docstring)."""
+    if rate_bps <= 0:
+        raise ValueError(f"rate_bps must be positive, got {rate_bps}")
+    if len({b for b, _ in samples}) < 2:
+        raise ValueError(f"need transfers of at least two sizes, got {sorted({b for b, _ in samples})}")
+    b = np.array([s[0] for s in samples], dtype=np.float64)
+    t = np.array([s[1] for s in samples], dtype=np.float64)
+    if np.any(t <= 0):
+        raise ValueError("every transfer must take a positive time")
+    slope = float(np.polyfit(b, t, 1)[0])
+    if slope <= 0:
+        raise ValueError(f"transfer time does not grow with size (slope {slope:.3g} s/B): is the rate shaped?")
+    fixed = max(0.0, float(np.median(t - b * slope)))
+    pred = fixed + b * slope
+    goodput = 1.0 / float(slope)
+    return LinkCalibration(
+        rate_bps=rate_bps,
+        rtt_s=rtt_s,
+        fixed_s=fixed,
+        per_transfer_s=max(0.0, fixed - rtt_s),
+        goodput_bps=goodput,
+        efficiency=float(min(1.0, max(1e-6, goodput / rate_bps))),
+        rel_error=error_summary(np.abs(pred - t) / t),
+        samples=[(int(x), float(y)) for x, y in zip(b, t, strict=True)],
+    )
+
+
+def calibrate_link(
+    fetch: Callable[[int], float],
+    rate_bps: float,
+    rtt_s: float = 0.0,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    repeats: int = 5,
+    warmup: int = 1,
+    tick: Callable[[int], None] | None = None,
+) -> LinkCalibration:
+    """Time `fetch(n)` for every size (`repeats` times each, after `warmup` untimed calls), fit the line.
+
+    `fetch` must transfer n payload bytes over the link under test at the steady rate `rate_bps` and
+    return the elapsed seconds from request to last byte (e.g. a `KVClient` fetch against a server
+    behind the pacing or netns link). Sizes are interleaved so drift affects all sizes alike.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fetch(int(sizes[0]))
+    times: dict[int, list[float]] = {int(n): [] for n in sizes}
+    for _ in range(repeats):
+        for n in sizes:
+            times[int(n)].append(float(fetch(int(n))))
+            if tick:
+                tick(int(n))
+    medians = [(n, float(np.median(v))) for n, v in times.items()]
+    return fit_link(medians, rate_bps, rtt_s)
+
+
+def apply_calibration(profile: DeviceProfile, calibration: LinkCalibration, kind: str = "") -> DeviceProfile:
+    """A copy of `profile` whose `link` dict holds the calibrated values (and the link kind measured)."""
+    from dataclasses import replace
+
+    link = calibration.to_link_dict()
+    if kind:
+        link["kind"] = kind  # type: ignore[assignment]
+    measurements = {**profile.measurements, "link_samples": calibration.samples}
+    return replace(profile, link=link, measurements=measurements)

@@ -1,0 +1,274 @@
+"""Measure the real model on this machine and write a device profile (what `sparkv profile` runs).
+
+Three kinds of measurement, all through the executor's `LayerwisePrefill` (the code the real runs use):
+
+- compute: one chunk of n tokens after `past` earlier ones, `layers` consecutive layers per command,
+  stepped through the model's layers so every command after the first (a warm-up) is a repeat; the
+  median is kept. Earlier chunks' cells are installed (zeros: timing does not depend on values).
+  Points where other processes took CPU time are measured again (`ContentionGuard`).
+- install: decode one cell's K and V with each codec and copy them into the cache.
+- query: the query's prefill per layer over the full context, and the first token.
+
+This is the one module of `cost_models` that drives the executor (it measures it); the import is
+inside the functions so that importing `sparkv.cost_models` never loads torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sparkv.cost_models.fit import Sample
+from sparkv.cost_models.timing import ContentionGuard, wait_for_quiet
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What to measure; the defaults profile SmolLM2 on a small CPU in a few minutes."""
+
+    model: str = "smollm2"  # load_model name or directory
+    device: str = "cpu"  # "cpu" or "cuda[:n]"
+    dtype: str = "float32"
+    threads: int = 0  # torch intra-op threads (0: keep torch's default)
+    max_context: int = 8192  # the longest context (past + chunk) measured
+    query_tokens: int = 64
+    chunk_sizes: tuple[int, ...] = (32, 64, 128, 256, 384, 512, 768, 1024)
+    past_levels: int = 6  # pasts per chunk size, spread over [0, max_context - n]
+    layer_counts: tuple[int, ...] = (1, 2, 4)  # layers per command, cycled over the points
+    heldout_points: int = 16  # random (n, past, layers) points never used by the fit
+    repeats: int = 4  # timed commands per point (after one warm-up)
+    codecs: tuple[str, ...] = ("fp16", "bf16", "fp32", "int8", "int4", "fp16+zstd", "int8+zstd")
+    install_tokens: tuple[int, ...] = (128, 512, 2048)  # cell lengths timed for the install cost
+    install_repeats: int = 7
+    max_other_cpu: float = 0.3  # re-measure a point if other processes used more than this share of a core
+    quiet_wait_s: float = 10.0  # before a point, wait up to this long for other processes to go quiet
+    retries: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.past_levels < 1 or not self.chunk_sizes:
+            raise ValueError(f"bad profile config: {self}")
+        if max(self.chunk_sizes) > self.max_context:
+            raise ValueError(f"chunk size {max(self.chunk_sizes)} exceeds max_context {self.max_context}")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One compute measurement to take."""
+
+    n: int  # chunk tokens
+    past: int  # tokens before the chunk (a multiple of n)
+    layers: int  # layers per command
+    split: str  # "train" or "heldout"
+
+
+def plan_points(cfg: ProfileConfig, num_layers: int) -> list[Point]:
+    """Training grid (chunk sizes x past levels) and random held-out points."""
+    usable = [k for k in cfg.layer_counts if k * (cfg.repeats + 1) <= num_layers] or [1]
+    points: list[Point] = []
+    i = 0
+    for n in cfg.chunk_sizes:
+        top = cfg.max_context - n
+        pasts = sorted({round(x / n) * n for x in np.linspace(0, top, cfg.past_levels)})
+        for past in pasts:
+            points.append(Point(n, min(past, top // n * n), usable[i % len(usable)], "train"))
+            i += 1
+    rng = np.random.default_rng(cfg.seed + 1)
+    lo, hi = min(cfg.chunk_sizes), max(cfg.chunk_sizes)
+    for _ in range(cfg.heldout_points):
+        n = int(rng.integers(lo, hi + 1))
+        past = int(rng.integers(0, (cfg.max_context - n) // n + 1)) * n
+        points.append(Point(n, past, int(rng.choice(usable)), "heldout"))
+    return points
+
+
+def _sync(device: str) -> Callable[[], None] | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def _prefill_with_past(loaded: Any, n: int, chunks: int, query_tokens: int, seed: int) -> Any:
+    """A LayerwisePrefill of `chunks` chunks of n tokens, every cell installed (zeros)."""
+    import torch
+
+    from sparkv.executor.prefill import LayerwisePrefill
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = loaded.spec.vocab_size
+    ctx = torch.randint(0, vocab, (n * chunks,), generator=gen)
+    query = torch.randint(0, vocab, (max(1, query_tokens),), generator=gen)
+    p = LayerwisePrefill(loaded, ctx, query, n, max_new_tokens=1)
+    spec = loaded.spec
+    for c in range(p.num_chunks):
+        length = p.request.chunk_len(c)
+        z = torch.zeros((spec.num_kv_heads, length, spec.head_dim), dtype=loaded.dtype, device=loaded.device)
+        for layer in range(p.num_layers):
+            p.install(c, layer, z, z)
+    return p
+
+
+def _time_point(p: Any, chunk: int, layers: int, repeats: int, sync: Callable[[], None] | None) -> list[float]:
+    """Seconds of up to `repeats` commands of `layers` layers of `chunk`, after one warm-up command."""
+    times: list[float] = []
+    lo = 0
+    while lo + layers <= p.num_layers and len(times) < repeats + 1:
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        p.compute(chunk, lo, lo + layers)
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+        lo += layers
+    return times[1:] if len(times) > 1 else times
+
+
+@dataclass
+class Measured:
+    """Raw results of one compute point."""
+
+    point: Point
+    seconds: float  # median of the timed commands
+    times: list[float] = field(default_factory=list)
+    other_cpu: float = 0.0  # share of a core other processes used during the point
+    attempts: int = 1
+    waited_s: float = 0.0  # time spent waiting for other processes to go quiet before it
+
+    def sample(self) -> Sample:
+        return Sample(self.point.n, self.point.past, self.point.layers, self.seconds)
+
+
+def measure_compute(
+    loaded: Any, cfg: ProfileConfig, points: list[Point], tick: Callable[[str], None] = lambda _: None
+) -> list[Measured]:
+    """Time every point; points disturbed by other processes are re-measured on a fresh prefill."""
+    sync = _sync(loaded.device)
+    results: dict[int, Measured] = {}
+    todo = list(range(len(points)))
+    for attempt in range(cfg.retries + 1):
+        retry: list[int] = []
+        by_n: dict[int, list[int]] = {}
+        for i in todo:
+            by_n.setdefault(points[i].n, []).append(i)
+        for n, idx in by_n.items():
+            chunks = max(points[i].past for i in idx) // n + 1
+            p = _prefill_with_past(loaded, n, chunks, cfg.query_tokens, cfg.seed + attempt)
+            for i in idx:
+                pt = points[i]
+                w0 = time.perf_counter()
+                if cfg.quiet_wait_s > 0:
+                    wait_for_quiet(cfg.max_other_cpu, cfg.quiet_wait_s)
+                waited = time.perf_counter() - w0 + (results[i].waited_s if i in results else 0.0)
+                with ContentionGuard() as guard:
+                    times = _time_point(p, pt.past // n, pt.layers, cfg.repeats, sync)
+                m = Measured(pt, float(np.median(times)), times, guard.other_fraction, attempt + 1, waited)
+                if attempt < cfg.retries and guard.other_fraction > cfg.max_other_cpu:
+                    retry.append(i)
+                else:
+                    tick(f"n={pt.n} past={pt.past} k={pt.layers}")
+                results[i] = m
+            del p
+        todo = retry
+        if not todo:
+            break
+    return [results[i] for i in range(len(points))]
+
+
+def measure_install(loaded: Any, cfg: ProfileConfig) -> dict[str, dict[str, Any]]:
+    """Per codec: seconds to decode one cell's K and V and install them, vs wire bytes; fitted line."""
+    import torch
+
+    from sparkv.cost_models.codecs import get_codec, synthetic_kv
+
+    spec = loaded.spec
+    dtype = np.float32 if loaded.dtype == torch.float32 else np.float16
+    out: dict[str, dict[str, Any]] = {}
+    sync = _sync(loaded.device)
+    for name in cfg.codecs:
+        codec = get_codec(name)
+        rows: list[tuple[int, float]] = []
+        for n in cfg.install_tokens:
+            p = _prefill_with_past(loaded, n, 1, 1, cfg.seed)
+            shape = (spec.num_kv_heads, n, spec.head_dim)
+            k, v = synthetic_kv(shape, dtype, seed=n)
+            pk, pv = codec.encode(k, kind="k"), codec.encode(v, kind="v")
+
+            def install(
+                p: Any = p, pk: bytes = pk, pv: bytes = pv, shape: tuple[int, ...] = shape, codec: Any = codec
+            ) -> None:
+                kt = torch.from_numpy(codec.decode(pk, shape, dtype))
+                vt = torch.from_numpy(codec.decode(pv, shape, dtype))
+                p.install(0, 0, kt, vt)
+
+            install()  # warm-up
+            times = []
+            for _ in range(cfg.install_repeats):
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                install()
+                if sync:
+                    sync()
+                times.append(time.perf_counter() - t0)
+            rows.append((len(pk) + len(pv), float(np.median(times))))
+        out[name] = fit_install(rows)
+    return out
+
+
+def fit_install(rows: list[tuple[int, float]]) -> dict[str, Any]:
+    """t = fixed + s_per_byte * bytes by relative least squares (both clipped at >= 0)."""
+    b = np.array([r[0] for r in rows], dtype=np.float64)
+    t = np.array([r[1] for r in rows], dtype=np.float64)
+    if len(rows) >= 2:
+        a = np.stack([np.ones_like(b), b], axis=1) / t[:, None]
+        (fixed, per_byte), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
+        if fixed < 0:
+            fixed, per_byte = 0.0, float(np.sum(t * b / t**2) / np.sum(b * b / t**2))
+    else:
+        fixed, per_byte = 0.0, float(t[0] / b[0])
+    return {"fixed_s": max(0.0, float(fixed)), "s_per_byte": max(0.0, float(per_byte)), "samples": rows}
+
+
+def measure_query(loaded: Any, cfg: ProfileConfig, chunk_tokens: int = 512, repeats: int = 2) -> dict[str, Any]:
+    """Query prefill per layer over `max_context` tokens, and the first token (median over repeats)."""
+    sync = _sync(loaded.device)
+    per_layer: list[float] = []
+    first: list[float] = []
+    chunk = min(chunk_tokens, cfg.max_context)
+    for r in range(repeats + 1):
+        p = _prefill_with_past(loaded, chunk, cfg.max_context // chunk, cfg.query_tokens, cfg.seed + r)
+        layer_times = []
+        for layer in range(p.num_layers):
+            if sync:
+                sync()
+            t0 = time.perf_counter()
+            p.query_layer(layer)
+            if sync:
+                sync()
+            layer_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        p.first_token()
+        if sync:
+            sync()
+        if r > 0:  # the first round warms up
+            per_layer.extend(layer_times)
+            first.append(time.perf_counter() - t0)
+    context = cfg.max_context // chunk * chunk
+    return {
+        "context_tokens": context,
+        "query_tokens": cfg.query_tokens,
+        "per_layer_s": float(np.median(per_layer)),
+        "per_layer_p90_s": float(np.percentile(per_layer, 90)),
+        "first_token_s": float(np.median(first)),
+    }
+
+
+def config_dict(cfg: ProfileConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}

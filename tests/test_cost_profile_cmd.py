@@ -1,0 +1,36 @@
+"""`sparkv profile --quick` on a tiny random model writes a valid profile (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from sparkv.cli import main
+from sparkv.cost_models.compute import FittedCompute
+from sparkv.cost_models.profiles import load_profile
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("sparkv.executor.prefill") is None, reason="the executor's prefill is not built"
+)
+
+
+def test_quick_profile_writes_a_valid_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "quick.json"
+    assert main(["profile", "--quick", "--quiet", "--out", str(out), "--name", "quick-test"]) == 0
+    profile = load_profile(str(out))
+    assert profile.name == "quick-test" and profile.kind == "measured" and profile.model == "tiny-llama"
+    assert isinstance(profile.compute, FittedCompute)
+    assert profile.threads >= 1 and "torch" in profile.versions and profile.date
+    assert set(profile.install_by_codec) == {"fp16", "int8"}
+    assert all(v["s_per_byte"] >= 0 for v in profile.install_by_codec.values())
+    assert {"heldout_median", "heldout_p90", "train_median"} <= set(profile.fit_error)
+    samples = profile.measurements["compute_samples"]
+    assert len(samples["rows"]) >= 6 and samples["columns"][:4] == ["n", "past", "layers", "seconds"]
+    assert profile.measurements["query"]["first_token_s"] > 0
+    assert "held-out error" in capsys.readouterr().out
+
+
+def test_update_needs_link() -> None:
+    assert main(["profile", "--update", "x.json"]) == 2
