@@ -22,6 +22,9 @@ _WEATHER = ["clear and still", "overcast with light snow", "a strong katabatic w
             "bright sun and minus twenty degrees", "a whiteout in the afternoon"]
 
 
+TOKENS_PER_ENTRY = 34.5  # SmolLM2 tokens per logbook entry, measured: size a logbook to a context
+
+
 @dataclass(frozen=True)
 class Document:
     title: str
@@ -31,7 +34,7 @@ class Document:
 
 
 def station_logbook(entries: int = 120, seed: int = 0) -> Document:
-    """About 45 tokens per entry: 120 entries make a context of roughly 5,000 tokens for SmolLM2."""
+    """About 34.5 tokens per entry: 120 entries make a context of roughly 4,100 tokens for SmolLM2."""
     rng = random.Random(seed)
     secret_day = int(entries * 0.3) + 1
     code = f"{rng.choice(['amber', 'cobalt', 'juniper', 'saffron', 'tundra'])}-{rng.randint(100, 999)}"

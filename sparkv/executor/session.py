@@ -1,0 +1,198 @@
+"""One real request end to end: model, document, KV store, server and link, driver, Result.
+
+`RealSession` keeps the expensive parts (the loaded model, the KV store, the server behind its link)
+alive across requests, so several policies can be run on the same context one after another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparkv.core.config import Scenario
+from sparkv.core.errors import UserError
+from sparkv.core.request import CellBlock
+from sparkv.core.result import Result
+from sparkv.cost_models.energy import request_energy_j
+from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
+from sparkv.executor.kvstore import KVStoreInfo, build_kv_store
+from sparkv.executor.model_smollm2 import SMOLLM2_NAMES, cache_root
+from sparkv.executor.models import LoadedModel, load_model
+from sparkv.executor.prefill import LayerwisePrefill
+from sparkv.policies.base import Policy, RequestContext
+from sparkv.sim.world import World, build_world
+from sparkv.traces import Trace, get_trace
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A context and a query, as token ids, with the text they came from."""
+
+    context_ids: torch.Tensor  # [T]
+    query_ids: torch.Tensor  # [Q]
+    question: str
+    reference_answer: str = ""
+
+
+def build_prompt(loaded: LoadedModel, context: str, question: str, max_context_tokens: int,
+                 answer: str = "") -> Prompt:
+    """Context tokens (truncated), and the question as the rest of a chat turn when the model has a template."""
+    tok = loaded.tokenizer
+    if tok is None:
+        raise UserError(f"model {loaded.model_id} has no tokenizer; give token ids instead")
+    if getattr(tok, "chat_template", None):
+        full = tok.apply_chat_template([{"role": "user", "content": context + "\n\n" + question}],
+                                       tokenize=False, add_generation_prompt=True)
+        head, tail = full.split(context + "\n\n" + question)
+        ctx = loaded.encode(head + context)[:max_context_tokens]
+        query = loaded.encode("\n\n" + question + tail)
+    else:
+        ctx = loaded.encode(context)[:max_context_tokens]
+        query = loaded.encode("\n\nQuestion: " + question + "\nAnswer:")
+    return Prompt(ctx, query, question, answer)
+
+
+def canonical_spec_name(loaded: LoadedModel) -> LoadedModel:
+    """SmolLM2 loaded from the package answers to the built-in spec name its profiles are keyed by."""
+    if loaded.spec.name.lower() in SMOLLM2_NAMES:
+        return replace(loaded, spec=replace(loaded.spec, name="smollm2-135m"))
+    return loaded
+
+
+def model_name_for(scenario_model: str) -> str:
+    return "smollm2" if scenario_model.lower() in SMOLLM2_NAMES else scenario_model
+
+
+class RealSession:
+    """A loaded model, one context's KV store, and a KV server behind a link replaying a trace."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        prompt_text: tuple[str, str, str],  # (context, question, reference answer)
+        link_kind: str = "auto",
+        device: str = "cpu",
+        loaded: LoadedModel | None = None,
+        store_root: Path | None = None,
+    ) -> None:
+        self.loaded = canonical_spec_name(loaded or load_model(model_name_for(scenario.model), device=device))
+        context, question, answer = prompt_text
+        self.prompt = build_prompt(self.loaded, context, question, scenario.context_tokens, answer)
+        self.scenario = scenario.with_(
+            context_tokens=len(self.prompt.context_ids), query_tokens=len(self.prompt.query_ids)
+        )
+        self.store_root = store_root or cache_root() / "kv"
+        self.store: KVStoreInfo = build_kv_store(self.loaded, self.prompt.context_ids, self.store_root)
+        self.trace = get_trace(self.scenario.trace)
+        self.world: World = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
+        self.link_kind = link_kind
+        self._link: Any = None
+
+    # ---- link ----
+
+    def _played_trace(self) -> Trace:
+        """The trace as the link plays it: scaled and started at the scenario's offset."""
+        t = self.world.trace
+        offset = self.scenario.link.trace_offset_s
+        return t if offset == 0 else t.slice(offset, offset + t.duration_s)
+
+    def open(self) -> RealSession:
+        from sparkv.executor.link import make_link
+
+        self._link = make_link(self.link_kind, self._played_trace(), self.store_root).__enter__()
+        return self
+
+    def link_description(self) -> str:
+        link = self._link
+        return f"{link.kind} ({link.reason})" if link is not None and link.reason else str(getattr(link, "kind", ""))
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.__exit__(None, None, None)
+            self._link = None
+
+    def __enter__(self) -> RealSession:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- one request ----
+
+    def run(self, policy: Policy, max_new_tokens: int = 16, config: DriverConfig | None = None) -> Result:
+        if self._link is None:
+            raise RuntimeError("RealSession.run needs an open session (use it as a context manager)")
+        from sparkv.executor.client import KVClient
+
+        link = self._link
+        client = KVClient(link.server.host, link.server.port)
+        prefill = LayerwisePrefill(self.loaded, self.prompt.context_ids, self.prompt.query_ids,
+                                   self.scenario.chunk_tokens, max_new_tokens=max(1, max_new_tokens))
+        ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0)
+        codec, key, chunk = self.scenario.codec, self.store.key, self.scenario.chunk_tokens
+
+        def fetch(request_id: int, block: CellBlock, deadline_s: float) -> Iterator[CellArrival]:
+            for cell in client.fetch(request_id, key, chunk, codec, block, deadline_s):
+                yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes)
+
+        driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config)
+        link.start_clock()
+        wall0 = time.perf_counter()
+        out = driver.run()
+        wall_ttft = time.perf_counter() - wall0
+        t_gen = time.perf_counter()
+        tokens = [out.first_token, *prefill.generate(max_new_tokens - 1)] if max_new_tokens > 1 else [out.first_token]
+        gen_s = time.perf_counter() - t_gen
+        client.close()
+        tok = self.loaded.tokenizer
+        text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
+        energy = request_energy_j(out.spans, self.world.radio, self.world.profile.power, out.ttft_s)
+        return Result(
+            world="real",
+            policy=policy.name,
+            ttft_s=out.ttft_s,
+            energy_j=energy,
+            spans=out.spans,
+            config={
+                "scenario": self.scenario.to_dict(),
+                "policy": policy.config(),
+                "trace": {"name": self.world.trace.name, "source": self.world.trace.source,
+                          "mean_bps": self.world.trace.mean_bps},
+                "profile": self.world.profile.name,
+                "model_id": self.loaded.model_id,
+                "device": self.loaded.device,
+                "torch_threads": torch.get_num_threads(),
+            },
+            bytes_streamed=out.bytes_streamed,
+            bytes_wasted=out.bytes_wasted,
+            cells_streamed=out.cells_streamed,
+            cells_computed=out.cells_computed,
+            faults=out.faults,
+            log=out.log,
+            extra={
+                "context": {"costs": self.world.costs.to_dict()},
+                "link": link.kind,
+                "energy_kind": "modelled from the measured timeline",
+                "tokens": tokens,
+                "text": text,
+                "question": self.prompt.question,
+                "reference_answer": self.prompt.reference_answer,
+                "wall_ttft_s": wall_ttft,
+                "generate_s": gen_s,
+            },
+        )
+
+
+def max_cache_error(prefill: LayerwisePrefill, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Largest absolute difference between the assembled context KV and a reference's."""
+    worst = 0.0
+    t = prefill.context_tokens
+    for (k, v), (rk, rv) in zip(prefill.cache_tensors(), reference, strict=True):
+        worst = max(worst, float((k[:, :t] - rk[:, :t]).abs().max()), float((v[:, :t] - rv[:, :t]).abs().max()))
+    return worst
+
