@@ -60,3 +60,15 @@ def test_real_pacing_link_fits_its_rate() -> None:
     assert 0.0 <= rtt_s < 0.05
     assert 0.7 < cal.goodput_bps / rate < 1.1
     assert cal.per_transfer_s < 0.05
+
+
+def test_shaper_burst_is_found_and_does_not_bias_the_rate() -> None:
+    burst = 50_000  # a token bucket lets the first 50 kB through at once
+
+    def fetch(n: int) -> float:
+        return RTT + OVERHEAD + max(0, n - burst) / (RATE * EFF)
+
+    cal = calibrate_link(fetch, RATE, rtt_s=RTT, sizes=(4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304))
+    assert cal.efficiency == pytest.approx(EFF, rel=0.01)  # the rate is not biased by the burst
+    assert 16_384 <= cal.burst_bytes <= 65_536  # found, to the resolution of the sizes measured
+    assert 0 < cal.per_transfer_s < OVERHEAD + 0.01

@@ -9,7 +9,10 @@ gives the fixed time (intercept) and the effective goodput (1 / slope), so
 
 The slope comes from ordinary least squares (large transfers dominate it, as they should: they
 measure the rate), the intercept from the median of t - bytes x slope over all sizes (small transfers
-measure it; a median ignores the one or two sizes a shaper's token-bucket burst carries for free).
+measure it). A shaper's token bucket (tc tbf, sender pacing) lets the first `burst` bytes of a
+transfer through at once, so the line is fitted to max(0, bytes - burst) for every candidate burst
+(0 and each measured size) and the burst with the smallest median relative error is kept; the
+simulator's wireless link has no such burst, so it is reported (`burst_bytes`) but not applied.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class LinkCalibration:
     per_transfer_s: float  # fixed_s - rtt_s, clipped at 0: request handling, framing, server service
     goodput_bps: float  # 1 / fitted slope
     efficiency: float  # goodput / rate, clipped to (0, 1] (a shaper's burst can push the raw ratio above 1)
+    burst_bytes: int  # bytes a shaper's bucket let through at once (0 if none was visible)
     rel_error: dict[str, float]  # median / p90 / max relative error of the line on the samples
     samples: list[tuple[int, float]]  # (bytes, median seconds)
 
@@ -48,6 +52,7 @@ class LinkCalibration:
             "rate_bps": self.rate_bps,
             "fixed_s": self.fixed_s,
             "goodput_bps": self.goodput_bps,
+            "burst_bytes": float(self.burst_bytes),
             "fit_median_rel_error": self.rel_error["median"],
             "fit_p90_rel_error": self.rel_error["p90"],
         }
@@ -66,12 +71,22 @@ def fit_link(samples: Sequence[tuple[int, float]], rate_bps: float, rtt_s: float
     t = np.array([s[1] for s in samples], dtype=np.float64)
     if np.any(t <= 0):
         raise ValueError("every transfer must take a positive time")
-    slope = float(np.polyfit(b, t, 1)[0])
-    if slope <= 0:
-        raise ValueError(f"transfer time does not grow with size (slope {slope:.3g} s/B): is the rate shaped?")
-    fixed = max(0.0, float(np.median(t - b * slope)))
-    pred = fixed + b * slope
-    goodput = 1.0 / float(slope)
+    best: tuple[float, float, float, float] | None = None  # (median rel error, burst, fixed, slope)
+    sizes = sorted(set(b.tolist()))
+    for burst in [0.0, *sizes[1:-2]]:  # a burst is visible only if >= 2 sizes fit in it and >= 2 exceed it
+        x = np.maximum(0.0, b - burst)
+        slope = float(np.polyfit(x, t, 1)[0])
+        if slope <= 0:
+            continue
+        fixed = max(0.0, float(np.median(t - x * slope)))
+        err = float(np.median(np.abs(fixed + x * slope - t) / t))
+        if best is None or err < best[0] * 0.8:  # a burst must clearly help to be kept
+            best = (err, burst, fixed, slope)
+    if best is None:
+        raise ValueError("transfer time does not grow with size: is the rate shaped?")
+    _, burst, fixed, slope = best
+    pred = fixed + np.maximum(0.0, b - burst) * slope
+    goodput = 1.0 / slope
     return LinkCalibration(
         rate_bps=rate_bps,
         rtt_s=rtt_s,
@@ -79,6 +94,7 @@ def fit_link(samples: Sequence[tuple[int, float]], rate_bps: float, rtt_s: float
         per_transfer_s=max(0.0, fixed - rtt_s),
         goodput_bps=goodput,
         efficiency=float(min(1.0, max(1e-6, goodput / rate_bps))),
+        burst_bytes=int(burst),
         rel_error=error_summary(np.abs(pred - t) / t),
         samples=[(int(x), float(y)) for x, y in zip(b, t, strict=True)],
     )
