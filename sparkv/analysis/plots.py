@@ -76,6 +76,13 @@ def _lighten(colour: str, keep: float = 0.4) -> tuple[float, float, float]:
     return (1 - keep + keep * r, 1 - keep + keep * g, 1 - keep + keep * b)
 
 
+def _plain(axis: Any) -> None:
+    """Log-axis tick labels as plain numbers (10, 30, 100), not 3 x 10^1."""
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))  # fmt: skip
+
+
 def _finite(values: Sequence[float]) -> list[float]:
     """Non-finite values (runs that did not finish) become gaps in a line or band."""
     return [v if math.isfinite(v) else math.nan for v in values]
@@ -113,6 +120,8 @@ def plot_ttft_vs_bandwidth(rows: Sequence[Row], path: Path) -> Path:
             ax.fill_between(xs, _finite(lo), _finite(hi), color=colours[policy], alpha=0.12, linewidth=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain(ax.yaxis)
+        _plain(ax.xaxis)
         if col != "trace_mean_mbps":
             ticks = distinct(panel, col)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -124,7 +133,8 @@ def plot_ttft_vs_bandwidth(rows: Sequence[Row], path: Path) -> Path:
     axes[0][0].set_ylabel("time to first token (s)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", title="policy")
-    fig.suptitle("TTFT vs bandwidth: median over traces, band = 25-75 %", fontsize=11)
+    fig.suptitle("TTFT vs bandwidth: median over traces, band = 25-75 % (gaps: most runs did not finish)",
+                 fontsize=11)
     return _save(fig, path)
 
 
@@ -144,6 +154,7 @@ def plot_ttft_cdf(rows: Sequence[Row], path: Path) -> Path:
         label = f"{policy} (n={n}" + (f", {stalled} did not finish)" if stalled else ")")
         ax.step(finite, ys, where="post", color=colours[policy], label=label)
     ax.set_xscale("log")
+    _plain(ax.xaxis)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("time to first token (s)")
     ax.set_ylabel("fraction of runs")
