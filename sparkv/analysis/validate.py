@@ -1,0 +1,147 @@
+"""Simulator vs real executor: the same (trace, policy, context, device profile) run in both worlds.
+
+For every real run the simulator predicts the same request from the same `World` (same cost table, same
+trace, same link settings); the table pairs predicted and measured TTFT and energy, and each real run's
+policy log is replayed through a fresh policy, which must make exactly the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparkv.core.config import Scenario
+from sparkv.core.costs import CostTable
+from sparkv.core.replay import replay
+from sparkv.core.result import Result
+from sparkv.policies import make_policy
+from sparkv.policies.base import RequestContext
+from sparkv.sim import simulate
+
+
+@dataclass(frozen=True)
+class Pair:
+    trace: str
+    real: Result
+    sim: Result
+    replay_mismatches: int
+
+
+def replay_check(real: Result, policy_name: str, template: RequestContext) -> int:
+    """Mismatching decisions when the real run's log is fed to a fresh policy (0: identical).
+
+    The context is rebuilt from the costs saved in the result, on `template`'s request and model.
+    """
+    policy = make_policy(policy_name)
+    costs = CostTable.from_dict(real.extra["context"]["costs"])
+    policy.begin(RequestContext(template.request, template.model, costs, 0.0))
+    return len(replay(policy, real.log))
+
+
+def pair_row(pair: Pair) -> dict[str, Any]:
+    real, sim = pair.real, pair.sim
+    sc = real.config["scenario"]
+    err = (sim.ttft_s - real.ttft_s) / real.ttft_s
+    return {
+        "trace": pair.trace,
+        "policy": real.policy,
+        "bandwidth_scale": sc["link"]["bandwidth_scale"],
+        "context_tokens": sc["context_tokens"],
+        "chunk_tokens": sc["chunk_tokens"],
+        "codec": sc["codec"],
+        "device": sc["device"],
+        "link": real.extra.get("link", ""),
+        "sim_ttft_s": sim.ttft_s,
+        "real_ttft_s": real.ttft_s,
+        "ttft_err_pct": 100 * err,
+        "sim_energy_j": sim.energy_total_j,
+        "real_energy_j": real.energy_total_j,  # modelled over the measured timeline
+        "sim_cells_computed": sim.cells_computed,
+        "real_cells_computed": real.cells_computed,
+        "real_mb_streamed": real.bytes_streamed / 1e6,
+        "faults": len(real.faults),
+        "replay_mismatches": pair.replay_mismatches,
+        "answer": str(real.extra.get("text", "")).strip()[:60],
+    }
+
+
+def error_stats(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Median and p90 of |TTFT error| in %, and the bias (mean signed error, %)."""
+    errs = sorted(abs(r["ttft_err_pct"]) for r in rows)
+    if not errs:
+        return {"runs": 0}
+    return {
+        "runs": len(errs),
+        "median_abs_err_pct": statistics.median(errs),
+        "p90_abs_err_pct": errs[min(len(errs) - 1, round(0.9 * (len(errs) - 1)))],
+        "bias_pct": statistics.fmean(r["ttft_err_pct"] for r in rows),
+        "replay_mismatches": sum(r["replay_mismatches"] for r in rows),
+    }
+
+
+def run_validation(
+    traces: Sequence[str],
+    policies: Sequence[str],
+    base: Scenario,
+    document: tuple[str, str, str],
+    link_kind: str,
+    auto_scale: Callable[[Scenario], float] | None,
+    progress: Callable[[str], None] = print,
+) -> list[Pair]:
+    """Run every (trace, policy) for real, predict each in the simulator, and check replay."""
+    from sparkv.executor.session import RealSession
+
+    pairs: list[Pair] = []
+    loaded = None
+    for trace in traces:
+        session = RealSession(base.with_(trace=trace), document, link_kind=link_kind, loaded=loaded)
+        loaded = session.loaded
+        if auto_scale is not None:
+            session = RealSession(
+                session.scenario.with_(bandwidth_scale=auto_scale(session.scenario)), document, link_kind, loaded=loaded
+            )
+        with session:
+            for name in policies:
+                real = session.run(make_policy(name), max_new_tokens=1)
+                sim = simulate(session.world, make_policy(name))
+                template = RequestContext(session.world.request, session.world.spec, session.world.costs)
+                mismatches = replay_check(real, name, template)
+                pairs.append(Pair(session.world.trace.name, real, sim, mismatches))
+                progress(
+                    f"  {session.world.trace.name:32s} {name:7s} real {real.ttft_s:7.3f} s  sim {sim.ttft_s:7.3f} s  "
+                    f"({100 * (sim.ttft_s - real.ttft_s) / real.ttft_s:+.1f}%)"
+                )
+    return pairs
+
+
+def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """validation.csv, validation.json (config, stats), per-run Results, and the figures."""
+    from sparkv.analysis.plots import plot_predicted_vs_measured
+    from sparkv.analysis.tables import write_csv
+    from sparkv.analysis.validate_plots import plot_error_by_policy, plot_overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [pair_row(p) for p in pairs]
+    write_csv(rows, out / "validation.csv")
+    stats = {"all": error_stats(rows)}
+    for policy in sorted({r["policy"] for r in rows}):
+        stats[policy] = error_stats([r for r in rows if r["policy"] == policy])
+    runs = out / "runs"
+    for i, p in enumerate(pairs):
+        p.real.save(runs / f"{i:03d}-real-{p.real.policy}.json")
+        p.sim.save(runs / f"{i:03d}-sim-{p.sim.policy}.json")
+    meta = {"kind": "validation", "config": config, "stats": stats,
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "python": platform.python_version()}}  # fmt: skip
+    (out / "validation.json").write_text(json.dumps(meta, indent=1))
+    if rows:
+        plot_predicted_vs_measured(rows, "ttft_s", "sim_ttft_s", "real_ttft_s", out / "ttft_scatter.png")
+        plot_error_by_policy(rows, out / "ttft_error_by_policy.png")
+        for i, p in enumerate(pairs[: min(len(pairs), 8)]):
+            plot_overlay(p.sim, p.real, out / "timelines" / f"{i:03d}-{p.real.policy}.png", title=p.trace)
+    return stats

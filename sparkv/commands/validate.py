@@ -1,0 +1,71 @@
+"""`sparkv validate`: the same requests in the real executor and the simulator; prediction error."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sparkv.commands.common import add_scenario_args, format_table, scenario_from_args
+from sparkv.commands.run import RUN_DEFAULTS, auto_scale, load_document
+from sparkv.core.errors import UserError
+from sparkv.core.paths import shared_path
+from sparkv.policies import POLICIES, make_policy
+
+DEFAULT_TRACES = (
+    "mahimahi_lte_us/Verizon-LTE-short.down",
+    "mahimahi_lte_us/ATT-LTE-driving-2016.down",
+    "norway_hsdpa_3g/norway_bus_1",
+    "norway_hsdpa_3g/norway_car_2",
+    "norway_hsdpa_3g/norway_ferry_2",
+    "norway_hsdpa_3g/norway_train_1",
+    "norway_hsdpa_3g/norway_tram_10",
+    "nyu_mets_lte/7Train1.csv",
+    "nyu_mets_lte/bus57.csv",
+    "ucc_5g_ireland/driving_B_2019.12.16_14.23.32.csv",
+)
+STAT_COLUMNS = [("group", "policy", ""), ("runs", "runs", "d"), ("median_abs_err_pct", "median |err| %", ".1f"),
+                ("p90_abs_err_pct", "p90 |err| %", ".1f"), ("bias_pct", "bias %", "+.1f"),
+                ("replay_mismatches", "replay mismatches", "d")]  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="real executor vs simulator on the same requests")
+    add_scenario_args(p, RUN_DEFAULTS)
+    p.add_argument("--traces", action="append", dest="traces",
+                   help="trace file or spec, repeatable (default: 10 real traces from ../shared/traces)")
+    p.add_argument("--policy", action="append", help="policies (default: local, stream, cake, sparkv)")
+    p.add_argument("--link", choices=["auto", "netns", "pacing"], default="pacing", help="real link (default pacing)")
+    p.add_argument("--document", default="builtin", help="'builtin' or FILE.jsonl[:INDEX] (LEval format)")
+    p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
+    p.set_defaults(func=run)
+
+
+def default_traces() -> list[str]:
+    found = [shared_path("traces", *t.split("/")) for t in DEFAULT_TRACES]
+    traces = [str(p) for p in found if p is not None]
+    if not traces:
+        raise UserError("no traces given and ../shared/traces not found; pass --traces FILE or a spec")
+    return traces
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkv.analysis.validate import run_validation, write_validation
+
+    scenario = scenario_from_args(args, RUN_DEFAULTS)
+    traces = args.traces or default_traces()
+    policies = args.policy or [p for p in ("local", "stream", "cake", "sparkv") if p in POLICIES]
+    for name in policies:
+        make_policy(name)
+    if "oracle" in policies:
+        raise UserError("oracle needs the future trace; it runs in the simulator only")
+    document = load_document(args.document, scenario.context_tokens)
+    print(f"validate: {len(traces)} traces x {len(policies)} policies, link {args.link}, device {scenario.device}, "
+          f"{scenario.context_tokens} context tokens, chunks of {scenario.chunk_tokens}")  # fmt: skip
+    scale = None if args.bandwidth_scale is not None else auto_scale
+    pairs = run_validation(traces, policies, scenario, document, args.link, scale)
+    config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
+              "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale}  # fmt: skip
+    stats = write_validation(pairs, args.out, config)
+    print(format_table([{"group": k, **v} for k, v in stats.items()], STAT_COLUMNS))
+    print(f"wrote {args.out}/ (validation.csv, validation.json, figures)")
+    return 0
