@@ -200,7 +200,9 @@ class Tuner:
     stat: str = "median"  # "median" or "mean" over scenarios
     backend: Backend = dataclasses.field(default_factory=SerialBackend)
     cache: dict[str, float] = dataclasses.field(default_factory=dict)
+    _start: float = dataclasses.field(default=0.0, init=False, repr=False)
     progress: Callable[[int], None] | None = None  # called with the number of new runs done
+    log: Callable[[str], None] | None = None  # one line per optimiser generation
 
     def decode(self, u: Sequence[float]) -> dict[str, Any]:
         return {**self.base_config, **{p.name: p.decode(x) for p, x in zip(self.space, u, strict=True)}}
@@ -251,17 +253,24 @@ class Tuner:
         def batch_map(_func: Any, population: Any) -> list[float]:
             return self.evaluate([self.decode(u) for u in population])
 
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
         seeding = {"rng" if "rng" in inspect.signature(differential_evolution).parameters else "seed": seed}
         res = differential_evolution(
             _unused, [(0.0, 1.0)] * len(self.space), maxiter=maxiter, popsize=popsize, x0=self.encode(self.base_config),
-            polish=False, updating="deferred", workers=batch_map, tol=1e-3, **seeding,
+            polish=False, updating="deferred", workers=batch_map, tol=1e-3, callback=self._generation, **seeding,
         )  # fmt: skip
         info = {"method": "scipy.optimize.differential_evolution", "budget": budget, "popsize": popsize,
                 "maxiter": maxiter, "generations": int(res.nit), "evaluations": int(res.nfev),
                 "distinct_configs": len(self.cache), "objective": float(res.fun), "wall_s": time.perf_counter() - start,
                 "message": str(res.message)}  # fmt: skip
         return self.decode(res.x), info
+
+
+    def _generation(self, *_args: Any, **_kwargs: Any) -> None:
+        if self.log:
+            elapsed = time.perf_counter() - self._start
+            best = min(self.cache.values(), default=math.nan)
+            self.log(f"{len(self.cache)} configs evaluated in {elapsed:.0f} s, best objective {best:.3f} s")
 
 
 def _unused(_u: Any) -> float:  # differential_evolution needs a callable; `batch_map` does the work

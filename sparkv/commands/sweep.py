@@ -34,6 +34,13 @@ HELP = {
     "bandwidth_scale": "multiply the trace's bandwidth, e.g. 0.5,1,2",
     "rtt_ms": "round trip per transfer, ms",
     "trace_offset_s": "start time in the trace, s",
+    "chunk_tokens": "tokens per chunk",
+    "context_tokens": "context length, tokens",
+    "query_tokens": "query length, tokens",
+    "model": "built-in model spec or Hugging Face model directory",
+    "device": "device profile name or JSON path",
+    "radio": "radio power model (lte, wifi, 5g, 3g)",
+    "seed": "random seed",
     "codec": "KV codec on the wire (a per-layer codec such as int8:0-3,int4 is taken whole)",
     "policy": "registered policy name or a tuned policy config JSON (default: every registered policy)",
 }

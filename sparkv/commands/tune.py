@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     total = args.budget * len(train_sc)
     with tqdm(total=total, unit="run", disable=not sys.stderr.isatty(), dynamic_ncols=True) as bar:
         tuner = Tuner(args.policy, space, train_sc, base_config, args.energy_weight, args.stat, backend,
-                      progress=bar.update)  # fmt: skip
+                      progress=bar.update, log=None if bar.disable else bar.write)  # fmt: skip
+        if bar.disable:
+            tuner.log = lambda line: print(line, flush=True)
         try:
             best, info = tuner.optimise(args.budget, args.seed, args.popsize)
             train_obj = tuner.evaluate([base_config, best])
