@@ -282,7 +282,7 @@ def plot_predicted_vs_measured(rows: Sequence[Row], quantity: str, pred: str, me
             ax.scatter(xs, ys, s=18, alpha=0.75, color=colours.get(policy, "#1f77b4") if policy else "#1f77b4",
                        label=policy or "runs")  # fmt: skip
             everything += [*xs, *ys]
-    unit = quantity.rsplit("_", 1)[-1] if "_" in quantity else ""
+    unit = {"s": "s", "j": "J", "mb": "MB", "w": "W"}.get(quantity.rsplit("_", 1)[-1], "") if "_" in quantity else ""
     if everything:
         lo, hi = min(everything), max(everything)
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, linestyle="--", label="predicted = measured")

@@ -63,7 +63,7 @@ def config_tables(rows: list[Row]) -> tuple[list[tuple[str, str]], list[tuple[st
     """(fixed settings, varied settings) over the configuration columns present."""
     fixed, varied = [], []
     skip = {"index", "policy_config"} | ({"trace"} if distinct(rows, "trace_name") else set())
-    for col in [c for c in CONFIG_COLUMNS if c not in skip] + ["scale_kind", "scale_target"]:
+    for col in [c for c in CONFIG_COLUMNS if c not in skip] + ["scale_kind", "scale_target", "link"]:
         values = distinct(rows, col)
         if len(values) == 1:
             fixed.append((col, _fmt(values[0])))
@@ -156,7 +156,8 @@ def sections(path: Path, figures_dir: Path) -> tuple[str, list[tuple[str, Any]]]
     if meta.get("machine") or meta.get("versions"):
         out.append(("kv", ("Ran on", [(k, _fmt(v)) for k, v in {**meta.get("machine", {}), "time": meta.get(
             "time", "")}.items()])))  # fmt: skip
-        out.append(("kv", ("Versions", [(k, _fmt(v)) for k, v in meta.get("versions", {}).items()])))
+        if meta.get("versions"):
+            out.append(("kv", ("Versions", [(k, _fmt(v)) for k, v in meta["versions"].items()])))
     else:
         from sparkv.analysis.sweep import provenance
 
