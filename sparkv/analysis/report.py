@@ -125,7 +125,8 @@ def sections(path: Path, figures_dir: Path) -> tuple[str, list[tuple[str, Any]]]
     meta = find_meta(path)
     kind = detect_kind(rows, meta)
     out: list[tuple[str, Any]] = [("h2", "What was run")]
-    out.append(("p", f"A {kind} of {len(rows)} runs, read from {path}."))
+    article = "An" if kind[0] in "aeiou" else "A"
+    out.append(("p", f"{article} {kind} of {len(rows)} runs, read from {path}."))
     fixed, varied = config_tables(rows)
     if varied:
         out.append(("kv", ("Varied", varied)))

@@ -156,7 +156,7 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
     """Rows from a CSV (sweep, evaluate, validate or any table), a folder with one, or Result JSONs."""
     path = Path(path)
     if path.is_dir():
-        for name in ("results.csv", "evaluation.csv", "evaluate.csv", "validation.csv", "validate.csv"):
+        for name in ("results.csv", "rows.csv", "evaluation.csv", "validation.csv"):
             if (path / name).is_file():
                 return read_csv(path / name)
         results = load_results([path])
