@@ -20,7 +20,7 @@ from sparkv.core.costs import CostTable
 from sparkv.core.replay import replay
 from sparkv.core.result import Result
 from sparkv.policies import make_policy
-from sparkv.policies.base import RequestContext
+from sparkv.policies.base import Policy, RequestContext
 from sparkv.sim import simulate
 
 
@@ -32,12 +32,11 @@ class Pair:
     replay_mismatches: int
 
 
-def replay_check(real: Result, policy_name: str, template: RequestContext) -> int:
+def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
     """Mismatching decisions when the real run's log is fed to a fresh policy (0: identical).
 
     The context is rebuilt from the costs saved in the result, on `template`'s request and model.
     """
-    policy = make_policy(policy_name)
     costs = CostTable.from_dict(real.extra["context"]["costs"])
     policy.begin(RequestContext(template.request, template.model, costs, 0.0))
     return len(replay(policy, real.log))
@@ -92,6 +91,7 @@ def run_validation(
     link_kind: str,
     auto_scale: Callable[[Scenario], float] | None,
     progress: Callable[[str], None] = print,
+    make: Callable[[str], Policy] = make_policy,
 ) -> list[Pair]:
     """Run every (trace, policy) for real, predict each in the simulator, and check replay."""
     from sparkv.executor.session import RealSession
@@ -107,10 +107,10 @@ def run_validation(
             )
         with session:
             for name in policies:
-                real = session.run(make_policy(name), max_new_tokens=1)
-                sim = simulate(session.world, make_policy(name))
+                real = session.run(make(name), max_new_tokens=1)
+                sim = simulate(session.world, make(name))
                 template = RequestContext(session.world.request, session.world.spec, session.world.costs)
-                mismatches = replay_check(real, name, template)
+                mismatches = replay_check(real, make(name), template)
                 pairs.append(Pair(session.world.trace.name, real, sim, mismatches))
                 progress(
                     f"  {session.world.trace.name:32s} {name:7s} real {real.ttft_s:7.3f} s  sim {sim.ttft_s:7.3f} s  "

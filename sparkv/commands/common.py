@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
+from sparkv.policies import Policy, make_policy
 
 
 def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = None) -> None:
@@ -70,3 +72,23 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     return "\n".join(lines)
+
+
+def add_policy_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy-config", type=Path,
+                   help="a policy config JSON (as `sparkv tune` writes) for the policy it names")  # fmt: skip
+
+
+def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
+    """make_policy, with the options of `--policy-config` for the policy that file names."""
+    path = getattr(args, "policy_config", None)
+    if path is None:
+        return make_policy
+    from sparkv.analysis.tune import load_policy_config
+
+    configured = load_policy_config(path)
+
+    def make(name: str) -> Policy:
+        return make_policy(name, **configured.options) if name == configured.policy else make_policy(name)
+
+    return make

@@ -6,12 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from sparkv.commands.common import add_scenario_args, format_table, scenario_from_args
+from sparkv.commands.common import (
+    add_policy_config_arg,
+    add_scenario_args,
+    format_table,
+    policy_maker,
+    scenario_from_args,
+)
 from sparkv.commands.simulate import write_outputs
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
-from sparkv.policies import BASELINES, POLICIES, make_policy
+from sparkv.policies import BASELINES, POLICIES
 
 RUN_DEFAULTS = Scenario(context_tokens=2048, chunk_tokens=256)
 COLUMNS = [
@@ -29,6 +35,7 @@ COLUMNS = [
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run policies for real: model, KV server, link replaying a trace")
     add_scenario_args(p, RUN_DEFAULTS)
+    add_policy_config_arg(p)
     p.add_argument("--policy", action="append", help="policy to run, repeatable (default: baselines and sparkv)")
     p.add_argument("--link", choices=["auto", "netns", "pacing"], default="auto",
                    help="tc token bucket in a network namespace, or sender-side pacing (default auto)")
@@ -75,8 +82,9 @@ def auto_scale(scenario: Scenario) -> float:
 def run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args, RUN_DEFAULTS)
     names = args.policy or [*BASELINES, *(n for n in ("sparkv",) if n in POLICIES)]
+    make = policy_maker(args)
     for name in names:
-        make_policy(name)
+        make(name)
     if name_oracle := [n for n in names if n == "oracle"]:
         raise UserError(f"{name_oracle[0]} needs the future trace; it runs in the simulator only")
     if args.max_new_tokens < 1:
@@ -100,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     with session:
         print(f"link: {session.link_description()}")
         for name in names:
-            results.append(session.run(make_policy(name), max_new_tokens=args.max_new_tokens))
+            results.append(session.run(make(name), max_new_tokens=args.max_new_tokens))
     rows = []
     for r in results:
         row = r.summary()

@@ -7,9 +7,15 @@ import json
 from pathlib import Path
 
 from sparkv.analysis.gantt import plot_gantt
-from sparkv.commands.common import add_scenario_args, format_table, scenario_from_args
+from sparkv.commands.common import (
+    add_policy_config_arg,
+    add_scenario_args,
+    format_table,
+    policy_maker,
+    scenario_from_args,
+)
 from sparkv.core.result import Result
-from sparkv.policies import POLICIES, make_policy
+from sparkv.policies import POLICIES
 from sparkv.sim import SimulationStalled, build_world, simulate
 
 COLUMNS = [
@@ -26,6 +32,7 @@ COLUMNS = [
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate policies on one scenario (SimPy model)")
     add_scenario_args(p)
+    add_policy_config_arg(p)
     p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)})")
     p.add_argument("--out", type=Path, help="folder for result JSON, timeline CSV and a Gantt PNG")
     p.set_defaults(func=run)
@@ -34,14 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
     names = args.policy or list(POLICIES)
+    make = policy_maker(args)
     for name in names:
-        make_policy(name)  # fail early on an unknown name
+        make(name)  # fail early on an unknown name
     world = build_world(scenario)
     results: list[Result] = []
     stalled: list[str] = []
     for name in names:
         try:
-            results.append(simulate(world, make_policy(name)))
+            results.append(simulate(world, make(name)))
         except SimulationStalled as exc:
             stalled.append(str(exc))
     req = world.request

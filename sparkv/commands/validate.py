@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sparkv.commands.common import add_scenario_args, format_table, scenario_from_args
+from sparkv.commands.common import (
+    add_policy_config_arg,
+    add_scenario_args,
+    format_table,
+    policy_maker,
+    scenario_from_args,
+)
 from sparkv.commands.run import RUN_DEFAULTS, auto_scale, load_document
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
-from sparkv.policies import POLICIES, make_policy
+from sparkv.policies import POLICIES
 
 DEFAULT_TRACES = (
     "mahimahi_lte_us/Verizon-LTE-short.down",
@@ -31,6 +37,7 @@ STAT_COLUMNS = [("group", "policy", ""), ("runs", "runs", "d"), ("median_abs_err
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="real executor vs simulator on the same requests")
     add_scenario_args(p, RUN_DEFAULTS)
+    add_policy_config_arg(p)
     p.add_argument("--traces", action="append", dest="traces",
                    help="trace file or spec, repeatable (default: 10 real traces from ../shared/traces)")
     p.add_argument("--policy", action="append", help="policies (default: local, stream, cake, sparkv)")
@@ -54,15 +61,16 @@ def run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args, RUN_DEFAULTS)
     traces = args.traces or default_traces()
     policies = args.policy or [p for p in ("local", "stream", "cake", "sparkv") if p in POLICIES]
+    make = policy_maker(args)
     for name in policies:
-        make_policy(name)
+        make(name)
     if "oracle" in policies:
         raise UserError("oracle needs the future trace; it runs in the simulator only")
     document = load_document(args.document, scenario.context_tokens)
     print(f"validate: {len(traces)} traces x {len(policies)} policies, link {args.link}, device {scenario.device}, "
           f"{scenario.context_tokens} context tokens, chunks of {scenario.chunk_tokens}")  # fmt: skip
     scale = None if args.bandwidth_scale is not None else auto_scale
-    pairs = run_validation(traces, policies, scenario, document, args.link, scale)
+    pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make)
     config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
               "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale}  # fmt: skip
     stats = write_validation(pairs, args.out, config)
