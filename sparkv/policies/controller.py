@@ -110,10 +110,11 @@ class Controller:
     def predict(self, k: list[int], snap: Snapshot) -> Prediction:
         return self.ev.predict(k, snap, self.link(), self.compute(), self.target_bytes())
 
-    def plan(self, snap: Snapshot, current: list[int] | None = None) -> Plan:
+    def plan(self, snap: Snapshot, current: list[int] | None = None, quick: bool = False) -> Plan:
+        """The planner's best k under the current estimates; `quick` for a re-plan near `current`."""
         cap = self.cfg.migration_cap_cells or None
         return self.planner.plan(
-            snap, self.link(), self.compute(), self.target_bytes(), current, cap, self.cfg.local_search
+            snap, self.link(), self.compute(), self.target_bytes(), current, cap, self.cfg.local_search, quick
         )
 
     def blocks(self, k: list[int], snap: Snapshot) -> tuple[list[CellBlock], list[CellBlock]]:

@@ -33,6 +33,7 @@ class BandwidthEstimator:
         self.value = prior_bps
         self.samples: deque[tuple[float, float, float]] = deque()  # (end time, bytes, seconds)
         self.last_bytes_s = -1.0  # end of the last window that carried bytes
+        self.zero_since: float | None = None  # start of the current run of empty windows
         self.count = 0
 
     def add(self, t_s: float, n_bytes: float, duration_s: float) -> None:
@@ -42,6 +43,9 @@ class BandwidthEstimator:
         rate = n_bytes / duration_s
         if n_bytes > 0:
             self.last_bytes_s = t_s
+            self.zero_since = None
+        elif self.zero_since is None:
+            self.zero_since = t_s - duration_s
         if self.kind == "ewma":
             w = 1.0 - (1.0 - self.alpha) ** duration_s
             self.value = max(_FLOOR_BPS, w * rate + (1.0 - w) * self.value)
@@ -74,8 +78,14 @@ class BandwidthEstimator:
         return self.value
 
     def silent_s(self, now_s: float, since_s: float) -> float:
-        """Seconds up to `now_s` without a byte, counting from `since_s` at the latest."""
-        return now_s - max(self.last_bytes_s, since_s)
+        """Seconds up to `now_s` since the latest samples began carrying nothing (not before `since_s`)."""
+        if self.zero_since is None:
+            return 0.0
+        return max(0.0, now_s - max(self.zero_since, since_s))
+
+    def dead_for_s(self, now_s: float) -> float:
+        """Seconds since the last window that carried bytes."""
+        return max(0.0, now_s - max(self.last_bytes_s, 0.0))
 
 
 class SpeedEstimator:

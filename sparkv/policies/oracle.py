@@ -38,13 +38,14 @@ class OraclePolicy(TrackingPolicy):
         pre_s: float | None = None,
         post_s: float = 0.0,
         availability: BandwidthForecast | None = None,
-        groups: tuple[int, ...] = (1, 2, 3, 5),
-        transfer_targets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, math.inf),
+        groups: tuple[int, ...] = (1, 3),
+        transfer_targets_s: tuple[float, ...] = (2.0, 8.0, math.inf),
+        window: int = 6,
     ) -> None:
         super().__init__()
         self.forecast, self.offset_s, self.efficiency = forecast, offset_s, efficiency
         self.pre_s, self.post_s, self.availability = pre_s, post_s, availability
-        self.groups, self.targets = groups, transfer_targets_s
+        self.groups, self.targets, self.window = groups, transfer_targets_s, window
         self.compute_q: deque[CellBlock] = deque()
         self.link_q: deque[CellBlock] = deque()
         self.stats: dict[str, Any] = {}
@@ -84,7 +85,7 @@ class OraclePolicy(TrackingPolicy):
         best: tuple[Plan, Evaluator, float] | None = None
         for g in self.groups:
             ev = Evaluator(ctx.costs, g)
-            planner = Planner(ev, window=ev.C)
+            planner = Planner(ev, window=self.window)
             for target_s in self.targets:
                 target = target_s * rate
                 plan = planner.plan(snap, link, speed, target)

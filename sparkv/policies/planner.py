@@ -14,10 +14,13 @@ Ties go to the plan computing fewer cells (compute costs more energy than the ra
 
 from __future__ import annotations
 
+import itertools
+import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from sparkv.policies.planner_dp import dp_seeds
 from sparkv.policies.planner_model import ComputeSpeed, Evaluator, LinkModel, Prediction, Snapshot
 
 _TIE_S = 1e-9
@@ -38,8 +41,12 @@ class Plan:
 class Planner:
     """Plans over one request's evaluator; `window` chunks either side of the cut take part in local search."""
 
-    def __init__(self, evaluator: Evaluator, window: int = 3, max_passes: int = 8) -> None:
+    def __init__(
+        self, evaluator: Evaluator, window: int = 3, max_passes: int = 8, dp: bool = True, exhaustive_max: int = 600
+    ) -> None:
         self.ev = evaluator
+        self.dp = dp
+        self.exhaustive_max = exhaustive_max  # score every k when there are at most this many
         self.window = window
         self.max_passes = max_passes
 
@@ -59,7 +66,9 @@ class Planner:
         current: list[int] | None = None,
         cap_cells: int | None = None,
         local_search: bool = True,
+        quick: bool = False,
     ) -> Plan:
+        """The best k found; `quick` (a run-time re-plan from `current`) searches only near the current cut."""
         lo, hi = snap.k_bounds()
         cache: dict[tuple[int, ...], Prediction] = {}
 
@@ -85,26 +94,46 @@ class Planner:
         best_pred: Prediction | None = None
         seeds: list[tuple[list[int], Prediction]] = []
         groups = len(self.ev.bounds) - 1
-        families: list[tuple[int, Callable[[int], list[int]]]] = [
-            (self.ev.C * groups, lambda p: self.cut_k(p, lo, hi)),  # whole chunks from the front
-            (groups, lambda j: self.layer_k(j, lo, hi)),  # the same layers of every chunk
+        cuts = range(self.ev.C * groups + 1)
+        if quick and current is not None:
+            p = self.cut_position(current)
+            cuts = range(max(0, p - 2 * groups), min(len(cuts), p + 2 * groups + 1))
+        families: list[tuple[range, Callable[[int], list[int]]]] = [
+            (cuts, lambda p: self.cut_k(p, lo, hi)),  # whole chunks from the front
+            (range(groups + 1), lambda j: self.layer_k(j, lo, hi)),  # the same layers of every chunk
         ]
-        for size, family in families:
-            k, pred = self._family_best(size, family, score, allowed, better)
+        for positions, family in families[: 1 if quick else 2]:
+            capped = current is not None and cap_cells is not None
+            k, pred = self._family_best(positions, family, score, allowed if capped else None, better)
             if k is not None and pred is not None:
                 seeds.append((k, pred))
         if current is not None:
             seeds.append((list(current), score(current)))
+        if self.dp:
+            for k in dp_seeds(self.ev, snap, link, speed, target_bytes, lo, hi):
+                if allowed(k):
+                    seeds.append((k, score(k)))
+        options = [sorted({a, b, *(x for x in self.ev.bounds if a <= x <= b)}) for a, b in zip(lo, hi, strict=True)]
+        if math.prod(len(o) for o in options) <= self.exhaustive_max:  # small: score every k
+            seeds.extend((list(k), score(list(k))) for k in itertools.product(*options) if allowed(list(k)))
         for k, pred in seeds:
             if better(k, pred, best, best_pred):
                 best, best_pred = k, pred
         assert best is not None and best_pred is not None
         if local_search:
-            for k, pred in sorted(seeds, key=lambda s: s[1].ttft_s)[:2]:
-                k, pred = self._descend(k, pred, lo, hi, score, allowed, better)
+            for k, pred in sorted(seeds, key=lambda s: s[1].ttft_s)[: 1 if quick else 2]:
+                k, pred = self._descend(k, pred, lo, hi, score, allowed, better, quick)
                 if better(k, pred, best, best_pred):
                     best, best_pred = k, pred
         return Plan(tuple(best), best_pred, len(cache))
+
+    def cut_position(self, k: list[int]) -> int:
+        """Position in the cut family nearest to k (whole chunks computed before its first partial chunk)."""
+        groups = len(self.ev.bounds) - 1
+        m = next((c for c in range(self.ev.C) if k[c] < self.ev.L), self.ev.C)
+        if m == self.ev.C:
+            return self.ev.C * groups
+        return m * groups + bisect_right(self.ev.bounds, k[m]) - 1
 
     def layer_k(self, j: int, lo: list[int], hi: list[int]) -> list[int]:
         """Member j of the layer family: every chunk computes layer groups [0, j), clipped."""
@@ -113,14 +142,14 @@ class Planner:
 
     @staticmethod
     def _family_best(
-        size: int,
+        positions: range,
         family: Callable[[int], list[int]],
         score: Callable[[list[int]], Prediction],
-        allowed: Callable[[list[int]], bool],
+        allowed: Callable[[list[int]], bool] | None,
         better: Callable[[list[int], Prediction, list[int] | None, Prediction | None], bool],
     ) -> tuple[list[int] | None, Prediction | None]:
         """Bisect a family ordered by computed cells for where compute and link end together; score around it."""
-        valid = [p for p in range(size + 1) if allowed(family(p))]
+        valid = list(positions) if allowed is None else [p for p in positions if allowed(family(p))]
         if not valid:
             return None, None
         a, b = 0, len(valid) - 1
@@ -149,13 +178,15 @@ class Planner:
         score: Callable[[list[int]], Prediction],
         allowed: Callable[[list[int]], bool],
         better: Callable[[list[int], Prediction, list[int], Prediction], bool],
+        quick: bool = False,
     ) -> tuple[list[int], Prediction]:
         """First-improvement local search over one-group moves near the cut."""
         bounds, C = self.ev.bounds, self.ev.C
-        for _ in range(self.max_passes):
+        window = min(self.window, 2) if quick else self.window
+        for _ in range(3 if quick else self.max_passes):
             improved = False
             m = next((c for c in range(C) if k[c] < self.ev.L), C - 1)
-            chunks = range(max(0, m - self.window), min(C, m + self.window + 1))
+            chunks = range(max(0, m - window), min(C, m + window + 1))
             for cand in self._moves(k, chunks, lo, hi, bounds):
                 if not allowed(cand):
                     continue
@@ -168,32 +199,48 @@ class Planner:
         return k, pred
 
     @staticmethod
-    def _moves(k: list[int], chunks: range, lo: list[int], hi: list[int], bounds: list[int]) -> list[list[int]]:
+    def _moves(k: list[int], chunks: range, lo: list[int], hi: list[int], bounds: list[int]) -> Iterator[list[int]]:
+        """Neighbours of k, nearest first: one chunk by one group, one group between two chunks, and a
+        whole prefix or suffix of chunks by one group."""
+
         def up(x: int) -> int:
             return bounds[bisect_right(bounds, x)] if x < bounds[-1] else x
 
         def down(x: int) -> int:
             return bounds[bisect_left(bounds, x) - 1] if x > 0 else x
 
-        out = []
+        seen = {tuple(k)}
+
+        def fresh(cand: list[int]) -> bool:
+            key = tuple(cand)
+            if key in seen:
+                return False
+            seen.add(key)
+            return True
+
         for c in chunks:
             for nk in (up(k[c]), down(k[c])):
                 if nk != k[c] and lo[c] <= nk <= hi[c]:
-                    out.append([*k[:c], nk, *k[c + 1 :]])
-            for d in chunks:  # one group from chunk c to chunk d
-                if d > c:
-                    for a, b in ((up(k[c]), down(k[d])), (down(k[c]), up(k[d]))):
-                        if a != k[c] and b != k[d] and lo[c] <= a <= hi[c] and lo[d] <= b <= hi[d]:
-                            cand = list(k)
-                            cand[c], cand[d] = a, b
-                            out.append(cand)
+                    cand = [*k[:c], nk, *k[c + 1 :]]
+                    if fresh(cand):
+                        yield cand
+        for gap in range(1, len(chunks)):
+            for c in chunks:
+                d = c + gap
+                if d not in chunks:
+                    continue
+                for a, b in ((up(k[c]), down(k[d])), (down(k[c]), up(k[d]))):
+                    if a != k[c] and b != k[d] and lo[c] <= a <= hi[c] and lo[d] <= b <= hi[d]:
+                        cand = list(k)
+                        cand[c], cand[d] = a, b
+                        if fresh(cand):
+                            yield cand
         n = len(k)
-        for c in chunks:  # shift every chunk from c to the end, or from the start to c, by one group
+        for c in chunks:
             for step in (up, down):
                 for span in (range(c, n), range(c + 1)):
                     cand = list(k)
                     for x in span:
                         cand[x] = min(max(step(k[x]), lo[x]), hi[x])
-                    if cand != k and cand not in out:
-                        out.append(cand)
-        return out
+                    if fresh(cand):
+                        yield cand

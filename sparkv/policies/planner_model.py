@@ -135,11 +135,12 @@ class Prediction:
 class Evaluator:
     """Predicts a plan's timeline from a snapshot; holds the request's per-cell costs as prefix sums."""
 
-    def __init__(self, costs: CostTable, group_layers: int) -> None:
+    def __init__(self, costs: CostTable, group_layers: int, top_down: bool = True) -> None:
         if group_layers <= 0:
             raise ValueError(f"group_layers must be positive, got {group_layers}")
         self.C, self.L = costs.num_chunks, costs.num_layers
         self.group = group_layers
+        self.top_down = top_down  # a chunk's streamed layers top first: a lost transfer never strands computed ones
         self.launch_s = costs.compute_launch_s
         self.query_s = [float(x) for x in costs.query_layer_s]
         self.first_token_s = costs.first_token_s
@@ -191,6 +192,8 @@ class Evaluator:
             hi = min(max(bisect_right(cum, cum[lo] + target_bytes) - 1, lo + 1), stops[lo])
             got.append((lo, hi, cum[hi] - cum[lo]))
             lo = hi
+        if self.top_down:
+            got.reverse()
         snap.pieces[key] = got
         return got
 
@@ -224,6 +227,9 @@ class Evaluator:
         prefix = snap.prefix
         last = _last_computing(prefix, k, L)
         done = [-_INF] * L  # per layer: when its last computed cell is done
+        fetched.sort(key=_first_chunk)
+        dep = [-_INF] * L  # per layer: when streamed cells of the chunks before c have landed
+        fi = 0
         t, q, min_k = snap.compute_free_s, snap.query_next, L
         scale, plain, launch, qs = speed.scale, speed.availability is None, self.launch_s, self.query_s
         for c in range(C):
@@ -240,7 +246,13 @@ class Evaluator:
                     t = whole  # nothing can interleave: the chunk's commands back to back
                     done[lo:hi] = [t] * (hi - lo)
                 else:
-                    t, q = self._chunk(c, lo, hi, min_k, k, t, q, ready, done, last, fetched, speed)
+                    while fi < len(fetched) and fetched[fi][0] < c:
+                        _, _, a, b, ft = fetched[fi]
+                        for layer in range(a, b):
+                            if ft > dep[layer]:
+                                dep[layer] = ft
+                        fi += 1
+                    t, q = self._chunk(c, lo, hi, k, t, q, ready, done, last, dep if min_k < hi else None, speed)
                     if t == _INF:
                         return Prediction(_INF, link_end, _INF)
             if k[c] < min_k:
@@ -255,13 +267,12 @@ class Evaluator:
         return Prediction(ttft, link_end, compute_end)
 
     def _chunk(
-        self, c: int, lo: int, hi: int, min_k: int, k: list[int], t: float, q: int, ready: list[float],
-        done: list[float], last: list[int], fetched: list[tuple[int, int, int, int, float]], speed: ComputeSpeed,
+        self, c: int, lo: int, hi: int, k: list[int], t: float, q: int, ready: list[float], done: list[float],
+        last: list[int], dep: list[float] | None, speed: ComputeSpeed,
     ) -> tuple[float, int]:  # fmt: skip
         """Chunk c's commands one by one, with query layers and waits for streamed cells in between."""
         g, L, cum, qs, launch = self.group, self.L, self.cum_s[c], self.query_s, self.launch_s
         plain, scale = speed.availability is None, speed.scale
-        dep = _dependencies(c, L, fetched) if min_k < hi else None  # per layer: streamed cells of c' < c land
         cur = lo
         while cur < hi:
             nxt = (cur // g + 1) * g
@@ -310,12 +321,5 @@ def _last_computing(prefix: list[int], k: list[int], L: int) -> list[int]:
     return last
 
 
-def _dependencies(c: int, L: int, fetched: list[tuple[int, int, int, int, float]]) -> list[float]:
-    """Per layer: when the streamed cells of chunks before c at that layer have all landed."""
-    dep = [-_INF] * L
-    for c0, _, a, b, t in fetched:
-        if c0 < c:
-            for layer in range(a, b):
-                if t > dep[layer]:
-                    dep[layer] = t
-    return dep
+def _first_chunk(block: tuple[int, int, int, int, float]) -> int:
+    return block[0]

@@ -61,9 +61,11 @@ class SparKVPolicy(TrackingPolicy):
         self.ctl = Controller(ctx.costs, self.cfg)
         self.fetch_start_s = self.compute_start_s = ctx.start_s
         self.fetch_got = 0  # payload bytes of the in-flight transfer reported so far
+        self.sample_t = ctx.start_s  # end of its last sample (or when its payload should start)
         self.query_since: float | None = None
         self.dirty = False  # cells went missing again: re-plan before the next command
         self.cancelling = False
+        self.abandoned = self.probing = False
         self.link_idle_since = ctx.start_s
         self.last_replan_s = self.last_cancel_check_s = ctx.start_s
         snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
@@ -77,10 +79,13 @@ class SparKVPolicy(TrackingPolicy):
         if isinstance(event, BandwidthSample):
             ctl.bw.add(event.t_s, event.bytes, event.duration_s)
             self.fetch_got += event.bytes
+            self.sample_t = event.t_s
+            self.abandoned = self.abandoned and event.bytes == 0
         elif isinstance(event, TransferDone):
             self.link_idle_since = event.t_s
         elif isinstance(event, TransferCancelled | TransferFailed):
             self.dirty, self.cancelling, self.link_idle_since = True, False, event.t_s
+            self.abandoned = True  # until bytes flow again, probe the link now and then
         elif isinstance(event, ComputeDone):
             ctl.speed.add(event.duration_s, self._context().costs.compute_s(event.block))
         elif isinstance(event, QueryLayerDone):
@@ -99,7 +104,8 @@ class SparKVPolicy(TrackingPolicy):
         commands = super().schedule(now_s, idle)
         for cmd in commands:
             if isinstance(cmd, Fetch):
-                self.fetch_start_s, self.fetch_got = now_s, 0
+                self.fetch_start_s, self.fetch_got, self.sample_t = now_s, 0, now_s + self._ctl().costs.transfer_fixed_s
+                self.probing = self.abandoned
             elif isinstance(cmd, Compute):
                 self.compute_start_s = now_s
         return commands
@@ -111,7 +117,7 @@ class SparKVPolicy(TrackingPolicy):
         drifted = now_s - self.last_replan_s >= ctl.cfg.tick_s and ctl.drifted(current, now_s)
         if self.dirty or drifted:
             self.last_replan_s = now_s
-            plan = ctl.plan(snap, None if self.dirty else self.k)
+            plan = ctl.plan(snap, self.k, quick=not self.dirty)
             if self.dirty or ctl.gains(plan.prediction, current, ctl.cfg.min_gain):
                 self.stats["replans"] += 1
                 self._adopt(list(plan.k), snap, plan.prediction)
@@ -128,7 +134,8 @@ class SparKVPolicy(TrackingPolicy):
         if now_s - self.last_cancel_check_s < ctl.cfg.tick_s:
             return
         stalled = ctl.bw.silent_s(now_s, self.fetch_start_s + ctl.costs.transfer_fixed_s) >= ctl.cfg.stall_s
-        if not stalled and snap.link_free_s - now_s < 2 * ctl.cfg.transfer_target_s:
+        slow = snap.link_free_s - now_s >= 2 * ctl.cfg.transfer_target_s and not self.probing
+        if not (stalled or slow):
             return
         self.last_cancel_check_s = now_s
         keep = ctl.plan(snap)
@@ -144,9 +151,9 @@ class SparKVPolicy(TrackingPolicy):
             self.stats["cancels"] += 1
 
     def _probe(self, now_s: float, snap: Snapshot, current: Prediction) -> None:
-        """No link work planned, no bytes for a while, much compute left: move one cell to the link."""
+        """After an abandoned transfer, no link work planned, much compute left: move one cell to the link."""
         wait = self._ctl().cfg.probe_after_s
-        if now_s - self.link_idle_since < wait or current.compute_end_s - now_s < 2 * wait:
+        if not self.abandoned or now_s - self.link_idle_since < wait or current.compute_end_s - now_s < 2 * wait:
             return
         lo, hi = snap.k_bounds()
         for c in range(len(self.k) - 1, -1, -1):
@@ -188,10 +195,16 @@ class SparKVPolicy(TrackingPolicy):
         ctl, progress = self._ctl(), self._progress()
         costs = ctl.costs
         link_free = now_s
+        if self.in_flight is None and self.abandoned:  # a dead link is expected to stay dead as long again
+            link_free = now_s + ctl.bw.dead_for_s(now_s)
         if self.in_flight is not None:
             n = costs.block_bytes(self.in_flight)
-            start = max(now_s, self.fetch_start_s + costs.transfer_fixed_s)
-            link_free = start + max(n - self.fetch_got, 0) / ctl.planning_bps() + n * costs.install_s_per_byte
+            # from the last sample on at the estimated rate; a transfer silent for s seconds is expected
+            # to stay silent about s seconds more
+            silent = ctl.bw.silent_s(now_s, self.fetch_start_s + costs.transfer_fixed_s)
+            remaining = max(n - self.fetch_got, 0) / ctl.planning_bps()
+            resume = now_s + silent if silent > 0 else self.sample_t
+            link_free = max(now_s, resume + remaining + n * costs.install_s_per_byte)
         scale = ctl.speed.scale
         compute_free = now_s
         if self.computing is not None:
