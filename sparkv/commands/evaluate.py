@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
     p.add_argument("--planner-check", type=int, default=0, metavar="N",
                    help="also compare the planner with exhaustive search on N random small instances")
+    p.add_argument("--bench-repeats", type=int, default=30, help="timed first plans for the planning benchmark")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.set_defaults(func=run)
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     write_csv(rows, out / "rows.csv")
     summary = summarise(rows)
     targets = check_targets(summary, rows)
-    planning = bench_planning(device=cfg.base["device"])
+    planning = bench_planning(max(1, args.bench_repeats), device=cfg.base["device"])
     planner_check = None
     if args.planner_check:
         from sparkv.policies.planner_exact import study

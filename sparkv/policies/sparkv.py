@@ -131,21 +131,21 @@ class SparKVPolicy(TrackingPolicy):
 
     def _weigh_cancel(self, now_s: float, snap: Snapshot) -> None:
         ctl = self._ctl()
-        if now_s - self.last_cancel_check_s < ctl.cfg.tick_s:
+        if now_s - self.last_cancel_check_s < max(ctl.cfg.tick_s, ctl.cfg.stall_s):
             return
         stalled = ctl.bw.silent_s(now_s, self.fetch_start_s + ctl.costs.transfer_fixed_s) >= ctl.cfg.stall_s
         slow = snap.link_free_s - now_s >= 2 * ctl.cfg.transfer_target_s and not self.probing
         if not (stalled or slow):
             return
         self.last_cancel_check_s = now_s
-        keep = ctl.plan(snap)
+        keep = ctl.plan(snap, self.k, quick=True)
         block = self.in_flight
         assert block is not None
         state = [list(row) for row in snap.state]
         for c in range(block.chunk_lo, block.chunk_hi):
             state[c][block.layer_lo : block.layer_hi] = [int(CellState.MISSING)] * (block.layer_hi - block.layer_lo)
         dropped = Snapshot(now_s, snap.prefix, state, now_s, None, snap.compute_free_s, snap.query_next)
-        drop = ctl.plan(dropped)
+        drop = ctl.plan(dropped, self.k, quick=True)
         if ctl.gains(drop.prediction, keep.prediction, ctl.cfg.cancel_gain):
             self.cancelling = True
             self.stats["cancels"] += 1

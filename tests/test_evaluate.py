@@ -1,0 +1,71 @@
+"""`sparkv evaluate`: trace expansion, one scenario's rows, and the command's files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from sparkv.analysis.evaluate import POLICY_ORDER, add_ratios, expand_traces, run_job, summarise
+from sparkv.analysis.evaluate_plots import plot_evaluation
+from sparkv.cli import main
+from sparkv.core.config import Scenario
+from sparkv.core.errors import UserError
+
+BASE = Scenario(device="analytic-cpu-2core").to_dict()
+
+
+def test_expand_traces(tmp_path: Path) -> None:
+    (tmp_path / "a.down").write_text("1\n")
+    (tmp_path / "a.up").write_text("1\n")  # uplink twin of a downlink trace: skipped
+    (tmp_path / "b.csv").write_text("1,Mbits/sec\n")
+    (tmp_path / "README.md").write_text("docs")
+    found = expand_traces([str(tmp_path), "lte:seed=3", str(tmp_path / "*.csv")])
+    assert found == [str(tmp_path / "a.down"), str(tmp_path / "b.csv"), "lte:seed=3"]
+    with pytest.raises(UserError, match="no such file"):
+        expand_traces([str(tmp_path / "missing.txt")])
+
+
+def test_one_scenario_rows_hit_the_ratio_and_carry_their_configuration() -> None:
+    job = {"trace": "lte:seed=1,mean=8mbps", "context_tokens": 2048, "kind": "ratio", "value": 1.0,
+           "policies": list(POLICY_ORDER), "base": BASE, "sparkv": {}}  # fmt: skip
+    rows = run_job(job)
+    add_ratios(rows)
+    assert [r["policy"] for r in rows] == list(POLICY_ORDER)
+    assert all(r["status"] == "ok" for r in rows)
+    assert 0.5 < rows[0]["stream_local_ratio"] < 2.0  # the scale brought stream-only near local-only
+    by = {r["policy"]: r for r in rows}
+    assert by["oracle"]["ttft_s"] >= by["oracle"]["fluid_bound_s"]
+    assert by["oracle"]["ttft_over_oracle"] == 1.0
+    assert json.loads(by["sparkv"]["scenario"])["context_tokens"] == 2048
+    assert json.loads(by["sparkv"]["policy_config"])["name"] == "sparkv"
+    summary = summarise(rows)
+    assert {s["policy"] for s in summary} == set(POLICY_ORDER)
+
+
+def test_command_writes_table_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ev"
+    code = main(["evaluate", "--trace", "const:6mbps,600s", "--context-tokens", "2048", "--ratios", "1",
+                 "--policy", "local", "--policy", "stream", "--policy", "cake", "--policy", "sparkv",
+                 "--policy", "oracle", "--jobs", "1", "--out", str(out), "--device", "analytic-cpu-2core", "--bench-repeats", "2"])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "TTFT med s" in text and "target ttft_over_oracle_med" in text and "first plan" in text
+    with (out / "rows.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["policy"] for r in rows} == {"local", "stream", "cake", "sparkv", "oracle"}
+    assert "scenario" in rows[0] and "bandwidth_scale" in rows[0]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["config"]["context_tokens"] == [2048] and report["sparkv_config"]["estimator"] == "ewma"
+    assert {"ttft_over_oracle_med", "speedup_cake_med"} <= set(report["targets"])
+    assert sorted(p.name for p in out.glob("*.png")) == ["cdf_ttft_energy.png", "gap_oracle_bound.png",
+                                                          "speedup_sparkv.png"]  # fmt: skip
+
+
+def test_plots_survive_missing_policies(tmp_path: Path) -> None:
+    rows = [{"policy": "sparkv", "status": "ok", "ttft_s": 2.0, "energy_j": 5.0, "trace_path": "t", "context_tokens": 1,
+             "scale_kind": "ratio", "scale_target": 1.0, "fluid_bound_s": 1.0, "local_ttft_s": 4.0,
+             "stream_ttft_s": 3.0, "ttft_over_oracle": 1.05, "ttft_over_bound": 2.0, "in_band": True}]  # fmt: skip
+    assert len(plot_evaluation(rows, tmp_path)) == 3
