@@ -49,7 +49,8 @@ def test_command_writes_table_json_and_plots(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "ev"
     code = main(["evaluate", "--trace", "const:6mbps,600s", "--context-tokens", "2048", "--ratios", "1",
                  "--policy", "local", "--policy", "stream", "--policy", "cake", "--policy", "sparkv",
-                 "--policy", "oracle", "--jobs", "1", "--out", str(out), "--device", "analytic-cpu-2core", "--bench-repeats", "2"])  # fmt: skip
+                 "--policy", "oracle", "--jobs", "1", "--out", str(out), "--device", "analytic-cpu-2core",
+                 "--bench-repeats", "2"])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
     assert "TTFT med s" in text and "target ttft_over_oracle_med" in text and "first plan" in text
