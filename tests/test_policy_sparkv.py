@@ -16,7 +16,8 @@ from sparkv.policies import make_policy
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.sim import build_world, simulate
 
-PURE_MODULES = ("sparkv", "controller", "estimators", "planner", "planner_model", "planner_dp", "oracle", "bounds")
+PURE_MODULES = ("sparkv", "controller", "estimators", "planner", "planner_model", "planner_types", "planner_dp",
+                "oracle", "bounds")
 FORBIDDEN = {"time", "datetime", "threading", "multiprocessing", "asyncio", "random", "simpy", "torch", "os", "socket"}
 
 
