@@ -149,3 +149,13 @@ def test_config_round_trip(tmp_path: Path) -> None:
     assert make_policy("sparkv", group_layers=5).cfg.group_layers == 5
     with pytest.raises(ValueError, match="unknown SparKVConfig keys"):
         SparKVConfig.from_dict({"no_such_knob": 1})
+
+
+def test_controller_notices_a_slower_device_and_streams_more() -> None:
+    world = build_world(Scenario(context_tokens=4096, trace="const:6mbps,3000s", device="analytic-cpu-2core",
+                                 availability="const:0.5B/s,3000s"))  # the device runs at half speed  # fmt: skip
+    adaptive = simulate(world, make_policy("sparkv"))
+    frozen = simulate(world, make_policy("sparkv", **FROZEN))
+    assert adaptive.config["policy"]["stats"]["replans"] >= 1
+    assert adaptive.cells_computed < frozen.cells_computed
+    assert adaptive.ttft_s < 0.9 * frozen.ttft_s
