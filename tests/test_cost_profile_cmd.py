@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ pytestmark = pytest.mark.skipif(
 def test_quick_profile_writes_a_valid_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "quick.json"
     assert main(["profile", "--quick", "--quiet", "--out", str(out), "--name", "quick-test"]) == 0
+    def no_nan(name: str) -> None:
+        raise AssertionError(f"profile JSON holds {name}")
+
+    json.loads(out.read_text(), parse_constant=no_nan)  # strict JSON: no NaN / Infinity
     profile = load_profile(str(out))
     assert profile.name == "quick-test" and profile.kind == "measured" and profile.model == "tiny-llama"
     assert isinstance(profile.compute, FittedCompute)

@@ -9,6 +9,7 @@ feels. Extra terms (see `FittedCompute`) are kept only when cross-validation say
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,8 @@ class FitReport:
         return {
             "terms": list(self.fit.terms),
             "coefficients": {**self.fit.coefs, "launch": self.fit.launch_s},
-            "cv_median_rel_error": self.cv_median,
+            # a form with too few points to score has no k-fold error: null (profile files are strict JSON)
+            "cv_median_rel_error": {k: (v if math.isfinite(v) else None) for k, v in self.cv_median.items()},
             "train_error": self.train_error,
             "heldout_error": self.heldout_error,
             "reason": self.reason,

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from sparkv.cost_models.energy import ComputePower
-from sparkv.cost_models.fit import FitReport, select_and_fit
+from sparkv.cost_models.fit import FitReport, error_summary, select_and_fit
 from sparkv.cost_models.profiler import (
     Measured,
     ProfileConfig,
@@ -25,7 +26,7 @@ from sparkv.cost_models.profiler import (
 )
 from sparkv.cost_models.profiles import DeviceProfile
 from sparkv.cost_models.sensors import measure_energy, open_sensor
-from sparkv.cost_models.timing import machine_info
+from sparkv.cost_models.timing import load_state, machine_info
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 QUICK = ProfileConfig(
@@ -36,6 +37,7 @@ QUICK = ProfileConfig(
     past_levels=3,
     heldout_points=3,
     repeats=2,
+    passes=1,
     codecs=("fp16", "int8"),
     install_tokens=(16, 64),
     install_repeats=3,
@@ -97,6 +99,7 @@ def run_profile(
     import torch
 
     t0 = time.perf_counter()
+    load_before = load_state()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
@@ -127,6 +130,7 @@ def run_profile(
     train = [m.sample() for m in clean if m.point.split == "train"]
     held = [m.sample() for m in clean if m.point.split == "heldout"]
     report = select_and_fit(train, held)
+    noise = pass_noise(measured)
     model = canonical_model(spec.name)
     compute = report.fit.to_compute(model, lm_head_s=query["first_token_s"])
     predicted_query = compute.layer_s(spec, query["query_tokens"], query["context_tokens"])
@@ -159,14 +163,16 @@ def run_profile(
             "power": power.source,
             "platform": info["platform"],
         },
-        fit_error={
+        fit_error=_finite({
             "heldout_median": report.heldout_error.get("median", float("nan")),
             "heldout_p90": report.heldout_error.get("p90", float("nan")),
             "heldout_max": report.heldout_error.get("max", float("nan")),
             "heldout_n": float(len(held)),
             "train_median": report.train_error["median"],
             "query_layer": query["rel_error"],
-        },
+            "noise_median": noise["median"],
+            "noise_p90": noise["p90"],
+        }),
         install_by_codec={c: {"fixed_s": v["fixed_s"], "s_per_byte": v["s_per_byte"]} for c, v in install.items()},
         measurements={
             "config": config_dict(cfg),
@@ -178,9 +184,22 @@ def run_profile(
             "excluded_contended_points": len(measured) - len(clean),
             "profiling_s": round(time.perf_counter() - t0, 1),
             "waited_for_quiet_s": round(sum(m.waited_s for m in measured), 1),
+            "machine_load": {"before": load_before, "after": load_state()},
         },
     )
     return profile, report
+
+
+def _finite(values: dict[str, float]) -> dict[str, float]:
+    """Drop NaN entries (no held-out points, a single pass): profile files are strict JSON."""
+    return {k: float(v) for k, v in values.items() if math.isfinite(v)}
+
+
+def pass_noise(measured: list[Measured]) -> dict[str, float]:
+    """How far one pass's median of a point lies from the pooled median (relative): the error floor a fit
+    can reach on this machine, since a single measurement is no more reproducible than this."""
+    devs = [abs(pm - m.seconds) / m.seconds for m in measured if len(m.pass_medians) > 1 for pm in m.pass_medians]
+    return error_summary(np.array(devs))
 
 
 def _with_codecs(cfg: ProfileConfig, codec: str) -> ProfileConfig:
@@ -211,7 +230,8 @@ def summary_lines(profile: DeviceProfile) -> list[str]:
         f"fit ({'+'.join(fit.get('terms', []))}): {coefs}",
         f"  {fit.get('reason', '')}",
         f"held-out error: median {err.get('heldout_median', math.nan):.2%}, p90 {err.get('heldout_p90', math.nan):.2%}"
-        f" (n={int(err.get('heldout_n', 0))}); train median {err.get('train_median', 0):.2%}",
+        f" (n={int(err.get('heldout_n', 0))}); train median {err.get('train_median', 0):.2%}; measurement noise "
+        f"(one pass vs all) median {err.get('noise_median', math.nan):.2%}, p90 {err.get('noise_p90', math.nan):.2%}",
     ]
     q = m.get("query", {})
     if q:

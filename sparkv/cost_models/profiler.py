@@ -38,19 +38,20 @@ class ProfileConfig:
     query_tokens: int = 64
     chunk_sizes: tuple[int, ...] = (32, 64, 128, 256, 384, 512, 768, 1024)
     past_levels: int = 6  # pasts per chunk size, spread over [0, max_context - n]
-    layer_counts: tuple[int, ...] = (1, 2, 4)  # layers per command, cycled over the points
-    heldout_points: int = 16  # random (n, past, layers) points never used by the fit
-    repeats: int = 4  # timed commands per point (after one warm-up)
+    layer_counts: tuple[int, ...] = (1, 2)  # layers per command, cycled over the points
+    heldout_points: int = 20  # random (n, past, layers) points never used by the fit
+    repeats: int = 8  # timed commands per point and pass (after one warm-up)
+    passes: int = 3  # passes over all points, at different times; their times are pooled
     codecs: tuple[str, ...] = ("fp16", "bf16", "fp32", "int8", "int4", "fp16+zstd", "int8+zstd")
     install_tokens: tuple[int, ...] = (128, 512, 2048)  # cell lengths timed for the install cost
     install_repeats: int = 7
     max_other_cpu: float = 0.3  # re-measure a point if other processes used more than this share of a core
-    quiet_wait_s: float = 10.0  # before a point, wait up to this long for other processes to go quiet
+    quiet_wait_s: float = 1.0  # before each chunk size, wait up to this long for other processes to go quiet
     retries: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.past_levels < 1 or not self.chunk_sizes:
+        if self.repeats < 1 or self.passes < 1 or self.past_levels < 1 or not self.chunk_sizes:
             raise ValueError(f"bad profile config: {self}")
         if max(self.chunk_sizes) > self.max_context:
             raise ValueError(f"chunk size {max(self.chunk_sizes)} exceeds max_context {self.max_context}")
@@ -67,7 +68,8 @@ class Point:
 
 
 def plan_points(cfg: ProfileConfig, num_layers: int) -> list[Point]:
-    """Training grid (chunk sizes x past levels) and random held-out points."""
+    """Training grid (chunk sizes x past levels) and random held-out points off the grid: chunk sizes are
+    random multiples of half the smallest grid size (configured chunks are round numbers), pasts random."""
     usable = [k for k in cfg.layer_counts if k * (cfg.repeats + 1) <= num_layers] or [1]
     points: list[Point] = []
     i = 0
@@ -78,11 +80,16 @@ def plan_points(cfg: ProfileConfig, num_layers: int) -> list[Point]:
             points.append(Point(n, min(past, top // n * n), usable[i % len(usable)], "train"))
             i += 1
     rng = np.random.default_rng(cfg.seed + 1)
-    lo, hi = min(cfg.chunk_sizes), max(cfg.chunk_sizes)
-    for _ in range(cfg.heldout_points):
-        n = int(rng.integers(lo, hi + 1))
+    step = max(1, min(cfg.chunk_sizes) // 2)  # held-out chunk sizes: multiples of this, as configured chunks are
+    lo, hi = min(cfg.chunk_sizes) // step, max(cfg.chunk_sizes) // step
+    taken = {(p.n, p.past) for p in points}
+    target = len(points) + cfg.heldout_points
+    while len(points) < target:
+        n = int(rng.integers(lo, hi + 1)) * step
         past = int(rng.integers(0, (cfg.max_context - n) // n + 1)) * n
-        points.append(Point(n, past, int(rng.choice(usable)), "heldout"))
+        if (n, past) not in taken:
+            taken.add((n, past))
+            points.append(Point(n, past, int(rng.choice(usable)), "heldout"))
     return points
 
 
@@ -114,20 +121,35 @@ def _prefill_with_past(loaded: Any, n: int, chunks: int, query_tokens: int, seed
     return p
 
 
-def _time_point(p: Any, chunk: int, layers: int, repeats: int, sync: Callable[[], None] | None) -> list[float]:
-    """Seconds of up to `repeats` commands of `layers` layers of `chunk`, after one warm-up command."""
-    times: list[float] = []
-    lo = 0
-    while lo + layers <= p.num_layers and len(times) < repeats + 1:
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        p.compute(chunk, lo, lo + layers)
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-        lo += layers
-    return times[1:] if len(times) > 1 else times
+def _time_group(
+    p: Any, pts: list[Point], repeats: int, sync: Callable[[], None] | None
+) -> list[tuple[list[float], float]]:
+    """Per point of one chunk size: seconds of up to `repeats` commands after a warm-up, and the share of
+    a core other processes used meanwhile. Commands go round-robin (one per point per round), so a slow
+    moment of the machine is spread over all points instead of biasing one."""
+    nxt = [0] * len(pts)
+    times: list[list[float]] = [[] for _ in pts]
+    other = [0.0] * len(pts)
+    wall = [0.0] * len(pts)
+    for r in range(repeats + 1):
+        for j, pt in enumerate(pts):
+            lo = nxt[j]
+            if lo + pt.layers > p.num_layers:
+                continue
+            with ContentionGuard() as guard:
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                p.compute(pt.past // pt.n, lo, lo + pt.layers)
+                if sync:
+                    sync()
+                dt = time.perf_counter() - t0
+            nxt[j] += pt.layers
+            if r > 0 or lo + 2 * pt.layers > p.num_layers:  # the first round warms up, if layers allow
+                times[j].append(dt)
+                other[j] += guard.other_cpu_s
+                wall[j] += guard.wall_s
+    return [(t, o / w if w > 0 else 0.0) for t, o, w in zip(times, other, wall, strict=True)]
 
 
 @dataclass
@@ -140,45 +162,64 @@ class Measured:
     other_cpu: float = 0.0  # share of a core other processes used during the point
     attempts: int = 1
     waited_s: float = 0.0  # time spent waiting for other processes to go quiet before it
+    pass_medians: list[float] = field(default_factory=list)  # median of each pass: the machine's reproducibility
 
     def sample(self) -> Sample:
         return Sample(self.point.n, self.point.past, self.point.layers, self.seconds)
 
 
+def _measure_once(
+    loaded: Any, cfg: ProfileConfig, points: list[Point], todo: list[int], seed: int
+) -> dict[int, tuple[list[float], float, float]]:
+    """One pass over `todo`, chunk sizes in random order (so drift of the machine hits grid and held-out
+    points alike): index -> (times, other processes' share of a core, seconds waited for quiet)."""
+    sync = _sync(loaded.device)
+    by_n: dict[int, list[int]] = {}
+    for i in todo:
+        by_n.setdefault(points[i].n, []).append(i)
+    order = list(by_n)
+    np.random.default_rng(seed).shuffle(order)
+    out: dict[int, tuple[list[float], float, float]] = {}
+    for n in order:
+        idx = by_n[n]
+        p = _prefill_with_past(loaded, n, max(points[i].past for i in idx) // n + 1, cfg.query_tokens, seed)
+        w0 = time.perf_counter()
+        if cfg.quiet_wait_s > 0:
+            wait_for_quiet(cfg.max_other_cpu, cfg.quiet_wait_s)
+        waited = (time.perf_counter() - w0) / len(idx)
+        for i, (times, other) in zip(idx, _time_group(p, [points[i] for i in idx], cfg.repeats, sync), strict=True):
+            out[i] = (times, other, waited)
+        del p
+    return out
+
+
 def measure_compute(
     loaded: Any, cfg: ProfileConfig, points: list[Point], tick: Callable[[str], None] = lambda _: None
 ) -> list[Measured]:
-    """Time every point; points disturbed by other processes are re-measured on a fresh prefill."""
-    sync = _sync(loaded.device)
-    results: dict[int, Measured] = {}
-    todo = list(range(len(points)))
-    for attempt in range(cfg.retries + 1):
-        retry: list[int] = []
-        by_n: dict[int, list[int]] = {}
-        for i in todo:
-            by_n.setdefault(points[i].n, []).append(i)
-        for n, idx in by_n.items():
-            chunks = max(points[i].past for i in idx) // n + 1
-            p = _prefill_with_past(loaded, n, chunks, cfg.query_tokens, cfg.seed + attempt)
-            for i in idx:
-                pt = points[i]
-                w0 = time.perf_counter()
-                if cfg.quiet_wait_s > 0:
-                    wait_for_quiet(cfg.max_other_cpu, cfg.quiet_wait_s)
-                waited = time.perf_counter() - w0 + (results[i].waited_s if i in results else 0.0)
-                with ContentionGuard() as guard:
-                    times = _time_point(p, pt.past // n, pt.layers, cfg.repeats, sync)
-                m = Measured(pt, float(np.median(times)), times, guard.other_fraction, attempt + 1, waited)
-                if attempt < cfg.retries and guard.other_fraction > cfg.max_other_cpu:
-                    retry.append(i)
-                else:
-                    tick(f"n={pt.n} past={pt.past} k={pt.layers}")
-                results[i] = m
-            del p
-        todo = retry
+    """Time every point in `cfg.passes` passes (times pooled, median kept); a point whose commands other
+    processes disturbed (> `max_other_cpu`) is measured again, up to `retries` times, replacing its times."""
+    pooled: dict[int, list[tuple[list[float], float, float]]] = {i: [] for i in range(len(points))}
+    for k in range(cfg.passes):
+        for i, got in _measure_once(loaded, cfg, points, list(range(len(points))), cfg.seed + k).items():
+            pooled[i].append(got)
+    attempts = dict.fromkeys(pooled, 1)
+    for r in range(cfg.retries):
+        todo = [i for i, got in pooled.items() if np.mean([g[1] for g in got]) > cfg.max_other_cpu]
         if not todo:
             break
-    return [results[i] for i in range(len(points))]
+        for i, got in _measure_once(loaded, cfg, points, todo, cfg.seed + 100 + r).items():
+            worst = max(range(len(pooled[i])), key=lambda j: pooled[i][j][1])
+            pooled[i][worst] = got  # replace the most disturbed pass
+            attempts[i] += 1
+    results = []
+    for i, pt in enumerate(points):
+        times = [t for got in pooled[i] for t in got[0]]
+        other = float(np.mean([g[1] for g in pooled[i]]))
+        medians = [float(np.median(g[0])) for g in pooled[i] if g[0]]
+        waited = sum(g[2] for g in pooled[i])
+        results.append(Measured(pt, float(np.median(times)), times, other, attempts[i], waited, medians))
+        tick(f"n={pt.n} past={pt.past} k={pt.layers}")
+    return results
 
 
 def measure_install(loaded: Any, cfg: ProfileConfig) -> dict[str, dict[str, Any]]:

@@ -114,6 +114,17 @@ def cpu_model() -> str:
     return f"{name}, {os.cpu_count()} logical CPUs{hyper}" + (f", {'/'.join(isa)}" if isa else "")
 
 
+def load_state() -> dict[str, Any]:
+    """Load average and this process's scheduling priority (nice, autogroup), for the record."""
+    out: dict[str, Any] = {"nice": os.nice(0) if hasattr(os, "nice") else 0}
+    for key, path in (("loadavg", "/proc/loadavg"), ("autogroup", "/proc/self/autogroup")):
+        try:
+            out[key] = Path(path).read_text().strip()
+        except OSError:
+            continue
+    return out
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a measurement depends on."""
     out = {"python": platform.python_version()}
