@@ -1,6 +1,7 @@
 """Links replaying a trace: sender-side pacing on loopback, and netns + tc tbf where the machine allows it.
 
-Wall-clock checks are loose (a factor of 0.7-1.5 of the ideal time) and each takes well under 2 s.
+Wall-clock checks are loose (a factor of 0.7-1.5 of the ideal time) and each takes well under 2 s; the
+> 20 MB regression stream takes a few seconds and has no timing check, only a generous idle timeout.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import pytest
 from sparkv.core.request import CellBlock
 from sparkv.executor import link as link_mod
 from sparkv.executor import netns
-from sparkv.executor.client import KVClient
+from sparkv.executor.client import KVClient, ServerGone
 from sparkv.executor.link import Link, NetnsLink, PacingLink, make_link
+from sparkv.executor.net_codecs import get_codec
 from sparkv.executor.net_pacing import BUCKET_S, Pacer, _pace_until
 from sparkv.executor.net_store import make_synthetic_store
+from sparkv.executor.protocol import DeadlineExceeded
 from sparkv.traces.synthetic import constant, steps
 
 KEY, S = "11223344aabbccdd", 256  # 8 chunks x 4 layers, 256 KiB per cell
@@ -163,3 +166,58 @@ def test_netns_link_that_fails_to_start_leaves_no_namespace(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="not a directory"):
         NetnsLink(constant(1e6), tmp_path / "missing")
     assert not [name for name in netns.list_netns() if name.startswith(mine)]
+
+
+def test_a_dead_server_is_explained_in_the_clients_error(root: Path) -> None:
+    with (make_link("pacing", constant(1e9, 60.0), root, faults=("die-after-bytes=100000",)) as link,
+          KVClient(link.server.host, link.server.port) as client, pytest.raises(ServerGone) as err):
+        list(client.fetch(1, KEY, S, "raw", CellBlock(0, 1, 0, 4)))
+    message = str(err.value)
+    assert f"KV server pid {link.server.pid}" in message
+    assert "server log:" in message and "die-after-bytes=100000: exiting" in message
+
+
+@needs_netns
+def test_netns_link_streams_past_rate_drops_without_wedging(tmp_path: Path) -> None:
+    """Regression: the shaper wedged for good when the trace slowed after a fast stretch.
+
+    TCP sized its GSO packets to its own pacing rate (tens of KiB here); tbf took them whole while a fast
+    step gave it a large burst, and could never send one once a slow step had cut the burst below its
+    size, so nothing at all left the namespace (sparkv run stalled for 30 s, then could not reconnect).
+    The namespace's veth now caps its packets at a few segments. 21 MB: fast, slow, fast (18 MB in by then), then
+    slow to the end, so a wedge at the last slowdown is permanent and the idle timeout catches it (no
+    timing check). About 2 s on an idle machine.
+    """
+    key = "feedfacecafebeef"
+    make_synthetic_store(tmp_path, key, num_layers=5, num_kv_heads=2, context_tokens=4096, head_dim=64)
+    trace = steps([(0.4, 25e6), (0.3, 3e6), (0.3, 25e6), (30.0, 3e6)])
+    block = CellBlock(0, 4, 0, 5)  # 20 cells of 1 MiB
+    get_codec("raw")  # import the codec registry now: a client slow to read would keep tbf's queue short
+    with NetnsLink(trace, tmp_path) as link:
+        assert netns.gso_max_segs(link.ns) == netns.GSO_MAX_SEGS
+        with KVClient(link.server.host, link.server.port, idle_timeout_s=4.0) as client:
+            client.ping()
+            t0 = time.perf_counter()
+            link.start_clock(t0)
+            cells = list(client.fetch(1, key, 1024, "raw", block))
+            took = time.perf_counter() - t0
+        slow = [c for c in link.rate_changes if c.rate_bps < 10e6 and c.wall_s >= t0]
+    n = sum(cell.wire_bytes for cell in cells)
+    assert len(cells) == block.num_cells and n > 20e6
+    assert slow  # the shaper really was turned down while the stream ran
+    ideal = 1.0 + (n - trace.bytes_between(0.0, 1.0)) / 3e6
+    print(f"{n / 1e6:.1f} MB in {took:.2f} s (ideal {ideal:.2f} s)")
+
+
+@needs_netns
+def test_netns_link_failure_names_the_shaper_state(root: Path) -> None:
+    # 8 kbit/s: a 256 KiB cell never arrives
+    with (NetnsLink(constant(0.0, 60.0), root) as link,
+          KVClient(link.server.host, link.server.port, idle_timeout_s=1.0) as client):
+        client.ping()
+        link.start_clock()
+        with pytest.raises(DeadlineExceeded) as err:
+            list(client.fetch(1, KEY, S, "raw", CellBlock(0, 1, 0, 1)))
+    message = str(err.value)
+    assert "shaper player running" in message and "tbf" in message and "backlog" in message
+    assert "server log:" in message and "connection from" in message

@@ -6,6 +6,10 @@ fetch at a time. `fetch` yields each cell once its last byte has arrived and its
 stream to the server's END for at most `cancel_drain_s`, and otherwise drops the connection (the next
 fetch reconnects). Every wait is bounded: by the fetch's deadline, by `idle_timeout_s` without a byte,
 and by `connect_timeout_s` when connecting.
+
+When the link fails (ServerGone, DeadlineExceeded), the error's message ends with a diagnosis in
+brackets: by default `describe_server` of this process's handle for the endpoint (is the server alive,
+the state of the link's shaper, the last lines of the server's log), or whatever `diagnose` returns.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,7 @@ from sparkv.core.request import CellBlock
 from sparkv.executor import protocol as P
 from sparkv.executor.net_codecs import get_codec
 from sparkv.executor.net_io import FrameReader, Woken, drain_wake, make_wake_pair, ring, send_all
+from sparkv.executor.net_launch import describe_server
 from sparkv.executor.protocol import CorruptFrame, DeadlineExceeded, PeerGone, ServerError, ServerGone
 
 __all__ = ["CellPayload", "CorruptFrame", "DeadlineExceeded", "KVClient", "ServerError", "ServerGone"]
@@ -48,8 +53,10 @@ class KVClient:
     """Fetches cells over one connection; `cancel` may be called from another thread."""
 
     def __init__(self, host: str, port: int, connect_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
-                 cancel_drain_s: float = 0.25) -> None:
+                 cancel_drain_s: float = 0.25, diagnose: Callable[[], str] | None = None) -> None:
         self.host, self.port = host, port
+        # what a link failure's message adds: by default the server handle's diagnosis, if it is ours
+        self.diagnose = diagnose if diagnose is not None else (lambda: describe_server(host, port))
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s  # DeadlineExceeded after this long without a byte
         self.cancel_drain_s = cancel_drain_s  # after a cancel, wait this long for END before reconnecting
@@ -75,7 +82,7 @@ class KVClient:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         except OSError as exc:
-            raise ServerGone(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise ServerGone(f"cannot connect to {self.host}:{self.port}: {exc}{self._why()}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.connect_timeout_s)  # bounds sends; reads are select-gated
         reader = FrameReader(sock, wake=self._wake_r)
@@ -89,6 +96,14 @@ class KVClient:
             with contextlib.suppress(OSError):
                 self._sock.close()
         self._sock, self._reader = None, None
+
+    def _why(self) -> str:
+        """' [diagnosis]' for a link failure's message, or '' when there is nothing to say."""
+        try:
+            text = self.diagnose()
+        except Exception as exc:  # never let the diagnosis replace the error
+            text = f"diagnosis failed: {exc!r}"
+        return f" [{text}]" if text else ""
 
     def _send(self, sock: socket.socket, data: bytes) -> None:
         with self._lock:
@@ -124,9 +139,11 @@ class KVClient:
         except Woken:
             drain_wake(self._wake_r)
             raise DeadlineExceeded("ping interrupted") from None
+        except DeadlineExceeded as exc:
+            raise DeadlineExceeded(f"ping: {exc}{self._why()}") from None
         except PeerGone as exc:
             self._drop()
-            raise ServerGone(str(exc)) from exc
+            raise ServerGone(f"{exc}{self._why()}") from exc
 
     def cancel(self, request_id: int) -> None:
         """Stop fetch `request_id` (running or not yet started); returns at once."""
@@ -170,7 +187,7 @@ class KVClient:
             try:
                 self._send(sock, P.encode(P.Fetch(request_id, context_key, chunk_tokens, codec, block)))
             except PeerGone as exc:
-                raise ServerGone(f"sending FETCH: {exc}") from exc
+                raise ServerGone(f"sending FETCH: {exc}{self._why()}") from exc
             try:
                 yield from self._receive(reader, request_id, math.inf if deadline_s is None else deadline_s)
             except ServerError as exc:
@@ -204,11 +221,11 @@ class KVClient:
                         self._drop()  # END did not come in time: start afresh next fetch
                     return
                 why = "deadline" if time.perf_counter() >= deadline_s else f"{self.idle_timeout_s} s without a byte"
-                raise DeadlineExceeded(f"request {rid}: {why}") from None
+                raise DeadlineExceeded(f"request {rid}: {why}{self._why()}") from None
             except PeerGone as exc:
                 if cancel_at is not None:
                     return
-                raise ServerGone(f"request {rid}: {exc}") from exc
+                raise ServerGone(f"request {rid}: {exc}{self._why()}") from exc
             last_s = time.perf_counter()
             if ftype == P.PIECE:
                 if head is None:

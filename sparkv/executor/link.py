@@ -5,6 +5,9 @@ Two kinds, recorded as `Link.kind`:
 - "netns-tbf" (`NetnsLink`): the server runs inside its own network namespace; a tc token-bucket
   filter on its veth egress is re-rated every `step_s` (default 0.1 s) to the trace's mean rate over
   that step (`tc qdisc change`), by a background thread. Real TCP over a real shaper.
+  The veth caps its packets at a few TCP segments (sparkv.executor.netns explains why: a GSO packet
+  larger than the burst of a slower step wedges tbf). When the link fails, the client's error quotes
+  `describe_shaper` (player thread, last setting, tc counters) and the server's last log lines.
 - "pacing" (`PacingLink`): the server, on loopback, paces its own sends to the trace (sparkv.executor.
   net_pacing). Used where namespaces are refused.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +35,10 @@ from sparkv.executor.netns import (
     NetnsUnavailable,
     create_netns,
     delete_netns,
+    exists,
+    gso_max_segs,
     set_tbf,
+    tbf_status,
 )
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,7 @@ class NetnsLink:
         self._t0_s = time.perf_counter()
         self._current_bps = math.nan
         self._stop, self._restart = threading.Event(), threading.Event()
+        self.player_error = ""  # why the player thread stopped early, if it did
         self.ns: Netns = create_netns()  # NetnsUnavailable when refused
         try:
             try:
@@ -118,6 +126,7 @@ class NetnsLink:
             except RuntimeError as exc:
                 raise NetnsUnavailable(f"tc tbf refused: {exc}") from exc
             self.server = start_server(store_root, self.ns.ns_addr, 0, netns=self.ns.name, faults=faults)
+            self.server.diagnosers.append(self.describe_shaper)
         except BaseException:
             delete_netns(self.ns)
             raise
@@ -137,6 +146,13 @@ class NetnsLink:
 
     def _play(self) -> None:
         """Re-rate the shaper at every step boundary of trace time until closed."""
+        try:
+            self._play_steps()
+        except Exception as exc:  # the shaper would stay at its last rate: say so, loudly
+            self.player_error = f"player failed: {exc!r}"
+            log.error("netns link: %s; the shaper keeps its last rate", self.player_error)
+
+    def _play_steps(self) -> None:
         while not self._stop.is_set():
             self._restart.clear()
             t0 = self._t0_s
@@ -146,9 +162,34 @@ class NetnsLink:
                 try:
                     self._apply(k * self.step_s, rate)
                 except RuntimeError as exc:  # the namespace went away under us: nothing left to shape
+                    self.player_error = f"tc failed: {exc}"
                     log.warning("netns link: %s", exc)
                     return
             self._wait_for_step(t0 + (k + 1) * self.step_s)
+
+    def describe_shaper(self) -> str:
+        """The shaper's state for an error message: the player thread, its last setting, tc's counters."""
+        if not exists(self.ns):
+            return f"netns {self.ns.name} is gone"
+        thread = getattr(self, "_player", None)
+        player = "running" if thread is not None and thread.is_alive() else "stopped"
+        if self._stop.is_set():
+            player += " (link closed)"
+        elif self.player_error:
+            player += f" ({self.player_error})"
+        last = self.rate_changes[-1] if self.rate_changes else None
+        now = time.perf_counter()
+        setting = (f"last set {now - last.wall_s:.2f} s ago to {last.rate_bps * 8e-6:.3f} Mbit/s of payload "
+                   f"(trace t={last.trace_s:.2f} s, now t={max(0.0, now - self._t0_s):.2f} s)") if last else "never set"
+        status = tbf_status(self.ns)
+        text = f"shaper player {player}, {setting}; {status}"
+        burst, backlog = re.search(r"burst (\d+)b", status), re.search(r"backlog (\d+)b (\d+)p", status)
+        if burst and backlog and int(backlog.group(2)) > 0:
+            mean = int(backlog.group(1)) / int(backlog.group(2))
+            if mean > int(burst.group(1)):
+                text += (f"; queued packets average {mean:.0f} B, more than the {burst.group(1)} B burst: tbf "
+                         f"cannot send them (GSO packets? the veth's gso_max_segs is {gso_max_segs(self.ns)})")
+        return text
 
     def _wait_for_step(self, when_s: float) -> None:
         """Pacing wait: hold the current rate until the next step boundary (or a clock restart/close)."""

@@ -1,4 +1,9 @@
-"""Start the KV server as a child process (optionally inside a network namespace) and hold on to it."""
+"""Start the KV server as a child process (optionally inside a network namespace) and hold on to it.
+
+`ServerHandle.diagnose()` says what state the server (and whatever carries its traffic) is in, with the
+last lines of its log; `describe_server(host, port)` finds the running handle of an endpoint in this
+process, so a client that loses the link can say why.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,8 @@ from sparkv.executor.net_pacing import trace_to_json
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+DIAGNOSE_LOG_LINES = 6  # log lines a diagnosis quotes
+DIAGNOSE_LINE_CHARS = 300  # each cut to this length
 _PKG_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding the sparkv package
 _live: weakref.WeakSet[ServerHandle] = weakref.WeakSet()
 
@@ -33,6 +41,7 @@ class ServerHandle:
         self.netns = netns  # namespace it runs in, or None
         self.paced = paced  # True when it paces its sends to a trace
         self._workdir = workdir  # trace JSON and the server's stderr log
+        self.diagnosers: list[Callable[[], str]] = []  # more to say in `diagnose` (e.g. the link's shaper)
         _live.add(self)
 
     @property
@@ -65,6 +74,29 @@ class ServerHandle:
             return (self._workdir / "server.log").read_text(errors="replace")
         except OSError:
             return ""
+
+    def diagnose(self, log_lines: int = DIAGNOSE_LOG_LINES) -> str:
+        """One paragraph: is the server running (or how it ended), what the diagnosers report, and the
+        last `log_lines` lines of its log."""
+        code = self.proc.poll()
+        if code is None:
+            state = "running"
+        elif code < 0:
+            state = f"killed by signal {-code}"
+        else:
+            state = f"exited with code {code}"
+        where = f" in netns {self.netns}" if self.netns else ""
+        parts = [f"KV server pid {self.pid}{where} at {self.host}:{self.port}: {state}"]
+        for diagnoser in list(self.diagnosers):
+            try:
+                text = diagnoser()
+            except Exception as exc:  # a diagnosis must never hide the error it explains
+                text = f"(diagnoser failed: {exc!r})"
+            if text:
+                parts.append(text)
+        lines = [line[:DIAGNOSE_LINE_CHARS] for line in self.log().splitlines() if line.strip()][-log_lines:]
+        parts.append("server log: " + (" | ".join(lines) if lines else "(empty)"))
+        return "; ".join(parts)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Ask the server to stop; SIGTERM, then SIGKILL if it has not exited within timeout_s."""
@@ -105,6 +137,14 @@ class ServerHandle:
         return f"ServerHandle({self.host}:{self.port}, pid {self.pid}{where}, paced={self.paced})"
 
 
+def describe_server(host: str, port: int) -> str:
+    """`diagnose()` of this process's running handle for host:port, or '' when there is none."""
+    for handle in list(_live):
+        if handle.host == host and handle.port == port:
+            return handle.diagnose()
+    return ""
+
+
 def start_server(
     root: Path | str,
     host: str = "127.0.0.1",
@@ -142,14 +182,23 @@ def start_server(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH", "")) if p)
     with open(workdir / "server.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
-    line = (_read_line(proc, time.perf_counter() + startup_timeout_s) or "").split()
+    t0 = time.perf_counter()
+    first = _read_line(proc, t0 + startup_timeout_s)
+    line = (first or "").split()
     bound = int(line[1]) if len(line) == 2 and line[0] == "PORT" and line[1].isdigit() else None
     if bound is None:
+        code = proc.poll()
+        if code is not None:
+            how = f"exited with code {code} after {time.perf_counter() - t0:.1f} s"
+        elif first is None:
+            how = f"still running but silent after {startup_timeout_s:.0f} s (killed; a heavily loaded machine?)"
+        else:
+            how = f"said {first[:200]!r} instead of 'PORT <n>'"
         proc.kill()
         proc.wait(timeout=STOP_TIMEOUT_S)
         text = (workdir / "server.log").read_text(errors="replace")[-2000:]
         shutil.rmtree(workdir, ignore_errors=True)
-        raise RuntimeError(f"KV server did not start ({' '.join(cmd)}): {text or 'no output'}")
+        raise RuntimeError(f"KV server did not start ({' '.join(cmd)}): {how}; log: {text.strip() or '(empty)'}")
     return ServerHandle(host, bound, proc, workdir, netns, pacing_trace is not None)
 
 

@@ -8,6 +8,14 @@ frames) flows at the trace's rate. tbf cannot take a rate of 0, so a zero-rate s
 played as MIN_RATE_BPS (1000 B/s = 8 kbit/s). Every namespace made here is deleted by `delete_netns`,
 at interpreter exit, or (if this process was killed) by the next `create_netns` of any process, which
 removes namespaces whose creating pid is gone. Deleting the namespace removes both veth ends.
+
+The namespace's veth end carries at most GSO_MAX_SEGS TCP segments per packet (`gso_max_segs`). Without
+that, TCP hands the veth GSO "super-packets" of up to 64 KiB, sized to its own (fast, sub-millisecond
+RTT) pacing rate rather than the shaper's. tbf admits such a packet whole while the trace is fast (its
+burst then exceeds the packet), but can never send it once a slower step has shrunk the burst below the
+packet's length: the packet costs more tokens than the bucket holds, so it sits at the head of the
+queue and wedges everything behind it (data, SYN-ACKs, ARP replies) until the trace is fast again.
+Capped, every packet (MAX_PACKET_BYTES on the wire) fits in MIN_BURST_BYTES, the smallest burst.
 """
 
 from __future__ import annotations
@@ -22,7 +30,11 @@ from pathlib import Path
 
 CMD_TIMEOUT_S = 10.0
 MIN_RATE_BPS = 1000.0  # tbf needs a positive rate: zero-rate trace segments play at 8 kbit/s
-MIN_BURST_BYTES = 8192  # more than one MTU-sized packet, or nothing ever passes
+MIN_BURST_BYTES = 8192  # more than the largest packet (MAX_PACKET_BYTES), or that packet never passes
+GSO_MAX_SEGS = 4  # TCP segments per packet on the namespace's veth: few enough to fit any burst, and
+# enough that the per-packet cost stays low at a few hundred Mbit/s
+MAX_PACKET_BYTES = GSO_MAX_SEGS * 1514  # 1500-byte MTU frames, 14 bytes of Ethernet header each
+assert MAX_PACKET_BYTES < MIN_BURST_BYTES
 BURST_S = 0.004  # burst is this much time of the current rate (when larger than MIN_BURST_BYTES)
 LATENCY_S = 0.05  # tbf queue limit, as the time a packet may wait in it
 # tbf counts whole Ethernet frames; a full TCP segment on a 1500-byte MTU carries 1448 payload bytes in a
@@ -124,9 +136,14 @@ def create_netns() -> Netns:
         _run("ip", "addr", "add", f"{ns.host_addr}/30", "dev", ns.host_if)
         _run("ip", "link", "set", ns.host_if, "up")
         _run("ip", "-n", ns.name, "addr", "add", f"{ns.ns_addr}/30", "dev", ns.ns_if)
+        try:  # small packets only, so none ever outgrows tbf's burst (see the module doc)
+            _run("ip", "-n", ns.name, "link", "set", ns.ns_if, "gso_max_segs", str(GSO_MAX_SEGS))
+        except RuntimeError as exc:
+            raise NetnsUnavailable(f"cannot cap the veth's packets at {GSO_MAX_SEGS} segments, so tbf could "
+                                   f"wedge on a GSO packet larger than its burst: {exc}") from exc
         _run("ip", "-n", ns.name, "link", "set", ns.ns_if, "up")
         _run("ip", "-n", ns.name, "link", "set", "lo", "up")
-    except RuntimeError:
+    except RuntimeError:  # NetnsUnavailable included
         delete_netns(ns)
         raise
     return ns
@@ -158,6 +175,21 @@ def set_tbf(ns: Netns, rate_bps: float, latency_s: float = LATENCY_S, change: bo
     _run("tc", "-n", ns.name, "qdisc", verb, "dev", ns.ns_if, "root", "tbf",
          "rate", f"{bits}bit", "burst", str(burst), "latency", f"{lat_us}us")
     return bits / 8
+
+
+def tbf_status(ns: Netns) -> str:
+    """`tc -s qdisc show` of the namespace's veth egress on one line (rate, burst, sent, drops, backlog)."""
+    proc = _run("tc", "-n", ns.name, "-s", "qdisc", "show", "dev", ns.ns_if, check=False)
+    if proc.returncode != 0:
+        return f"tc -s qdisc show failed ({proc.returncode}): {proc.stderr.strip() or 'no output'}"
+    return " ".join(proc.stdout.split())
+
+
+def gso_max_segs(ns: Netns) -> int | None:
+    """The namespace veth's gso_max_segs (GSO_MAX_SEGS once create_netns set it up), None if unreadable."""
+    out = _run("ip", "-n", ns.name, "-d", "link", "show", ns.ns_if, check=False).stdout
+    m = re.search(r"gso_max_segs (\d+)", out)
+    return int(m.group(1)) if m else None
 
 
 @atexit.register

@@ -12,6 +12,10 @@ connection is closed; other clients are unaffected. With `--trace` every piece w
 to carry it (sender-side pacing, sparkv.executor.net_pacing). Faults for tests: `die-after-bytes=N`
 (the process exits after sending N bytes in all) and `corrupt-cell=c,l` (one payload byte flipped after
 the crc was computed).
+
+It logs to stderr (the launcher keeps it as the server's log): one line per connection opened and
+closed, per FETCH answered (bytes, cells, seconds) and per fault, each stamped with perf_counter (the
+clock the client and the link use), so a client's failure can be matched with what the server saw.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ __all__ = ["Faults", "KVServer", "ServerHandle", "main", "start_server"]
 IDLE_S = 3600.0  # a connection that sends no frame for this long is closed
 SEND_STALL_S = 60.0  # a client that reads nothing for this long (or a link carrying nothing) is dropped
 POLL_S = 0.2  # accept loop and stdin checks: how soon a stop is noticed
+
+
+def say(message: str) -> None:
+    """One log line on stderr, stamped with perf_counter."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{time.perf_counter():.3f} {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,8 @@ class KVServer:
             while not self.stop.is_set():
                 ready, _, _ = select.select([self.listener], [], [], POLL_S)
                 if ready:
-                    sock, _ = self.listener.accept()
-                    _Connection(self, sock).start()
+                    sock, peer = self.listener.accept()
+                    _Connection(self, sock, f"{peer[0]}:{peer[1]}").start()
         finally:
             self.listener.close()
 
@@ -101,14 +111,15 @@ class KVServer:
             send_all(sock, data[: max(0, allowed)], time.perf_counter() + SEND_STALL_S, self.stop)
             self._sent_bytes += len(data)
             if len(data) >= allowed:
+                say(f"fault die-after-bytes={die}: exiting")
                 os._exit(17)  # the injected crash: no cleanup, no goodbye
 
 
 class _Connection:
     """One client: a reader thread for requests, a worker thread streaming FETCH answers in order."""
 
-    def __init__(self, server: KVServer, sock: socket.socket) -> None:
-        self.server, self.sock = server, sock
+    def __init__(self, server: KVServer, sock: socket.socket, peer: str = "?") -> None:
+        self.server, self.sock, self.peer = server, sock, peer
         sock.settimeout(SEND_STALL_S)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         limit_unsent(sock)
@@ -118,6 +129,7 @@ class _Connection:
         self.closed = threading.Event()
 
     def start(self) -> None:
+        say(f"connection from {self.peer}")
         threading.Thread(target=self._read_loop, name="kv-reader", daemon=True).start()
         threading.Thread(target=self._work_loop, name="kv-worker", daemon=True).start()
 
@@ -125,9 +137,10 @@ class _Connection:
         with self.send_lock:
             self.server.send(self.sock, data)
 
-    def _close(self) -> None:
+    def _close(self, why: str = "") -> None:
         if not self.closed.is_set():
             self.closed.set()
+            say(f"connection from {self.peer} closed{': ' + why if why else ''}")
             for event in list(self.cancels.values()):
                 event.set()
             self.fetches.put(None)
@@ -155,11 +168,12 @@ class _Connection:
                 else:
                     raise P.CorruptFrame(f"a client may not send {P.FRAME_NAMES[ftype]} frames")
         except P.CorruptFrame as exc:
+            say(f"connection from {self.peer}: bad frame: {exc}")
             with contextlib.suppress(P.NetError, OSError):
                 self.send(P.encode(P.Error(0, exc.code, str(exc))))
                 self._discard_input()
-        except P.NetError:
-            pass  # the client left, or went quiet for IDLE_S
+        except P.NetError as exc:  # the client left, or went quiet for IDLE_S
+            self._close(f"reading: {exc}")
         finally:
             self._close()
             self.sock.close()
@@ -187,8 +201,8 @@ class _Connection:
                     self._serve(fetch, self.cancels[fetch.request_id])
                 finally:
                     self.cancels.pop(fetch.request_id, None)
-        except P.NetError:
-            self._close()
+        except P.NetError as exc:  # the client stopped reading, left, or the link carried nothing
+            self._close(f"sending: {exc}")
 
     def _serve(self, f: P.Fetch, cancel: threading.Event) -> None:
         rid = f.request_id
@@ -202,9 +216,10 @@ class _Connection:
             except Exception as exc:  # the registry raises UserError or ValueError
                 raise RequestRefused(P.E_BAD_CODEC, f"codec {f.codec!r}: {exc}") from exc
         except RequestRefused as exc:
+            say(f"request {rid} refused: {exc.message}")
             self.send(P.encode(P.Error(rid, exc.code, exc.message)))
             return
-        total = cells = 0
+        t0, total, cells = time.perf_counter(), 0, 0
         for c, layer in f.block.cells():
             if cancel.is_set():
                 break
@@ -213,6 +228,7 @@ class _Connection:
                 kb, vb = codec.encode(k, kind="k", layer=layer), codec.encode(v, kind="v", layer=layer)
             except Exception as exc:
                 code = exc.code if isinstance(exc, RequestRefused) else P.E_INTERNAL
+                say(f"request {rid}: cell ({c}, {layer}) failed: {exc!r}")
                 self.send(P.encode(P.Error(rid, code, f"cell ({c}, {layer}): {exc}")))
                 return
             payload = kb + vb
@@ -229,11 +245,14 @@ class _Connection:
                     self.send(abort)
                     total += len(abort)
                 if not cancel.is_set():  # the paced link carried nothing for SEND_STALL_S
+                    say(f"request {rid}: link stalled (the trace carried nothing for {SEND_STALL_S} s)")
                     self.send(P.encode(P.Error(rid, P.E_INTERNAL, "link stalled: trace carried nothing")))
                     return
                 break
             cells += 1
         status = P.END_COMPLETE if cells == f.block.num_cells else P.END_CANCELLED
+        say(f"request {rid} {f.block}: {'complete' if status == P.END_COMPLETE else 'cancelled'}, "
+            f"{cells} cells, {total} bytes in {time.perf_counter() - t0:.3f} s")
         self.send(P.encode(P.End(rid, total, cells, status)))
 
     def _send_cell(self, head: bytes, payload: bytes, cancel: threading.Event) -> tuple[int, bool]:
@@ -267,6 +286,7 @@ def _control_loop(server: KVServer) -> None:
             continue
         data = os.read(fd, 4096)
         if not data:
+            say("stdin closed (the parent is gone): stopping")
             server.stop.set()
             return
         buf += data
@@ -278,6 +298,7 @@ def _control_loop(server: KVServer) -> None:
                     server.pacer.set_clock(float(arg))
                 print("CLOCK", flush=True)  # the parent waits for this before its next request
             elif cmd == "stop":
+                say("stop requested")
                 server.stop.set()
 
 
@@ -298,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     threading.Thread(target=_control_loop, args=(server,), name="kv-control", daemon=True).start()
     print(f"PORT {server.port}", flush=True)
+    paced = f", pacing to {args.trace}" if args.trace else ""
+    say(f"pid {os.getpid()} listening on {args.host}:{server.port}{paced}")
     server.serve()
+    say("stopped")
     return 0
 
 
