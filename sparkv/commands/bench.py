@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench_sub = p.add_subparsers(dest="bench", required=True)
     s = bench_sub.add_parser("sim", help="simulated requests per second, and the trace integral vs 1 ms stepping")
     s.add_argument("--trace", help="trace file or spec (default: the Verizon LTE trace in ../shared, if present)")
-    s.add_argument("--device", default="analytic-cpu-2core", help="device profile (default analytic-cpu-2core)")
+    s.add_argument("--device", default="cpu-smollm2", help="device profile (default cpu-smollm2)")
     s.add_argument("--requests", type=int, default=200, help="requests per policy per repeat (default 200)")
     s.add_argument("--repeats", type=int, default=3, help="repeats; the median rate is printed (default 3)")
     s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")

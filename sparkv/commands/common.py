@@ -6,11 +6,14 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.policies import Policy, make_policy
+
+if TYPE_CHECKING:
+    from sparkv.sim.world import World
 
 
 def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = None) -> None:
@@ -92,3 +95,13 @@ def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
         return make_policy(name, **configured.options) if name == configured.policy else make_policy(name)
 
     return make
+
+
+def make_for_world(make: Callable[[str], Policy], name: str, world: World) -> Policy:
+    """`make(name)`, except that the oracle is handed the world's future (its trace, link arithmetic and
+    device availability): without them it would plan on the mean bandwidth like any other policy."""
+    if name != "oracle":
+        return make(name)
+    from sparkv.analysis.evaluate import oracle_options
+
+    return make_policy(name, **oracle_options(world))

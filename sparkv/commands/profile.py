@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output JSON (default ./<name>.json)")
     p.add_argument("--quick", action="store_true", help="tiny random model and a small grid (seconds)")
     p.add_argument("--max-context", type=int, help="longest context measured (default 8192)")
-    p.add_argument("--repeats", type=int, help="timed commands per point (default 3)")
+    p.add_argument("--repeats", type=int, help="timed commands per point and pass (default 8)")
     p.add_argument("--codecs", help="comma-separated codecs whose install cost to measure")
     p.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
     p.add_argument("--link", choices=("pacing", "netns"), help="calibrate the link with the real KV server")

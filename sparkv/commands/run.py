@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     )
     results: list[Result] = []
     with session:
-        print(f"link: {session.link_description()}")
+        lc = session.scenario.link
+        print(f"link: {session.link_description()}; constants {session.link_constants}: rtt {lc.rtt_s * 1e3:.2f} ms, "
+              f"per-transfer {lc.per_transfer_s * 1e3:.2f} ms, efficiency {lc.efficiency:.3f}")
         for name in names:
             results.append(session.run(make(name), max_new_tokens=args.max_new_tokens))
     rows = []

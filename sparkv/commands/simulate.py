@@ -11,6 +11,7 @@ from sparkv.commands.common import (
     add_policy_config_arg,
     add_scenario_args,
     format_table,
+    make_for_world,
     policy_maker,
     scenario_from_args,
 )
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     stalled: list[str] = []
     for name in names:
         try:
-            results.append(simulate(world, make(name)))
+            results.append(simulate(world, make_for_world(make, name, world)))
         except SimulationStalled as exc:
             stalled.append(str(exc))
     req = world.request

@@ -41,7 +41,7 @@ class Scenario:
     query_tokens: int = 64
     chunk_tokens: int = 512
     trace: str = "lte:seed=0"  # a trace file or a synthetic spec (grammar in sparkv.traces.specs)
-    device: str = "analytic-cpu-2core"  # device profile name (built-in) or path to a profile JSON
+    device: str = "cpu-smollm2"  # device profile name (built-in) or path to a profile JSON
     codec: str = "fp16"  # KV codec on the wire
     link: LinkConfig = field(default_factory=LinkConfig)
     availability: str | None = None  # trace of the available fraction of the device, as "B/s" (1B/s = all)

@@ -106,7 +106,7 @@ def run_profile(
     loaded = _load(cfg, loaded)
     spec = loaded.spec
     points = plan_points(cfg, spec.num_layers)
-    steps = len(points) + len(cfg.codecs) + 2
+    steps = len(points) * cfg.passes + len(cfg.codecs) + 2
     with tqdm(total=steps, desc="sparkv profile", unit="step", file=sys.stderr, disable=not show_progress) as bar:
         def tick(label: str) -> None:
             bar.set_postfix_str(label)

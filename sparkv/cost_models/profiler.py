@@ -169,10 +169,16 @@ class Measured:
 
 
 def _measure_once(
-    loaded: Any, cfg: ProfileConfig, points: list[Point], todo: list[int], seed: int
+    loaded: Any,
+    cfg: ProfileConfig,
+    points: list[Point],
+    todo: list[int],
+    seed: int,
+    tick: Callable[[str], None] = lambda _: None,
 ) -> dict[int, tuple[list[float], float, float]]:
     """One pass over `todo`, chunk sizes in random order (so drift of the machine hits grid and held-out
-    points alike): index -> (times, other processes' share of a core, seconds waited for quiet)."""
+    points alike): index -> (times, other processes' share of a core, seconds waited for quiet).
+    `tick` is called once per point measured."""
     sync = _sync(loaded.device)
     by_n: dict[int, list[int]] = {}
     for i in todo:
@@ -189,6 +195,7 @@ def _measure_once(
         waited = (time.perf_counter() - w0) / len(idx)
         for i, (times, other) in zip(idx, _time_group(p, [points[i] for i in idx], cfg.repeats, sync), strict=True):
             out[i] = (times, other, waited)
+            tick(f"pass {seed - cfg.seed + 1}: n={n} past={points[i].past} k={points[i].layers}")
         del p
     return out
 
@@ -197,10 +204,11 @@ def measure_compute(
     loaded: Any, cfg: ProfileConfig, points: list[Point], tick: Callable[[str], None] = lambda _: None
 ) -> list[Measured]:
     """Time every point in `cfg.passes` passes (times pooled, median kept); a point whose commands other
-    processes disturbed (> `max_other_cpu`) is measured again, up to `retries` times, replacing its times."""
+    processes disturbed (> `max_other_cpu`) is measured again, up to `retries` times, replacing its times.
+    `tick` is called once per point and pass (not for re-measurements)."""
     pooled: dict[int, list[tuple[list[float], float, float]]] = {i: [] for i in range(len(points))}
     for k in range(cfg.passes):
-        for i, got in _measure_once(loaded, cfg, points, list(range(len(points))), cfg.seed + k).items():
+        for i, got in _measure_once(loaded, cfg, points, list(range(len(points))), cfg.seed + k, tick).items():
             pooled[i].append(got)
     attempts = dict.fromkeys(pooled, 1)
     for r in range(cfg.retries):
@@ -218,7 +226,6 @@ def measure_compute(
         medians = [float(np.median(g[0])) for g in pooled[i] if g[0]]
         waited = sum(g[2] for g in pooled[i])
         results.append(Measured(pt, float(np.median(times)), times, other, attempts[i], waited, medians))
-        tick(f"n={pt.n} past={pt.past} k={pt.layers}")
     return results
 
 

@@ -91,6 +91,7 @@ class RealSession:
         self.trace = get_trace(self.scenario.trace)
         self.world: World = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
         self.link_kind = link_kind
+        self.link_constants = "scenario"  # where the world's rtt/per-transfer/efficiency come from
         self._link: Any = None
 
     # ---- link ----
@@ -105,7 +106,24 @@ class RealSession:
         from sparkv.executor.link import make_link
 
         self._link = make_link(self.link_kind, self._played_trace(), self.store_root).__enter__()
+        self._use_link_calibration(self._link.kind)
         return self
+
+    def _use_link_calibration(self, kind: str) -> None:
+        """Give the world the link constants the profile measured on this kind of link, if it has them.
+
+        The real links (loopback pacing, a veth with tbf) have their own round trip, per-transfer cost and
+        goodput, not the wireless defaults of `LinkConfig`; `sparkv profile --link KIND --update PROFILE`
+        measures them. Without a calibration for `kind` the scenario's constants stay (and the Result says so).
+        """
+        cal = self.world.profile.link
+        measured = str(cal.get("kind", ""))
+        if not measured or not kind.startswith(measured):
+            return
+        changes = {k: float(cal[k]) for k in ("rtt_s", "per_transfer_s", "efficiency") if k in cal}
+        self.scenario = self.scenario.with_(**changes)
+        self.world = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
+        self.link_constants = f"calibrated on {measured} (profile {self.world.profile.name})"
 
     def link_description(self) -> str:
         link = self._link
@@ -177,6 +195,7 @@ class RealSession:
             extra={
                 "context": {"costs": self.world.costs.to_dict()},
                 "link": link.kind,
+                "link_constants": self.link_constants,
                 "energy_kind": "modelled from the measured timeline",
                 "tokens": tokens,
                 "text": text,
