@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sparkv.analysis.overhead import overhead
 from sparkv.commands.common import (
     add_policy_config_arg,
     add_scenario_args,
@@ -28,6 +29,7 @@ COLUMNS = [
     ("cells_computed", "cells computed", "d"),
     ("cells_streamed", "cells streamed", "d"),
     ("faults", "faults", "d"),
+    ("idle_pct", "idle % of TTFT", ".2f"),
     ("answer", "answer", ""),
 ]
 
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for r in results:
         row = r.summary()
+        row["idle_pct"] = overhead(r).idle_pct  # no lane busy: the executor's own overhead
         row["answer"] = repr(str(r.extra.get("text", "")).strip()[:40])
         rows.append(row)
     print(format_table(rows, COLUMNS))
