@@ -14,6 +14,7 @@ the dependency rule requires to be present already, and a cell in flight is neve
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -114,8 +115,12 @@ class LayerwisePrefill:
             if missing:
                 raise ValueError(f"compute {block}: cell ({missing[0]}, {layer}) is not present")
 
-    def install(self, chunk: int, layer: int, k: Tensor, v: Tensor) -> None:
-        """Write streamed K and V [KV, chunk_len, hd] (any dtype/device) of `chunk` at `layer`."""
+    def install(self, chunk: int, layer: int, k: Tensor | np.ndarray, v: Tensor | np.ndarray) -> None:
+        """Write streamed K and V [KV, chunk_len, hd] (any dtype/device, tensors or arrays) of `chunk` at `layer`.
+
+        Arrays go into a CPU cache by numpy, single-threaded: installs run on the link's thread, and a torch
+        copy there would start a second OpenMP team competing with the compute thread's for the cores.
+        """
         if not (0 <= chunk < self.num_chunks and 0 <= layer < self.num_layers):
             raise ValueError(f"install ({chunk}, {layer}) outside grid {self.num_chunks} x {self.num_layers}")
         start, end = self.chunk_span(chunk)
@@ -124,8 +129,12 @@ class LayerwisePrefill:
             raise ValueError(
                 f"install ({chunk}, {layer}): K/V shapes {tuple(k.shape)}/{tuple(v.shape)}, expected {expected}"
             )
-        self.k[layer][:, start:end].copy_(k)
-        self.v[layer][:, start:end].copy_(v)
+        for cache, new in ((self.k[layer], k), (self.v[layer], v)):
+            dst = cache[:, start:end]
+            if isinstance(new, np.ndarray) and dst.device.type == "cpu" and dst.dtype != torch.bfloat16:
+                np.copyto(dst.numpy(), new, casting="unsafe")
+            else:
+                dst.copy_(torch.as_tensor(new))
         self.present[layer][chunk] = True
 
     # ---- query and decoding ----
