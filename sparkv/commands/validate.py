@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", action="append", help="policies (default: local, stream, cake, sparkv)")
     p.add_argument("--link", choices=["auto", "netns", "pacing"], default="pacing", help="real link (default pacing)")
     p.add_argument("--document", default="builtin", help="'builtin' or FILE.jsonl[:INDEX] (LEval format)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="real runs per (trace, policy); the one with the median TTFT is compared (default 1)")
     p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
     p.set_defaults(func=run)
 
@@ -64,15 +66,18 @@ def run(args: argparse.Namespace) -> int:
     make = policy_maker(args)
     for name in policies:
         make(name)
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if "oracle" in policies:
         raise UserError("oracle needs the future trace; it runs in the simulator only")
     document = load_document(args.document, scenario.context_tokens)
     print(f"validate: {len(traces)} traces x {len(policies)} policies, link {args.link}, device {scenario.device}, "
           f"{scenario.context_tokens} context tokens, chunks of {scenario.chunk_tokens}")  # fmt: skip
     scale = None if args.bandwidth_scale is not None else auto_scale
-    pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make)
+    pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make, repeats=args.repeats)
     config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
-              "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale}  # fmt: skip
+              "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale,
+              "repeats": args.repeats}  # fmt: skip
     stats = write_validation(pairs, args.out, config)
     print(format_table([{"group": k, **v} for k, v in stats.items()], STAT_COLUMNS))
     print(f"wrote {args.out}/ (validation.csv, validation.json, figures)")

@@ -215,8 +215,35 @@ def tiny_model(
     return _finish(model, None, f"tiny-{family}", resolve_device(device), dtype)
 
 
-def tiny_model_dir(path: str | Path, family: str = "llama", seed: int = 0, **kwargs: Any) -> Path:
-    """Save a tiny random model with save_pretrained, to test loading a local directory."""
+def tiny_model_dir(
+    path: str | Path, family: str = "llama", seed: int = 0, tokenizer: bool = False, **kwargs: Any
+) -> Path:
+    """Save a tiny random model with save_pretrained, to test loading a local directory; with `tokenizer`,
+    also a byte-level tokenizer (one token per UTF-8 byte, ids 0-255), so text prompts work end to end."""
     path = Path(path)
     _tiny_hf_model(family, seed, **kwargs).save_pretrained(str(path))
+    if tokenizer:
+        byte_tokenizer().save_pretrained(str(path))
     return path
+
+
+def byte_tokenizer() -> Any:
+    """A fast tokenizer with one token per byte (ids 0-255) and no merges: no download, no training."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet, key=lambda c: pre_tokenizers_byte(c)))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core)
+
+
+def pre_tokenizers_byte(ch: str) -> int:
+    """The byte that byte-level pre-tokenisation maps to the printable character `ch` (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    if ord(ch) in printable:
+        return ord(ch)
+    missing = [b for b in range(256) if b not in printable]
+    return missing[ord(ch) - 256]
