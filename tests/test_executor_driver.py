@@ -15,6 +15,7 @@ from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
 from sparkv.executor.kvstore import KVStore, build_kv_store
 from sparkv.executor.models import LoadedModel, tiny_model
 from sparkv.executor.prefill import LayerwisePrefill, full_prefill_reference
+from sparkv.executor.protocol import CorruptFrame, DeadlineExceeded
 from sparkv.policies import BASELINES, make_policy
 from sparkv.policies.base import RequestContext
 
@@ -44,14 +45,15 @@ def context(loaded: LoadedModel, tokens: int, bandwidth_bps: float) -> RequestCo
     return RequestContext(req, loaded.spec, costs)
 
 
-def store_fetch(store: KVStore, fail_after_cells: int | None = None):  # type: ignore[no-untyped-def]
+def store_fetch(store: KVStore, fail_after_cells: int | None = None,  # type: ignore[no-untyped-def]
+                error: Exception | None = None):
     served = [0]
 
     def fetch(request_id: int, block: CellBlock, deadline_s: float) -> Iterator[CellArrival]:
         for c in range(block.chunk_lo, block.chunk_hi):
             for layer in range(block.layer_lo, block.layer_hi):
                 if fail_after_cells is not None and served[0] >= fail_after_cells:
-                    raise ServerGone("connection reset")
+                    raise error if error is not None else ServerGone("connection reset")
                 k, v = store.cell(c * CHUNK, min((c + 1) * CHUNK, 70), layer)
                 served[0] += 1
                 yield CellArrival(c, layer, np.array(k), np.array(v), k.nbytes + v.nbytes)
@@ -59,7 +61,7 @@ def store_fetch(store: KVStore, fail_after_cells: int | None = None):  # type: i
     return fetch
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", [*BASELINES, "sparkv"])
 def test_every_policy_assembles_the_reference_cache(setup, name: str) -> None:  # type: ignore[no-untyped-def]
     loaded, ctx_ids, query_ids, store = setup
     ref_kv, ref_tokens = full_prefill_reference(loaded, ctx_ids, query_ids, 8)
@@ -87,6 +89,24 @@ def test_server_dying_mid_stream_still_answers_correctly(setup) -> None:  # type
     assert out.faults and "server gone" in out.faults[0]
     assert out.cells_computed == 5 * 4  # the link was given up: every cell computed locally
     assert any(s.kind == "failed" for s in out.spans)
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (CorruptFrame("cell (1, 2): crc mismatch"), "corrupt frame"),
+    (DeadlineExceeded("request 1: 30 s without a byte"), "deadline"),  # the link stayed at zero too long
+])
+def test_corrupt_frame_or_dead_link_still_answers_correctly(setup, error: Exception,  # type: ignore[no-untyped-def]
+                                                            reason: str) -> None:
+    loaded, ctx_ids, query_ids, store = setup
+    _, ref_tokens = full_prefill_reference(loaded, ctx_ids, query_ids, 4)
+    for name in ("stream", "cake", "sparkv"):
+        prefill = LayerwisePrefill(loaded, ctx_ids, query_ids, CHUNK, max_new_tokens=4)
+        driver = RealDriver(context(loaded, 70, 2e5), make_policy(name), prefill, store_fetch(store, 2, error),
+                            lambda rid: None, DriverConfig(tick_s=0.05))
+        out = driver.run()
+        assert [out.first_token, *prefill.generate(3)] == list(ref_tokens), name
+        assert out.faults and reason in out.faults[0], name
+        assert out.cells_streamed + out.cells_computed >= 5 * 4
 
 
 def test_replay_of_a_real_log_reproduces_decisions(setup) -> None:  # type: ignore[no-untyped-def]
