@@ -36,6 +36,9 @@ def test_run_prints_every_policy_and_writes_results(model_dir: Path, tmp_path: P
         assert result["cells_computed"] + result["cells_streamed"] == 3 * 3  # 3 chunks x 3 layers
         assert len(result["extra"]["tokens"]) == 3
         assert result["config"]["scenario"]["context_tokens"] == 192
+        assert result["extra"]["energy_sensor"]  # the sensor used, or "none readable"
+        if result["extra"]["energy_sensor"] == "none readable":
+            assert result["extra"]["energy_measured_j"] is None
     local = json.loads((out / "real-local.json").read_text())
     stream = json.loads((out / "real-stream.json").read_text())
     assert local["bytes_streamed"] == 0 and stream["cells_computed"] == 0

@@ -19,6 +19,7 @@ from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Result
 from sparkv.cost_models.energy import request_energy_j
+from sparkv.cost_models.sensors import EnergySensor, measure_energy, open_sensor
 from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
 from sparkv.executor.kvstore import KVStoreInfo, build_kv_store
 from sparkv.executor.model_smollm2 import SMOLLM2_NAMES, cache_root
@@ -92,6 +93,7 @@ class RealSession:
         self.world: World = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
         self.link_kind = link_kind
         self.link_constants = "scenario"  # where the world's rtt/per-transfer/efficiency come from
+        self.sensor: EnergySensor | None = open_sensor(self.loaded.device)  # RAPL/NVML/tegrastats, if readable
         self._link: Any = None
 
     # ---- link ----
@@ -106,6 +108,8 @@ class RealSession:
         from sparkv.executor.link import make_link
 
         self._link = make_link(self.link_kind, self._played_trace(), self.store_root).__enter__()
+        if self.sensor is None:
+            self.sensor = open_sensor(self.loaded.device)
         self._use_link_calibration(self._link.kind)
         return self
 
@@ -133,6 +137,9 @@ class RealSession:
         if self._link is not None:
             self._link.__exit__(None, None, None)
             self._link = None
+        if self.sensor is not None:
+            self.sensor.close()
+            self.sensor = None
 
     def __enter__(self) -> RealSession:
         return self.open()
@@ -159,9 +166,10 @@ class RealSession:
                 yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes)
 
         driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config)
+        sensor = self.sensor
         link.start_clock()
         wall0 = time.perf_counter()
-        out = driver.run()
+        out, measured_j, _ = measure_energy(sensor, driver.run)
         wall_ttft = time.perf_counter() - wall0
         t_gen = time.perf_counter()
         tokens = [out.first_token, *prefill.generate(max_new_tokens - 1)] if max_new_tokens > 1 else [out.first_token]
@@ -197,6 +205,9 @@ class RealSession:
                 "link": link.kind,
                 "link_constants": self.link_constants,
                 "energy_kind": "modelled from the measured timeline",
+                # what a power sensor saw over the same interval (the whole machine or GPU, not the request alone)
+                "energy_measured_j": measured_j,
+                "energy_sensor": type(sensor).__name__ if sensor is not None else "none readable",
                 "tokens": tokens,
                 "text": text,
                 "question": self.prompt.question,
