@@ -170,17 +170,20 @@ def test_cli_tunes_splits_and_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     argv = ["tune", "--policy", "toy", "--param", "compute_fraction=0:1", "--fix", "greedy=true",
             "--trace", "const:40mbps", "--trace", "const:20mbps", "--trace", "steps:2s@30mbps,2s@60mbps",
             "--test-fraction", "0.34", "--device", DEVICE, "--context-tokens", "2048", "--budget", "12",
-            "--jobs", "1", "--out", str(out)]  # fmt: skip
+            "--bandwidth-scale", "0.5,1", "--jobs", "1", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "held-out traces (1)" in text and "training traces (2)" in text and "held-out" in text
     doc = json.loads(out.read_text())
     assert doc["policy"]["name"] == "toy" and doc["policy"]["greedy"] is True
     assert len(doc["training"]["train_traces"]) == 2 and len(doc["training"]["test_traces"]) == 1
+    assert doc["training"]["bandwidth_scales"] == [0.5, 1.0]
     assert [p["name"] for p in doc["space"]] == ["compute_fraction", "layers"]
     assert {r["set"] for r in doc["results"]} == {"train", "held-out"}
     assert not math.isnan(doc["results"][1]["tuned"])
     assert load_policy_config(out).options["config"].greedy is True
+    assert main([*argv[:-2], "--bandwidth-scale", "1,x", "--out", str(out)]) == 2  # one line, no traceback
+    assert "--bandwidth-scale" in capsys.readouterr().err
     # a sweep can run the tuned config file as a policy
     sweep_out = tmp_path / "sw"
     assert main(["sweep", "--trace", "const:20mbps", "--device", DEVICE, "--context-tokens", "2048", "--policy",

@@ -94,10 +94,16 @@ def run(args: argparse.Namespace) -> int:
     base_config = config_to_dict(start)
     base_config.pop("name", None)
     space = _space(args.policy, args, base_config)
-    scenario = scenario_from_args(argparse.Namespace(**{**vars(args), "trace": None}))
+    # traces and bandwidth scales are lists here, expanded below: not the single values of a scenario
+    scenario = scenario_from_args(argparse.Namespace(**{**vars(args), "trace": None, "bandwidth_scale": None}))
     train, test = split_traces(expand_traces(args.trace), expand_traces(args.test_trace) if args.test_trace else None,
                                args.test_fraction, args.seed)  # fmt: skip
-    scales = [float(s) for s in args.bandwidth_scale.split(",")] if args.bandwidth_scale else [1.0]
+    try:
+        scales = [float(s) for s in args.bandwidth_scale.split(",")] if args.bandwidth_scale else [1.0]
+    except ValueError:
+        raise UserError(f"--bandwidth-scale takes comma-separated numbers, got {args.bandwidth_scale!r}") from None
+    if any(k <= 0 for k in scales):
+        raise UserError(f"--bandwidth-scale values must be positive, got {args.bandwidth_scale!r}")
     train_sc = [scenario.with_(trace=t, bandwidth_scale=k) for t in train for k in scales]
     test_sc = [scenario.with_(trace=t, bandwidth_scale=k) for t in test for k in scales]
     print(f"training traces ({len(train)}): {', '.join(train)}")
