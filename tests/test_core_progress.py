@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sparkv.core.progress import CellState, RequestProgress
@@ -73,3 +75,62 @@ def test_query_layer_ready_follows_layers() -> None:
 def test_empty_blocks_are_rejected() -> None:
     with pytest.raises(ValueError, match="empty"):
         CellBlock(1, 1, 0, 1)
+
+
+def test_a_bad_finish_changes_nothing() -> None:
+    p = RequestProgress(3, 2)
+    p.start_fetch(CellBlock(0, 2, 0, 1))
+    before = ([row[:] for row in p.state], p.present_per_layer[:], p.present_prefix[:], p.cells_present)
+    with pytest.raises(ValueError, match=r"cell \(2, 0\) was never started"):
+        p.finish(CellBlock(0, 3, 0, 1))
+    with pytest.raises(ValueError, match="outside grid"):
+        p.finish(CellBlock(0, 4, 0, 1))
+    assert ([row[:] for row in p.state], p.present_per_layer, p.present_prefix, p.cells_present) == before
+
+
+def _counts_from_cells(p: RequestProgress) -> tuple[list[int], list[int], int]:
+    """present_per_layer, present_prefix and cells_present recomputed from the cell states."""
+    present = [[s == CellState.PRESENT for s in row] for row in p.state]
+    per_layer = [sum(row[layer] for row in present) for layer in range(p.num_layers)]
+    prefix = []
+    for layer in range(p.num_layers):
+        c = 0
+        while c < p.num_chunks and present[c][layer]:
+            c += 1
+        prefix.append(c)
+    return per_layer, prefix, sum(per_layer)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counts_stay_consistent_with_cells(seed: int) -> None:
+    """Random valid fetches, computes, aborts and finishes: the fast paths keep every count exact."""
+    rng = random.Random(seed)
+    for _ in range(40):
+        p = RequestProgress(rng.randint(1, 6), rng.randint(1, 6))
+        in_flight: list[tuple[str, CellBlock]] = []
+        for _ in range(80):
+            if in_flight and rng.random() < 0.5:
+                kind, block = in_flight.pop(rng.randrange(len(in_flight)))
+                if kind == "fetch" and rng.random() < 0.3:
+                    p.abort_fetch(block)
+                else:
+                    p.finish(block)
+            elif rng.random() < 0.5:
+                c = rng.randrange(p.num_chunks)
+                k = p.computed_prefix[c]
+                if k < p.num_layers:
+                    block = CellBlock.one(c, k, rng.randint(k + 1, p.num_layers))
+                    if p.can_compute(block):
+                        p.start_compute(block)
+                        in_flight.append(("compute", block))
+            else:
+                c0 = rng.randrange(p.num_chunks)
+                l0 = rng.randrange(p.num_layers)
+                block = CellBlock(c0, rng.randint(c0 + 1, p.num_chunks), l0, rng.randint(l0 + 1, p.num_layers))
+                try:
+                    p.check_fetch(block)
+                except ValueError:
+                    continue
+                p.start_fetch(block)
+                in_flight.append(("fetch", block))
+            assert _counts_from_cells(p) == (p.present_per_layer, p.present_prefix, p.cells_present)

@@ -188,6 +188,29 @@ def test_cancel_accounts_bytes_received() -> None:
     assert "TransferCancelled" in events and "BandwidthSample" in events
 
 
+def test_cancel_before_the_first_byte_wastes_nothing() -> None:
+    class Early(CancelAt):
+        tick_s = 0.01  # the second tick (0.02 s) falls inside the round trip (RTT + SERVICE = 0.032 s)
+
+    r = simulate(make_world(), Early(cancel_s=0.02))
+    (cancelled,) = [s for s in r.spans if s.kind == "cancelled"]
+    assert cancelled.end_s == pytest.approx(0.02) and cancelled.bytes == 0 and r.bytes_wasted == 0
+    assert r.cells_computed == 12 and r.bytes_streamed == 0
+
+
+def test_cancel_during_installation_is_ignored() -> None:
+    class Fine(CancelAt):
+        tick_s = 0.001
+
+    install_s = 12 * CELL_BYTES * INSTALL_PER_BYTE  # 12 ms after the last payload byte
+    payload_end = RTT + SERVICE + 12 * CELL_BYTES / RATE
+    r = simulate(make_world(), Fine(cancel_s=payload_end + install_s / 2))
+    cancels = [c for e in r.log if e["call"] == "schedule" for c in e["commands"] if c["type"] == "Cancel"]
+    assert len(cancels) == 1  # the policy asked, during installation
+    assert not [s for s in r.spans if s.kind == "cancelled"]
+    assert r.bytes_streamed == 12 * CELL_BYTES and r.bytes_wasted == 0
+
+
 def test_zero_bandwidth_stream_only_stalls_with_reason() -> None:
     w = make_world()
     # a trace that is zero for the whole simulated horizon

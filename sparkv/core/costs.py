@@ -6,7 +6,7 @@ model; policies read it and never import the cost models themselves, so a policy
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,6 +35,9 @@ class CostTable:
     first_token_s: float  # final norm, LM head and sampling of the first token
     bandwidth_prior_bps: float  # link goodput expected before any sample, bytes/s
     link_efficiency: float = 1.0  # goodput / trace rate (protocol headers, ACK clocking)
+    # Per-block answers, computed once (the table is read-only by convention; simulators ask again and again):
+    _compute_s: dict[CellBlock, float] = field(init=False, repr=False, default_factory=dict)
+    _block_bytes: dict[CellBlock, int] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.compute_cell_s.shape != self.cell_bytes.shape or self.compute_cell_s.ndim != 2:
@@ -57,12 +60,18 @@ class CostTable:
 
     def compute_s(self, block: CellBlock) -> float:
         """Predicted seconds to compute `block` as one command."""
-        cells = self.compute_cell_s[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi]
-        return float(cells.sum()) + self.compute_launch_s
+        seconds = self._compute_s.get(block)
+        if seconds is None:
+            cells = self.compute_cell_s[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi]
+            seconds = self._compute_s[block] = float(cells.sum()) + self.compute_launch_s
+        return seconds
 
     def block_bytes(self, block: CellBlock) -> int:
-        cells = self.cell_bytes[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi]
-        return int(cells.sum())
+        n = self._block_bytes.get(block)
+        if n is None:
+            cells = self.cell_bytes[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi]
+            n = self._block_bytes[block] = int(cells.sum())
+        return n
 
     def fetch_s(self, block: CellBlock, bandwidth_bps: float) -> float:
         """Predicted seconds to fetch and install `block` at a steady goodput of `bandwidth_bps`."""

@@ -44,13 +44,15 @@ class RequestProgress:
         if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
             raise ValueError(f"{what} {block} outside grid {self.num_chunks} x {self.num_layers}")
         lo, hi = block.layer_lo, block.layer_hi
+        rows = self.state[block.chunk_lo : block.chunk_hi]
         if hi - lo == 1:
-            for c in range(block.chunk_lo, block.chunk_hi):
-                if self.state[c][lo] != allowed:
-                    raise ValueError(f"{what} {block}: cell ({c}, {lo}) is {CellState(self.state[c][lo]).name}")
+            col = [row[lo] for row in rows]
+            if col.count(allowed) != len(col):
+                bad = next(i for i, s in enumerate(col) if s != allowed)
+                raise ValueError(f"{what} {block}: cell ({block.chunk_lo + bad}, {lo}) is {CellState(col[bad]).name}")
             return
-        for c in range(block.chunk_lo, block.chunk_hi):
-            row = self.state[c][lo:hi]
+        for c, full in enumerate(rows, block.chunk_lo):
+            row = full[lo:hi]
             if row.count(allowed) != hi - lo:
                 bad = next(i for i, s in enumerate(row) if s != allowed)
                 raise ValueError(f"{what} {block}: cell ({c}, {lo + bad}) is {CellState(row[bad]).name}")
@@ -67,22 +69,23 @@ class RequestProgress:
         """Cells may be missing, or present (streamed earlier: recomputed to regain hidden states)."""
         if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
             raise ValueError(f"compute {block} outside grid {self.num_chunks} x {self.num_layers}")
-        for c in range(block.chunk_lo, block.chunk_hi):
-            row = self.state[c]
-            for layer in range(block.layer_lo, block.layer_hi):
-                if row[layer] == _FETCHING or row[layer] == _COMPUTING:
-                    raise ValueError(f"compute {block}: cell ({c}, {layer}) is {CellState(row[layer]).name}")
-        for c in range(block.chunk_lo, block.chunk_hi):
-            if self.computed_prefix[c] != block.layer_lo:
+        lo, hi, c_lo, c_hi = block.layer_lo, block.layer_hi, block.chunk_lo, block.chunk_hi
+        for c, full in enumerate(self.state[c_lo:c_hi], c_lo):
+            row = full[lo:hi]
+            if row.count(_MISSING) == hi - lo:
+                continue  # the common case, in one scan
+            if _FETCHING in row or _COMPUTING in row:
+                bad = next(i for i, s in enumerate(row) if s in (_FETCHING, _COMPUTING))
+                raise ValueError(f"compute {block}: cell ({c}, {lo + bad}) is {CellState(row[bad]).name}")
+        for c in range(c_lo, c_hi):
+            if self.computed_prefix[c] != lo:
                 raise ValueError(
                     f"compute {block}: chunk {c} has {self.computed_prefix[c]} computed layers, "
                     f"so it can only continue at layer {self.computed_prefix[c]}"
                 )
-        for layer in range(block.layer_lo, block.layer_hi):
-            if self.present_prefix[layer] < block.chunk_lo:
-                raise ValueError(
-                    f"compute {block}: layer {layer} of chunk {self.present_prefix[layer]} is not present"
-                )
+        if c_lo > 0 and min(self.present_prefix[lo:hi]) < c_lo:
+            layer = next(x for x in range(lo, hi) if self.present_prefix[x] < c_lo)
+            raise ValueError(f"compute {block}: layer {layer} of chunk {self.present_prefix[layer]} is not present")
 
     def check_fetch(self, block: CellBlock) -> None:
         self._require(block, _MISSING, "fetch")
@@ -91,27 +94,41 @@ class RequestProgress:
 
     def _set(self, block: CellBlock, state: int) -> None:
         lo, hi = block.layer_lo, block.layer_hi
+        rows = self.state[block.chunk_lo : block.chunk_hi]
         if hi - lo == 1:
-            for c in range(block.chunk_lo, block.chunk_hi):
-                self.state[c][lo] = state
+            for row in rows:
+                row[lo] = state
             return
         fill = [state] * (hi - lo)
-        for c in range(block.chunk_lo, block.chunk_hi):
-            self.state[c][lo:hi] = fill
+        for row in rows:
+            row[lo:hi] = fill
 
     def start_fetch(self, block: CellBlock) -> None:
+        lo = block.layer_lo
+        if block.layer_hi - lo == 1 and block.chunk_hi <= self.num_chunks and lo < self.num_layers:
+            rows = self.state[block.chunk_lo : block.chunk_hi]  # one layer (layer-major streaming): cell by cell
+            for row in rows:
+                if row[lo] != _MISSING:
+                    break  # check_fetch says which
+            else:
+                for row in rows:
+                    row[lo] = _FETCHING
+                return
         self.check_fetch(block)
         self._set(block, _FETCHING)
 
     def start_compute(self, block: CellBlock) -> None:
         self.check_compute(block)
+        lo, hi = block.layer_lo, block.layer_hi
+        for row in self.state[block.chunk_lo : block.chunk_hi]:
+            if _PRESENT in row[lo:hi]:  # recomputed cells stay present
+                for layer in range(lo, hi):
+                    if row[layer] == _MISSING:
+                        row[layer] = _COMPUTING
+            else:  # every cell missing (check_compute allowed only missing or present ones)
+                row[lo:hi] = [_COMPUTING] * (hi - lo)
         for c in range(block.chunk_lo, block.chunk_hi):
-            row = self.state[c]
-            for layer in range(block.layer_lo, block.layer_hi):
-                if row[layer] == _MISSING:
-                    row[layer] = _COMPUTING
-        for c in range(block.chunk_lo, block.chunk_hi):
-            self.computed_prefix[c] = block.layer_hi
+            self.computed_prefix[c] = hi
 
     def abort_fetch(self, block: CellBlock) -> None:
         """A cancelled or failed transfer: its cells are missing again."""
@@ -120,54 +137,91 @@ class RequestProgress:
 
     def finish(self, block: CellBlock) -> None:
         """A transfer or compute finished: its cells are present (recomputed ones stay present)."""
+        if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
+            raise ValueError(f"finish {block} outside grid {self.num_chunks} x {self.num_layers}")
         lo, hi = block.layer_lo, block.layer_hi
-        per_layer = self.present_per_layer
         if hi - lo == 1:
             self._finish_one_layer(block)
             return
-        for c in range(block.chunk_lo, block.chunk_hi):
-            row = self.state[c]
-            if _MISSING in row[lo:hi]:
-                raise ValueError(f"finish {block}: cell ({c}, {lo + row[lo:hi].index(_MISSING)}) was never started")
-            if row[lo:hi].count(_PRESENT) == 0:  # the common case: every cell newly arrived
-                row[lo:hi] = [_PRESENT] * (hi - lo)
-                for layer in range(lo, hi):
-                    per_layer[layer] += 1
-                self.cells_present += hi - lo
+        width = hi - lo
+        if block.chunk_hi - block.chunk_lo == 1:  # one chunk's layers (a computed or whole-chunk block)
+            row = self.state[block.chunk_lo]
+            seg = row[lo:hi]
+            first = seg[0]
+            if first in (_FETCHING, _COMPUTING) and seg.count(first) == width:  # all arrive now: one scan
+                row[lo:hi] = [_PRESENT] * width
+                self.present_per_layer[lo:hi] = [k + 1 for k in self.present_per_layer[lo:hi]]
+                self.cells_present += width
+                self._advance_prefix(block)
+                return
+        rows = self.state[block.chunk_lo : block.chunk_hi]
+        fresh = []  # per row: every cell arrives now (all fetching, or all computing)
+        for c, row in enumerate(rows, block.chunk_lo):  # check every cell before changing any
+            seg = row[lo:hi]
+            first = seg[0]
+            if first in (_FETCHING, _COMPUTING) and seg.count(first) == width:
+                fresh.append(True)  # the common case, in one scan
+                continue
+            if _MISSING in seg:
+                raise ValueError(f"finish {block}: cell ({c}, {lo + seg.index(_MISSING)}) was never started")
+            fresh.append(_PRESENT not in seg)
+        per_layer, new_rows = self.present_per_layer, 0
+        for row, all_new in zip(rows, fresh, strict=True):
+            if all_new:
+                row[lo:hi] = [_PRESENT] * width
+                new_rows += 1
                 continue
             for layer in range(lo, hi):
                 if row[layer] != _PRESENT:
                     row[layer] = _PRESENT
                     per_layer[layer] += 1
                     self.cells_present += 1
-        state, n = self.state, self.num_chunks
+        if new_rows:  # counted together: one pass over the layers
+            per_layer[lo:hi] = [k + new_rows for k in per_layer[lo:hi]]
+            self.cells_present += new_rows * width
+        self._advance_prefix(block)
+
+    def _advance_prefix(self, block: CellBlock) -> None:
+        """Move `present_prefix` past `block`, whose cells are all present now, and any present after it."""
+        lo, hi, c_lo, c_hi = block.layer_lo, block.layer_hi, block.chunk_lo, block.chunk_hi
+        prefix, state, n = self.present_prefix, self.state, self.num_chunks
+        if hi - lo == 1:
+            p = prefix[lo]
+            if p >= c_lo:
+                p = max(p, c_hi)
+                while p < n and state[p][lo] == _PRESENT:
+                    p += 1
+                prefix[lo] = p
+            return
+        seg = prefix[lo:hi]
+        if max(seg) < c_lo:
+            return  # an earlier chunk is still missing at every layer: no prefix can move
+        if seg.count(c_lo) == hi - lo and (c_hi == n or _PRESENT not in state[c_hi][lo:hi]):
+            prefix[lo:hi] = [c_hi] * (hi - lo)  # the common case: every prefix stops right after the block
+            return
         for layer in range(lo, hi):
-            p = self.present_prefix[layer]
-            if p < block.chunk_lo:
+            p = prefix[layer]
+            if p < c_lo:
                 continue  # an earlier chunk is still missing here: the prefix cannot move
+            p = max(p, c_hi)
             while p < n and state[p][layer] == _PRESENT:
                 p += 1
-            self.present_prefix[layer] = p
+            prefix[layer] = p
 
     def _finish_one_layer(self, block: CellBlock) -> None:
         """`finish` for a block of one layer (a layer-major transfer): index cells directly."""
-        layer, state = block.layer_lo, self.state
-        added = 0
-        for c in range(block.chunk_lo, block.chunk_hi):
-            row = state[c]
-            s = row[layer]
-            if s == _MISSING:
-                raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
-            if s != _PRESENT:
-                row[layer] = _PRESENT
-                added += 1
+        layer = block.layer_lo
+        rows = self.state[block.chunk_lo : block.chunk_hi]
+        col = [row[layer] for row in rows]
+        if _MISSING in col:
+            c = block.chunk_lo + col.index(_MISSING)
+            raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
+        added = len(col) - col.count(_PRESENT)
+        for row in rows:
+            row[layer] = _PRESENT
         self.present_per_layer[layer] += added
         self.cells_present += added
-        p, n = self.present_prefix[layer], self.num_chunks
-        if p >= block.chunk_lo:
-            while p < n and state[p][layer] == _PRESENT:
-                p += 1
-            self.present_prefix[layer] = p
+        self._advance_prefix(block)
 
     # ---- queries ----
 

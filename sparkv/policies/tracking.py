@@ -20,6 +20,8 @@ from sparkv.core.progress import CellState, RequestProgress
 from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
 
+_LINK, _COMPUTE = Resource.LINK, Resource.COMPUTE  # module constants: an enum member look-up is slow
+
 
 class TrackingPolicy:
     """Subclasses implement `next_fetch` and `next_compute`; this class does the bookkeeping."""
@@ -52,7 +54,7 @@ class TrackingPolicy:
             progress.finish(event.block)
             self.in_flight = None
             self.failed_fetches = 0
-        elif isinstance(event, TransferCancelled | TransferFailed):
+        elif isinstance(event, (TransferCancelled, TransferFailed)):
             progress.abort_fetch(event.block)
             self.in_flight = None
             if isinstance(event, TransferFailed):
@@ -69,13 +71,13 @@ class TrackingPolicy:
         cancel = self.maybe_cancel(now_s) if self.in_flight is not None else None
         if cancel is not None:
             commands.append(Cancel(cancel))
-        if Resource.COMPUTE in idle and self.computing is None:
+        if _COMPUTE in idle and self.computing is None:
             block = self.fallback_compute() if self.link_dead else self.next_compute(now_s)
             if block is not None:
                 progress.start_compute(block)
                 self.computing = block
                 commands.append(Compute(block))
-        if Resource.LINK in idle and self.in_flight is None and not self.link_dead:
+        if _LINK in idle and self.in_flight is None and not self.link_dead:
             block = self.next_fetch(now_s)
             if block is not None:
                 progress.start_fetch(block)

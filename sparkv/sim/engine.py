@@ -2,20 +2,29 @@
 
 The link lane runs one transfer at a time: a request round trip and server service, then the
 payload at the trace's rate (one `env.timeout` computed from the trace's integral, never per-packet
-stepping), then installation into the cache. A transfer can be cancelled (SimPy interrupt); the bytes
-already received are accounted as wasted. The compute lane runs the policy's prefill commands and,
-with priority, the query's prefill layer by layer as each layer of the context becomes complete.
-Energy is integrated afterwards over the same timeline.
+stepping), then installation into the cache. A transfer can be cancelled; the bytes already received
+are accounted as wasted. The compute lane runs the policy's prefill commands and, with priority, the
+query's prefill layer by layer as each layer of the context becomes complete. Energy is integrated
+afterwards over the same timeline.
+
+Each piece of work is one SimPy timeout whose callback runs the next step (a process per command
+costs three scheduler steps instead of one). A transfer that need not queue knows its phases when it
+starts (round trip, then payload and installation), so it too is one timeout. Only a transfer queueing
+at a shared server runs as a process, for its slot request, and a cancel interrupts it; otherwise the
+cancel runs in a process started at that instant, an urgent event like SimPy's interrupt. Events thus
+keep the order, and the times, they had when every command was a process.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import simpy
+from simpy.events import Timeout
 
 from sparkv.core.errors import UserError
 from sparkv.core.events import (
@@ -46,12 +55,22 @@ class SimulationStalled(UserError):
     """The request could not finish: the policy waits forever or the link delivers nothing."""
 
 
-@dataclass
+_IDLE = {  # idle lanes by (link idle, compute idle)
+    (link, compute): frozenset(r for r, idle in ((Resource.LINK, link), (Resource.COMPUTE, compute)) if idle)
+    for link in (False, True)
+    for compute in (False, True)
+}
+
+
+@dataclass(slots=True)
 class _Transfer:
     block: CellBlock
     bytes: int
     start_s: float
-    process: simpy.Process
+    process: simpy.Process | None = None  # the queueing phase at a shared server, while it runs
+    waiting: simpy.Event | None = None  # the timeout the transfer waits on outside that phase
+    step: Callable[[simpy.Event], None] | None = None  # that timeout's callback
+    cancelled: bool = False  # a cancel is on its way
     data_start_s: float = math.inf  # when payload bytes began to flow
     payload_end_s: float = math.inf  # when the last payload byte arrives (installation follows)
     sampled_s: float = math.inf  # end of the last bandwidth sample taken in flight
@@ -73,7 +92,10 @@ class SimRun:
         self.server = SimServer(
             self.env, link.per_transfer_s, link.server_concurrency, link.server_background_rps, world.scenario.seed
         )
-        self.rng = np.random.default_rng(world.scenario.seed)
+        self.rng: np.random.Generator | None = None  # compute noise, seeded on first use
+        self.noise = world.scenario.compute_noise
+        self.first_byte_s = self.server.service_s + link.rtt_s  # fetch to first payload byte, without a queue
+        self.availability = world.availability
         self.tick_s: float | None = getattr(policy, "tick_s", None)
         self.max_time_s = max_time_s
         self.transfer: _Transfer | None = None
@@ -81,6 +103,7 @@ class SimRun:
         self.spans: list[Span] = []
         self.finished = self.env.event()
         self.ttft_s = math.nan
+        self.query_layer_s: list[float] = world.costs.query_layer_s.tolist()
         self.bytes_streamed = self.bytes_wasted = self.cells_streamed = self.cells_computed = 0
 
     # ---- time helpers ----
@@ -90,77 +113,116 @@ class SimRun:
 
     def _compute_duration(self, work_s: float) -> float:
         """Wall seconds for `work_s` seconds of full-speed work starting now."""
-        noise = self.world.scenario.compute_noise
+        noise = self.noise
         if noise > 0:
+            if self.rng is None:
+                self.rng = np.random.default_rng(self.world.scenario.seed)
             work_s *= max(0.05, 1.0 + noise * float(self.rng.standard_normal()))
-        avail = self.world.availability
+        avail = self.availability
         if avail is None:
             return work_s
         now = self.env.now
         return avail.time_to_deliver(now, work_s) - now
 
+    def _after(self, delay_s: float, step: Callable[[simpy.Event], None]) -> simpy.Event:
+        """A timeout `delay_s` from now whose callback is `step`."""
+        ev = Timeout(self.env, delay_s)
+        ev.callbacks.append(step)
+        return ev
+
+    def _soon(self, step: Callable[[], None]) -> None:
+        """Run `step` in an urgent event now: after the current event, as a process start or interrupt would."""
+        self.env.process(_call(step))
+
     # ---- dispatch ----
 
     def _dispatch(self, event: Event) -> None:
         self.recorder.update(event)
-        self._start_query_layer()
-        idle = set()
-        if self.transfer is None:
-            idle.add(Resource.LINK)
         if not self.compute_busy:
-            idle.add(Resource.COMPUTE)
-        for command in self.recorder.schedule(self.env.now, frozenset(idle)):
+            self._start_query_layer()
+        idle = _IDLE[self.transfer is None, not self.compute_busy]
+        for command in self.recorder.schedule(self.env.now, idle):
             self._apply(command)
 
     def _apply(self, command: Fetch | Compute | Cancel) -> None:
         if isinstance(command, Fetch):
             if self.transfer is not None:
                 raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
-            self.progress.start_fetch(command.block)
-            n = self.world.costs.block_bytes(command.block)
-            proc = self.env.process(self._transfer(command.block, n))
-            self.transfer = _Transfer(command.block, n, self.env.now, proc)
+            self._start_fetch(command.block)
         elif isinstance(command, Compute):
             if self.compute_busy:
                 raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
             self.progress.start_compute(command.block)
             self.compute_busy = True
-            self.env.process(self._compute(command.block))
+            block, start = command.block, self.env.now
+            duration = self._compute_duration(self.world.costs.compute_s(block))
+            self._after(duration, lambda _ev: self._compute_done(block, start))
         elif isinstance(command, Cancel):
-            t = self.transfer
-            if t is None or t.block != command.block:
-                raise RuntimeError(f"policy {self.policy_name} cancelled {command.block}, which is not in flight")
-            if self.env.now < t.payload_end_s and t.process.is_alive:
-                t.process.interrupt("cancel")
+            self._cancel_fetch(command.block)
 
     # ---- link lane ----
 
-    def _transfer(self, block: CellBlock, n_bytes: int) -> Any:
-        link = self.world.scenario.link
-        start = self.env.now
-        t = self.transfer
-        assert t is not None
-        try:
-            if self.server.contended:
-                yield from self.server.serve()
-                yield self.env.timeout(link.rtt_s)
-            else:
-                yield self.env.timeout(self.server.service_s + link.rtt_s)
-            t.data_start_s = t.sampled_s = self.env.now
-            end = self.world.trace.time_to_deliver(self._trace_t(self.env.now), n_bytes / link.efficiency)
-            t.payload_end_s = end - link.trace_offset_s
-            install = n_bytes * self.world.costs.install_s_per_byte + self.world.profile.install_fixed_s
-            # one timeout for payload and installation; a cancel during installation is ignored
-            yield self.env.timeout(self.max_time_s if math.isinf(end) else t.payload_end_s + install - self.env.now)
-        except simpy.Interrupt:
-            received = self._received(t)
-            self.spans.append(Span("link", "cancelled", start, self.env.now, block, received))
-            self.bytes_wasted += received
-            self.progress.abort_fetch(block)
-            self.transfer = None
-            self._dispatch(TransferCancelled(self.env.now, block, received))
+    def _start_fetch(self, block: CellBlock) -> None:
+        self.progress.start_fetch(block)
+        t = _Transfer(block, self.world.costs.block_bytes(block), self.env.now)
+        self.transfer = t
+        if self.server.contended:
+            t.process = self.env.process(self._queue(t))
             return
-        self.spans.append(Span("link", "fetch", start, self.env.now, block, n_bytes))
+        # no queue: the phases are known now, so the whole transfer is one timeout
+        now = self.env.now
+        data_start = now + self.first_byte_s  # the clock after a timeout of the round trip
+        end = data_start + self._payload(t, data_start)
+        self._wait(t, _delay_to(now, end), lambda _ev: self._transfer_done(t))
+
+    def _cancel_fetch(self, block: CellBlock) -> None:
+        t = self.transfer
+        if t is None or t.block != block:
+            raise RuntimeError(f"policy {self.policy_name} cancelled {block}, which is not in flight")
+        if self.env.now < t.payload_end_s and not t.cancelled:  # a cancel during installation is ignored
+            t.cancelled = True
+            if t.process is not None:
+                t.process.interrupt("cancel")
+            else:
+                assert t.waiting is not None and t.step is not None
+                t.waiting.callbacks.remove(t.step)
+                self._soon(lambda: self._cancel(t))
+
+    def _wait(self, t: _Transfer, delay_s: float, step: Callable[[simpy.Event], None]) -> None:
+        t.waiting, t.step = self._after(delay_s, step), step
+
+    def _queue(self, t: _Transfer) -> Any:
+        """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
+        try:
+            yield from self.server.serve()
+            yield self.env.timeout(self.world.scenario.link.rtt_s)
+        except simpy.Interrupt:
+            self._cancel(t)
+            return
+        t.process = None
+        self._wait(t, self._payload(t, self.env.now), lambda _ev: self._transfer_done(t))
+
+    def _payload(self, t: _Transfer, start_s: float) -> float:
+        """Payload bytes flow from `start_s`, then installation: seconds from `start_s` to the end of both."""
+        link = self.world.scenario.link
+        t.data_start_s = t.sampled_s = start_s
+        end = self.world.trace.time_to_deliver(start_s + link.trace_offset_s, t.bytes / link.efficiency)
+        t.payload_end_s = end - link.trace_offset_s
+        install = t.bytes * self.world.costs.install_s_per_byte + self.world.profile.install_fixed_s
+        return self.max_time_s if math.isinf(end) else t.payload_end_s + install - start_s
+
+    def _cancel(self, t: _Transfer) -> None:
+        received = self._received(t)
+        now = self.env.now
+        self.spans.append(Span("link", "cancelled", t.start_s, now, t.block, received))
+        self.bytes_wasted += received
+        self.progress.abort_fetch(t.block)
+        self.transfer = None
+        self._dispatch(TransferCancelled(now, t.block, received))
+
+    def _transfer_done(self, t: _Transfer) -> None:
+        block, n_bytes, now = t.block, t.bytes, self.env.now
+        self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
         self.bytes_streamed += n_bytes
         self.cells_streamed += block.num_cells
         self.progress.finish(block)
@@ -169,10 +231,10 @@ class SimRun:
         self.recorder.update(
             BandwidthSample(data_end, n_bytes - self._sampled_bytes(t), max(data_end - t.sampled_s, 1e-9))
         )
-        self._dispatch(TransferDone(self.env.now, block, n_bytes, self.env.now - start))
+        self._dispatch(TransferDone(now, block, n_bytes, now - t.start_s))
 
     def _received(self, t: _Transfer | None) -> int:
-        if t is None or math.isinf(t.data_start_s):
+        if t is None or self.env.now <= t.data_start_s:  # the first byte had not arrived
             return 0
         eff = self.world.scenario.link.efficiency
         got = self.world.trace.bytes_between(self._trace_t(t.data_start_s), self._trace_t(self.env.now)) * eff
@@ -188,58 +250,61 @@ class SimRun:
 
     # ---- compute lane ----
 
-    def _compute(self, block: CellBlock) -> Any:
-        start = self.env.now
-        yield self.env.timeout(self._compute_duration(self.world.costs.compute_s(block)))
-        self.spans.append(Span("compute", "compute", start, self.env.now, block))
+    def _compute_done(self, block: CellBlock, start: float) -> None:
+        now = self.env.now
+        self.spans.append(Span("compute", "compute", start, now, block))
         self.cells_computed += block.num_cells
         self.progress.finish(block)
         self.compute_busy = False
-        self._dispatch(ComputeDone(self.env.now, block, self.env.now - start))
+        self._dispatch(ComputeDone(now, block, now - start))
 
     def _start_query_layer(self) -> None:
-        if not self.compute_busy and self.progress.query_layer_ready():
+        """With compute idle: start the query's next layer if every cell of that layer is present."""
+        progress = self.progress
+        if progress.query_layer_ready():
             self.compute_busy = True
-            self.env.process(self._query_layer(self.progress.query_layers_done))
+            layer, start = progress.query_layers_done, self.env.now
+            duration = self._compute_duration(self.query_layer_s[layer])
+            self._after(duration, lambda _ev: self._query_layer_done(layer, start))
 
-    def _query_layer(self, layer: int) -> Any:
-        costs = self.world.costs
-        start = self.env.now
-        yield self.env.timeout(self._compute_duration(float(costs.query_layer_s[layer])))
-        self.spans.append(Span("compute", "query", start, self.env.now, layer=layer))
+    def _query_layer_done(self, layer: int, start: float) -> None:
+        now = self.env.now
+        self.spans.append(Span("compute", "query", start, now, layer=layer))
         self.progress.query_layers_done = layer + 1
-        if layer + 1 == self.world.spec.num_layers:
-            first = self.env.now
-            yield self.env.timeout(self._compute_duration(costs.first_token_s))
-            self.spans.append(Span("compute", "first_token", first, self.env.now))
-            self.ttft_s = self.env.now
-            self.finished.succeed()
+        if layer + 1 == self.progress.num_layers:
+            self._after(self._compute_duration(self.world.costs.first_token_s), lambda _ev: self._first_token(now))
             return
         self.compute_busy = False
-        self._dispatch(QueryLayerDone(self.env.now, layer, self.env.now - start))
+        self._dispatch(QueryLayerDone(now, layer, now - start))
+
+    def _first_token(self, start: float) -> None:
+        self.spans.append(Span("compute", "first_token", start, self.env.now))
+        self.ttft_s = self.env.now
+        self.finished.succeed()
 
     # ---- ticks ----
 
-    def _ticker(self, tick_s: float) -> Any:
-        while not self.finished.triggered:
-            yield self.env.timeout(tick_s)
-            if self.finished.triggered:
-                return
-            t = self.transfer
-            if t is not None and t.sampled_s < self.env.now < t.payload_end_s:
-                before = self._sampled_bytes(t)
-                window = self.env.now - t.sampled_s
-                t.sampled_s = self.env.now
-                self.recorder.update(BandwidthSample(self.env.now, self._sampled_bytes(t) - before, window))
-            self._dispatch(Tick(self.env.now))
+    def _tick(self, _ev: simpy.Event) -> None:
+        if self.finished.triggered:
+            return
+        assert self.tick_s is not None
+        self._after(self.tick_s, self._tick)  # before the dispatch, as a ticking process would order it
+        now = self.env.now
+        t = self.transfer
+        if t is not None and t.sampled_s < now < t.payload_end_s:
+            before = self._sampled_bytes(t)
+            window = now - t.sampled_s
+            t.sampled_s = now
+            self.recorder.update(BandwidthSample(now, self._sampled_bytes(t) - before, window))
+        self._dispatch(Tick(now))
 
     # ---- run ----
 
     def run(self) -> Result:
+        deadline = self.env.timeout(self.max_time_s)
         self._dispatch(RequestStarted(0.0))
         if self.tick_s:
-            self.env.process(self._ticker(self.tick_s))
-        deadline = self.env.timeout(self.max_time_s)
+            self._after(self.tick_s, self._tick)
         self.env.run(until=self.finished | deadline)
         if not self.finished.triggered:
             raise SimulationStalled(self._stall_reason())
@@ -264,7 +329,7 @@ class SimRun:
             energy_j=energy,
             spans=sorted(self.spans, key=lambda s: (s.start_s, s.lane)),
             config={
-                "scenario": w.scenario.to_dict(),
+                "scenario": w.scenario_dict(),
                 "policy": self.policy_config(),
                 "trace": {"name": w.trace.name, "source": w.trace.source, "mean_bps": w.trace.mean_bps},
                 "profile": w.profile.name,
@@ -274,8 +339,23 @@ class SimRun:
             cells_streamed=self.cells_streamed,
             cells_computed=self.cells_computed,
             log=self.recorder.log if isinstance(self.recorder, PolicyRecorder) else [],
-            extra={"context": {"costs": w.costs.to_dict()}, "energy_kind": "modelled"},
+            extra={"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"},
         )
+
+
+def _delay_to(now_s: float, t_s: float) -> float:
+    """A delay from `now_s` that SimPy's clock turns into exactly `t_s` (one ulp off in rare ties)."""
+    delay = t_s - now_s
+    if now_s + delay != t_s:  # the subtraction rounded: step it one ulp towards t_s
+        delay = math.nextafter(delay, math.inf if now_s + delay < t_s else -math.inf)
+    return delay
+
+
+def _call(step: Callable[[], None]) -> Any:
+    """A SimPy process that runs `step` when it starts."""
+    step()
+    return
+    yield  # a generator, so SimPy can start it
 
 
 def simulate(world: World, policy: Policy, max_time_s: float = 3600.0, record: bool = True) -> Result:

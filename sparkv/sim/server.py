@@ -29,9 +29,8 @@ class SimServer:
         self.service_s = service_s
         self.contended = concurrency > 1 or background_rps > 0  # else a transfer never queues
         self.slots = simpy.Resource(env, capacity=concurrency)
-        self.rng = np.random.default_rng(seed + 7919)
-        if background_rps > 0:
-            env.process(self._background(background_rps))
+        if background_rps > 0:  # a generator only where it draws (seeding one costs more than a transfer)
+            env.process(self._background(background_rps, np.random.default_rng(seed + 7919)))
 
     def serve(self) -> Any:
         """SimPy sub-process: wait for a slot, then spend the service time."""
@@ -41,9 +40,9 @@ class SimServer:
             yield slot
             yield self.env.timeout(self.service_s)
 
-    def _background(self, rps: float) -> Any:
+    def _background(self, rps: float, rng: np.random.Generator) -> Any:
         while True:
-            yield self.env.timeout(float(self.rng.exponential(1.0 / rps)))
+            yield self.env.timeout(float(rng.exponential(1.0 / rps)))
             self.env.process(self._other_client())
 
     def _other_client(self) -> Any:

@@ -7,6 +7,8 @@ predictions in both worlds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from sparkv.core.config import Scenario
 from sparkv.core.costs import CostTable
@@ -31,6 +33,36 @@ class World:
     costs: CostTable
     radio: RadioModel
     availability: Trace | None  # fraction of the device available to the request, 0..1
+
+    def scenario_dict(self) -> dict[str, Any]:
+        """`scenario.to_dict()`, a fresh copy each call (every result keeps its own)."""
+        return _copy_json(self._scenario_json)
+
+    def costs_dict(self) -> dict[str, Any]:
+        """`costs.to_dict()`, a fresh copy each call."""
+        return _copy_json(self._costs_json)
+
+    @cached_property
+    def _scenario_json(self) -> dict[str, Any]:
+        return self.scenario.to_dict()
+
+    @cached_property
+    def _costs_json(self) -> dict[str, Any]:
+        return self.costs.to_dict()
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like data whose lists hold one kind of item (as `to_dict` writes them)."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        head = value[0] if value else None
+        if isinstance(head, list) and not (head and isinstance(head[0], dict | list)):
+            return [row[:] for row in value]  # a matrix of scalars
+        if isinstance(head, dict | list):
+            return [_copy_json(v) for v in value]
+        return value[:]  # scalars: a slice copies them at C speed
+    return value
 
 
 def build_world(scenario: Scenario, trace: Trace | None = None, spec: ModelSpec | None = None) -> World:
