@@ -8,24 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sparkv.analysis.evaluate import POLICY_ORDER, add_ratios, expand_traces, run_job, summarise
+from sparkv.analysis.evaluate import POLICY_ORDER, add_ratios, run_job, summarise
 from sparkv.analysis.evaluate_plots import plot_evaluation
 from sparkv.cli import main
 from sparkv.core.config import Scenario
-from sparkv.core.errors import UserError
 
 BASE = Scenario(device="analytic-cpu-2core").to_dict()
 
 
-def test_expand_traces(tmp_path: Path) -> None:
-    (tmp_path / "a.down").write_text("1\n")
-    (tmp_path / "a.up").write_text("1\n")  # uplink twin of a downlink trace: skipped
-    (tmp_path / "b.csv").write_text("1,Mbits/sec\n")
-    (tmp_path / "README.md").write_text("docs")
-    found = expand_traces([str(tmp_path), "lte:seed=3", str(tmp_path / "*.csv")])
-    assert found == [str(tmp_path / "a.down"), str(tmp_path / "b.csv"), "lte:seed=3"]
-    with pytest.raises(UserError, match="no such file"):
-        expand_traces([str(tmp_path / "missing.txt")])
 
 
 def test_one_scenario_rows_hit_the_ratio_and_carry_their_configuration() -> None:

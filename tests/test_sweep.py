@@ -11,7 +11,7 @@ import pytest
 
 from sparkv import cli
 from sparkv.analysis.backends import LocalBackend, SerialBackend, make_backend
-from sparkv.analysis.sweep import SweepSpec, expand, expand_traces, load_spec, run_sweep
+from sparkv.analysis.sweep import SweepSpec, expand, load_spec, run_sweep
 from sparkv.analysis.tables import read_csv
 from sparkv.core.errors import UserError
 
@@ -51,13 +51,6 @@ def test_bad_names_fail_before_running() -> None:
         expand(SweepSpec({"bandwidth_scale": [-1.0], "policy": ["local"]}, base=BASE))
 
 
-def test_trace_folders_globs_and_specs(tmp_path: Path) -> None:
-    for name in ("a.down", "a.up", "b.up", "README.md", "LICENSE"):
-        (tmp_path / name).write_text("1\n2\n")
-    names = expand_traces([str(tmp_path), "const:1mbps", str(tmp_path / "*.up")])
-    assert names == [str(tmp_path / "a.down"), str(tmp_path / "b.up"), "const:1mbps", str(tmp_path / "a.up")]
-    with pytest.raises(UserError, match="no such file"):
-        expand_traces([str(tmp_path / "missing")])
 
 
 def test_spec_files_json_and_toml(tmp_path: Path) -> None:

@@ -9,19 +9,17 @@ lower bound. One row per (scenario, policy), with the scenario's full configurat
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sparkv.core.config import Scenario
-from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
 from sparkv.policies import make_policy
 from sparkv.policies.base import RequestContext
@@ -30,10 +28,10 @@ from sparkv.policies.controller import SparKVConfig
 from sparkv.policies.planner_model import ComputeSpeed, ForecastLink
 from sparkv.sim import SimulationStalled, World, build_world, simulate
 from sparkv.traces import Trace, get_trace, is_spec
+from sparkv.traces.expand import expand_traces
 
 POLICY_ORDER = ("local", "stream", "cake", "static", "sparkv", "oracle")
 SYNTHETIC = ("lte:seed=1", "lte:seed=2", "lte:seed=3", "ge:seed=1", "ge:seed=2", "steps:20s@16mbps,20s@2mbps")
-_DOC = ("readme", "license", "copying", "upstream")
 
 
 @dataclass(frozen=True)
@@ -56,32 +54,6 @@ def default_traces() -> list[str]:
     """The real traces under ../shared/traces if present, else synthetic families."""
     root = shared_path("traces")
     return expand_traces([str(root)]) if root else list(SYNTHETIC)
-
-
-def expand_traces(values: Iterable[str]) -> list[str]:
-    """Files, folders (recursively; docs and mahimahi uplinks skipped), globs and synthetic specs."""
-    out: list[str] = []
-    for value in map(str, values):
-        path = Path(value)
-        if path.is_file():
-            out.append(value)
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_doc(p))
-            out.extend(str(p) for p in files if not (p.suffix == ".up" and p.with_suffix(".down").exists()))
-        elif any(ch in value for ch in "*?["):
-            out.extend(sorted(p for p in glob.glob(value, recursive=True) if Path(p).is_file()))
-        elif is_spec(value):
-            out.append(value)
-        else:
-            raise UserError(f"trace {value!r}: no such file, folder or glob match, and not a synthetic spec")
-    if not out:
-        raise UserError(f"no traces found in {list(values)}")
-    return list(dict.fromkeys(out))
-
-
-def _is_doc(path: Path) -> bool:
-    name = path.name.lower()
-    return name.startswith(".") or path.suffix == ".md" or name.startswith(_DOC)
 
 
 def oracle_options(world: World) -> dict[str, Any]:

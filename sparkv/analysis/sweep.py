@@ -11,11 +11,9 @@ becomes a row with status `stalled` and the reason; it does not stop the sweep.
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -27,13 +25,13 @@ from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec, resolve_model_spec
 from sparkv.policies import Policy, make_policy
-from sparkv.traces import Trace, get_trace, is_spec
+from sparkv.traces import Trace, get_trace
+from sparkv.traces.expand import expand_traces
 
 LINK_FIELDS = tuple(f.name for f in fields(LinkConfig))
 SCENARIO_FIELDS = tuple(f.name for f in fields(Scenario) if f.name != "link") + LINK_FIELDS
 AXES = (*SCENARIO_FIELDS, "rtt_ms", "policy")
 MODES = ("grid", "list")
-_DOC_FILES = ("readme", "license", "copying", "upstream")
 
 
 @dataclass(frozen=True)
@@ -82,31 +80,6 @@ def load_spec(path: Path) -> SweepSpec:
     if not isinstance(data, dict):
         raise UserError(f"sweep spec {path}: expected a table/object with mode, base, axes")
     return SweepSpec.from_dict(data)
-
-
-def expand_traces(values: Iterable[str]) -> list[str]:
-    """Trace names for files, folders, globs and synthetic specs, in the order given (each folder sorted)."""
-    out: list[str] = []
-    for value in map(str, values):
-        if is_spec(value):
-            out.append(value)
-        elif Path(value).is_dir():
-            files = sorted(p for p in Path(value).iterdir() if p.is_file() and not _is_doc(p))
-            names = {p.name for p in files}
-            out.extend(str(p) for p in files if not (p.suffix == ".up" and p.with_suffix(".down").name in names))
-        elif any(c in value for c in "*?["):
-            out.extend(sorted(p for p in glob.glob(value, recursive=True) if Path(p).is_file()))
-        elif Path(value).is_file():
-            out.append(value)
-        else:
-            raise UserError(f"trace {value!r}: no such file, folder or glob match, and not a synthetic spec")
-    if not out:
-        raise UserError(f"no trace files found in {list(values)}")
-    return list(dict.fromkeys(out))
-
-
-def _is_doc(path: Path) -> bool:
-    return path.name.startswith(".") or path.suffix == ".md" or path.name.lower().startswith(_DOC_FILES)
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:

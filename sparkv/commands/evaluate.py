@@ -16,7 +16,6 @@ from sparkv.analysis.evaluate import (
     EvalConfig,
     bench_planning,
     default_traces,
-    expand_traces,
     run_evaluation,
     summarise,
 )
@@ -26,6 +25,7 @@ from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import builtin_profile_names
 from sparkv.policies import make_policy
 from sparkv.policies.controller import SparKVConfig
+from sparkv.traces.expand import expand_traces
 
 SUMMARY = [
     ("policy", "policy", ""), ("n", "scenarios", "d"), ("ttft_med_s", "TTFT med s", ".2f"),

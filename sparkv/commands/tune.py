@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from sparkv.analysis.backends import BACKENDS, default_jobs, make_backend
-from sparkv.analysis.sweep import expand_traces, provenance
+from sparkv.analysis.sweep import provenance
 from sparkv.analysis.tune import (
     STALL_PENALTY_S,
     Param,
@@ -25,6 +25,7 @@ from sparkv.analysis.tune import (
 )
 from sparkv.commands.common import format_table, scenario_from_args
 from sparkv.core.errors import UserError
+from sparkv.traces.expand import expand_traces
 
 
 def register(sub: argparse._SubParsersAction) -> None:
