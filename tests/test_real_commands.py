@@ -64,5 +64,5 @@ def test_validate_pairs_real_and_simulated_runs(model_dir: Path, tmp_path: Path,
 
 
 def test_validate_rejects_bad_repeats(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--model", str(model_dir), *COMMON, "--repeats", "0"]) == 2
+    assert main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err

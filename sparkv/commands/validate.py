@@ -60,14 +60,14 @@ def default_traces() -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from sparkv.analysis.validate import run_validation, write_validation
 
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     scenario = scenario_from_args(args, RUN_DEFAULTS)
     traces = args.traces or default_traces()
     policies = args.policy or [p for p in ("local", "stream", "cake", "sparkv") if p in POLICIES]
     make = policy_maker(args)
     for name in policies:
         make(name)
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if "oracle" in policies:
         raise UserError("oracle needs the future trace; it runs in the simulator only")
     document = load_document(args.document, scenario.context_tokens)
