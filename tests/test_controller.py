@@ -7,16 +7,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sparkv.core.config import Scenario
-from sparkv.core.costs import CostTable
-from sparkv.core.events import Compute, ComputeDone, Fetch, RequestStarted, Resource, TransferFailed
-from sparkv.core.model import BUILTIN_SPECS
-from sparkv.core.request import Request
 from sparkv.policies import make_policy
-from sparkv.policies.base import RequestContext
 from sparkv.policies.controller import SparKVConfig
 from sparkv.policies.estimators import BandwidthEstimator, SpeedEstimator
 from sparkv.policies.sparkv import SparKVPolicy
@@ -106,31 +100,6 @@ def test_controller_cancels_a_transfer_stuck_on_a_dead_link() -> None:
     assert frozen.ttft_s > 46.0
 
 
-def test_dead_server_falls_back_to_computing_every_missing_cell() -> None:
-    layers, chunks = 3, 4
-    spec = type(BUILTIN_SPECS["smollm2-135m"])(**{**BUILTIN_SPECS["smollm2-135m"].to_dict(), "num_layers": layers})
-    costs = CostTable(np.full((chunks, layers), 0.05), 0.0, np.full((chunks, layers), 10_000), 0.03, 0.0,
-                      np.full(layers, 0.01), 0.02, 1e6)  # fmt: skip
-    policy = make_policy("sparkv")
-    policy.begin(RequestContext(Request(chunks * 100, 10, 100), spec, costs))
-    policy.update(RequestStarted(0.0))
-    t = 0.0
-    for _ in range(2):  # two failed transfers in a row: the link is given up
-        fetch = next(c for c in policy.schedule(t, frozenset({Resource.LINK})) if isinstance(c, Fetch))
-        t += 0.1
-        policy.update(TransferFailed(t, fetch.block, 0, "server gone"))
-    assert not any(isinstance(c, Fetch) for c in policy.schedule(t, frozenset({Resource.LINK})))
-    computed = 0
-    for _ in range(50):
-        commands = policy.schedule(t, frozenset({Resource.COMPUTE}))
-        if not commands:
-            break
-        (cmd,) = commands
-        assert isinstance(cmd, Compute)
-        t += 0.1
-        policy.update(ComputeDone(t, cmd.block, 0.1))
-        computed += cmd.block.num_cells
-    assert computed == chunks * layers
 
 
 def test_config_round_trip(tmp_path: Path) -> None:

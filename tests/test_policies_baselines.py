@@ -48,7 +48,7 @@ def test_static_split_moves_with_bandwidth() -> None:
     assert slow.config()["split_chunk"] > fast.config()["split_chunk"]
 
 
-@pytest.mark.parametrize("name", ["stream", "cake", "static"])
+@pytest.mark.parametrize("name", ["stream", "cake", "static", "sparkv"])
 def test_repeated_failures_fall_back_to_computing(name: str) -> None:
     ctx = context()
     policy = started(name, ctx)
