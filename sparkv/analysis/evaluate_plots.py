@@ -47,11 +47,7 @@ def plot_evaluation(rows: list[dict[str, Any]], out: Path, title: str = "") -> l
     for name, vals in _by_policy(rows, "energy_j").items():
         _cdf(axes[1], vals, name)
     for ax, label in zip(axes, ("TTFT (s)", "energy per request (J)"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("fraction of scenarios")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _cdf_axes(ax, label)
     fig.suptitle(title or "TTFT and energy over traces x contexts x bandwidth scales")
     paths.append(_save(fig, out / "cdf_ttft_energy.png"))
 
@@ -62,12 +58,7 @@ def plot_evaluation(rows: list[dict[str, Any]], out: Path, title: str = "") -> l
         _cdf(ax, ratios, base)
     best = [min(r["local_ttft_s"], r["stream_ttft_s"]) / r["ttft_s"] for r in rows if r["policy"] == "sparkv"]
     _cdf(ax, best, "best of local/stream")
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("speed-up of SparKV (baseline TTFT / SparKV TTFT)")
-    ax.set_ylabel("fraction of scenarios")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _cdf_axes(ax, "speed-up of SparKV (baseline TTFT / SparKV TTFT)", unit_line=True)
     paths.append(_save(fig, out / "speedup_sparkv.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -76,12 +67,7 @@ def plot_evaluation(rows: list[dict[str, Any]], out: Path, title: str = "") -> l
     for name, vals in _by_policy(rows, "ttft_over_bound").items():
         _cdf(axes[1], vals, name)
     for ax, label in zip(axes, ("TTFT / oracle TTFT", "TTFT / fluid lower bound"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("fraction of scenarios")
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _cdf_axes(ax, label, unit_line=True)
     paths.append(_save(fig, out / "gap_oracle_bound.png"))
     return paths
 
@@ -95,3 +81,14 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _cdf_axes(ax: Any, xlabel: str, unit_line: bool = False) -> None:
+    """Log x axis, fraction of scenarios up the y axis, grid and legend; a line at x = 1 for ratios."""
+    if unit_line:
+        ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of scenarios")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
