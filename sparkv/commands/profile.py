@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, help="longest context measured (default 8192)")
     p.add_argument("--repeats", type=int, help="timed commands per point and pass (default 8)")
     p.add_argument("--codecs", help="comma-separated codecs whose install cost to measure")
+    p.add_argument(
+        "--chunk-sizes",
+        help="comma-separated chunk sizes (tokens) to measure; add the sizes your runs use "
+        "(default 32,64,128,256,384,512,768,1024)",
+    )
+    p.add_argument("--passes", type=int, help="passes over all points, at different times (default 3)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
     p.add_argument("--link", choices=("pacing", "netns"), help="calibrate the link with the real KV server")
     p.add_argument("--update", type=Path, help="with --link: add the calibration to this existing profile")
@@ -59,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
         changes["repeats"] = args.repeats
     if args.codecs:
         changes["codecs"] = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    if args.passes:
+        changes["passes"] = args.passes
+    if args.chunk_sizes:
+        try:
+            changes["chunk_sizes"] = tuple(sorted({int(c) for c in args.chunk_sizes.split(",") if c.strip()}))
+        except ValueError as exc:
+            raise UserError(f"--chunk-sizes: expected comma-separated integers, got {args.chunk_sizes!r}") from exc
     if args.no_wait:
         changes["quiet_wait_s"] = 0.0
     try:

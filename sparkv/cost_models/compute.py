@@ -1,4 +1,4 @@
-"""Compute cost of prefill on a device: fitted from measurements, or analytic (roofline).
+"""Compute cost of prefill on a device: fitted or tabulated from measurements, or analytic (roofline).
 
 Both answer one question: seconds for one decoder layer over `new_tokens` tokens that attend to
 `past_tokens` earlier ones. Chunk and query costs are sums of these, plus `launch_s` per command.
@@ -6,6 +6,7 @@ Both answer one question: seconds for one decoder layer over `new_tokens` tokens
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -43,6 +44,10 @@ class FittedCompute:
     per_sq_s: float = 0.0
 
     def layer_s(self, spec: ModelSpec, new_tokens: int, past_tokens: int) -> float:
+        return self.seconds(new_tokens, past_tokens)
+
+    def seconds(self, new_tokens: float, past_tokens: float) -> float:
+        """One layer's seconds; a measured model needs no spec (it is valid for one model)."""
         n = new_tokens
         attended = n * (past_tokens + (n + 1) / 2)
         return (
@@ -96,10 +101,75 @@ class RooflineCompute:
         return asdict(self)
 
 
-def compute_model_from_dict(data: dict[str, Any]) -> FittedCompute | RooflineCompute:
+@dataclass(frozen=True)
+class TableCompute:
+    """Measured per-layer times at the profiled chunk sizes, interpolated between them.
+
+    At each grid size n_i: t(n_i, past) = base_s[i] + per_past_s[i] * past (a line per size, fitted to
+    that size's measurements). Between two grid sizes the two lines are blended linearly in n. Outside
+    the grid the `fallback` form is used, scaled to agree with the table at the nearest grid size. A
+    table captures what one closed form cannot: matrix-kernel efficiency that changes from size to size.
+    """
+
+    model: str
+    sizes: tuple[int, ...]  # grid chunk sizes, ascending
+    base_s: tuple[float, ...]  # seconds per layer at past 0, per size
+    per_past_s: tuple[float, ...]  # seconds per layer per past token, per size
+    fallback: FittedCompute  # outside the grid
+    launch_s: float = 0.0
+    lm_head_s: float = 0.0
+    kind: str = "table"
+
+    def __post_init__(self) -> None:
+        n = len(self.sizes)
+        if n == 0 or len(self.base_s) != n or len(self.per_past_s) != n or list(self.sizes) != sorted(set(self.sizes)):
+            raise ValueError(
+                f"bad compute table: sizes {self.sizes}, {len(self.base_s)} bases, {len(self.per_past_s)} slopes"
+            )
+
+    def _at(self, i: int, past: float) -> float:
+        """The line of grid size i at `past`."""
+        return self.base_s[i] + self.per_past_s[i] * past
+
+    def layer_s(self, spec: ModelSpec, new_tokens: int, past_tokens: int) -> float:
+        return self.seconds(new_tokens, past_tokens)
+
+    def seconds(self, new_tokens: float, past_tokens: float) -> float:
+        """One layer's seconds; a measured model needs no spec (it is valid for one model)."""
+        sizes, n = self.sizes, new_tokens
+        if n < sizes[0] or n > sizes[-1]:
+            edge = 0 if n < sizes[0] else len(sizes) - 1
+            ref = self.fallback.seconds(sizes[edge], past_tokens)
+            return self.fallback.seconds(n, past_tokens) * (self._at(edge, past_tokens) / ref if ref > 0 else 1.0)
+        hi = bisect_left(sizes, n)
+        if sizes[hi] == n:
+            return self._at(hi, past_tokens)
+        lo = hi - 1
+        w = (n - sizes[lo]) / (sizes[hi] - sizes[lo])
+        return (1.0 - w) * self._at(lo, past_tokens) + w * self._at(hi, past_tokens)
+
+    def first_token_s(self, spec: ModelSpec) -> float:
+        return self.lm_head_s
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["sizes"], out["base_s"], out["per_past_s"] = list(self.sizes), list(self.base_s), list(self.per_past_s)
+        return out
+
+
+MeasuredCompute = FittedCompute | TableCompute
+
+
+def compute_model_from_dict(data: dict[str, Any]) -> FittedCompute | TableCompute | RooflineCompute:
     kind = data.get("kind")
     if kind == "fitted":
         return FittedCompute(**data)
+    if kind == "table":
+        d = dict(data)
+        d["fallback"] = FittedCompute(**d["fallback"])
+        for key in ("sizes", "base_s", "per_past_s"):
+            d[key] = tuple(d[key])
+        return TableCompute(**d)
     if kind == "roofline":
         return RooflineCompute(**data)
-    raise ValueError(f"unknown compute model kind {kind!r} (expected 'fitted' or 'roofline')")
+    raise ValueError(f"unknown compute model kind {kind!r} (expected 'fitted', 'table' or 'roofline')")

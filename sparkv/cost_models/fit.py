@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from sparkv.cost_models.compute import FittedCompute
+from sparkv.cost_models.compute import FittedCompute, TableCompute
+from sparkv.cost_models.fit_table import TableFit, fit_table
 
 BASE_TERMS = ("fixed", "per_token", "per_attn")
 EXTRA_TERMS = ("per_past", "per_sq")
@@ -126,13 +127,15 @@ def error_summary(errors: np.ndarray) -> dict[str, float]:
     }
 
 
+def _folds(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    idx = np.random.default_rng(seed).permutation(n)
+    return [(np.setdiff1d(idx, idx[k::folds]), idx[k::folds]) for k in range(folds)]
+
+
 def cv_error(samples: Sequence[Sample], terms: Sequence[str], folds: int = 5, seed: int = 0) -> float:
     """Median relative error of `terms` over k-fold cross-validation within `samples`."""
-    idx = np.random.default_rng(seed).permutation(len(samples))
     errors: list[float] = []
-    for k in range(folds):
-        test = idx[k::folds]
-        train = np.setdiff1d(idx, test)
+    for train, test in _folds(len(samples), folds, seed):
         if len(test) == 0 or len(train) < len(terms) + 1:
             continue
         fit = fit_form([samples[i] for i in train], terms)
@@ -141,26 +144,55 @@ def cv_error(samples: Sequence[Sample], terms: Sequence[str], folds: int = 5, se
     return float(np.median(errors)) if errors else float("inf")
 
 
+def cv_error_table(samples: Sequence[Sample], fallback: Sequence[str], folds: int = 5, seed: int = 0) -> float:
+    """`cv_error` of a per-size table (with the `fallback` form outside its sizes), on the same folds."""
+    errors: list[float] = []
+    for train, test in _folds(len(samples), folds, seed):
+        part = [samples[i] for i in train]
+        table = fit_table(part)
+        if len(test) == 0 or table is None or len(part) < len(fallback) + 1:
+            continue
+        held = [samples[i] for i in test]
+        pred = table.predict(held, fit_form(part, fallback).to_compute(""))
+        errors.extend(relative_errors(pred, held).tolist())
+    return float(np.median(errors)) if errors else float("inf")
+
+
 @dataclass(frozen=True)
 class FitReport:
-    """The chosen form, its coefficients, and how every candidate did."""
+    """The chosen model (a closed form, or a per-size table over it), and how every candidate did."""
 
-    fit: CoefFit
-    cv_median: dict[str, float]  # "+".join(terms) -> k-fold median relative error on the training points
+    fit: CoefFit  # the chosen closed form (the table's fallback outside its sizes, when a table is chosen)
+    cv_median: dict[str, float]  # candidate -> k-fold median relative error on the training points
     train_error: dict[str, float]
-    heldout_error: dict[str, float] = field(default_factory=dict)
+    heldout_error: dict[str, float] = field(default_factory=dict)  # every held-out point
     reason: str = ""
+    table: TableFit | None = None  # chosen per-size table, if it beat the forms
+    heldout_groups: dict[str, dict[str, float]] = field(default_factory=dict)  # held-out errors per group
+
+    def to_compute(self, model: str, lm_head_s: float = 0.0) -> FittedCompute | TableCompute:
+        form = self.fit.to_compute(model, lm_head_s)
+        return form if self.table is None else self.table.to_compute(model, form, lm_head_s)
+
+    def predict(self, samples: Sequence[Sample]) -> np.ndarray:
+        form = self.fit.to_compute("")
+        return self.fit.predict(samples) if self.table is None else self.table.predict(samples, form)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model": "table" if self.table else "form",
             "terms": list(self.fit.terms),
             "coefficients": {**self.fit.coefs, "launch": self.fit.launch_s},
             # a form with too few points to score has no k-fold error: null (profile files are strict JSON)
             "cv_median_rel_error": {k: (v if math.isfinite(v) else None) for k, v in self.cv_median.items()},
             "train_error": self.train_error,
             "heldout_error": self.heldout_error,
+            "heldout_groups": self.heldout_groups,
             "reason": self.reason,
         }
+
+
+TABLE = "table"  # the table's key among the candidates
 
 
 def select_and_fit(
@@ -168,12 +200,15 @@ def select_and_fit(
     heldout: Sequence[Sample] = (),
     forms: Sequence[tuple[str, ...]] = CANDIDATE_FORMS,
     margin: float = 0.9,
+    heldout_labels: Sequence[str] = (),
 ) -> FitReport:
-    """Choose a form by k-fold CV on `train`, fit it on all of `train`, and report `heldout` errors.
+    """Choose a model by k-fold CV on `train`, fit it on all of `train`, and report `heldout` errors.
 
     Forms are tried simplest first; a richer one replaces the current choice only if its k-fold median
-    relative error is below `margin` x the current one's (a >= 10% cut by default). Held-out points
-    never influence the choice or the coefficients.
+    relative error is below `margin` x the current one's (a >= 10% cut by default). A per-size table
+    (`TableCompute`, the chosen form outside its sizes) is the last candidate, under the same rule.
+    Held-out points never influence the choice or the coefficients; `heldout_labels` (one per held-out
+    point) groups their errors as well.
     """
     cv = {"+".join(f): cv_error(train, f) for f in forms}
     chosen = forms[0]
@@ -181,13 +216,22 @@ def select_and_fit(
         if cv["+".join(form)] < margin * cv["+".join(chosen)]:
             chosen = form
     fit = fit_form(train, chosen)
+    best = cv["+".join(chosen)]
+    cv[TABLE] = cv_error_table(train, chosen)
+    table = fit_table(train) if cv[TABLE] < margin * best else None
     base = "+".join(forms[0])
     reason = (
-        f"chose {'+'.join(chosen)}: k-fold median relative error {cv['+'.join(chosen)]:.2%} "
-        f"vs {cv[base]:.2%} for the base form"
+        f"chose {'a per-size table over ' if table else ''}{'+'.join(chosen)}: k-fold median relative error "
+        f"{cv[TABLE] if table else best:.2%} vs {cv[base]:.2%} for the base form"
     )
-    report = FitReport(fit, cv, error_summary(relative_errors(fit.predict(train), train)), reason=reason)
+    report = FitReport(fit, cv, {}, reason=reason, table=table)
+    train_error = error_summary(relative_errors(report.predict(train), train))
+    held: dict[str, float] = {}
+    groups: dict[str, dict[str, float]] = {}
     if heldout:
-        held = error_summary(relative_errors(fit.predict(heldout), heldout))
-        report = FitReport(fit, cv, report.train_error, held, reason)
-    return report
+        errors = relative_errors(report.predict(heldout), heldout)
+        held = error_summary(errors)
+        labels = np.asarray(list(heldout_labels) or [""] * len(heldout))
+        for label in sorted(set(labels.tolist()) - {""}):
+            groups[label] = error_summary(errors[labels == label])
+    return FitReport(fit, cv, train_error, held, reason, table, groups)

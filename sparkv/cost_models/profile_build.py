@@ -36,6 +36,7 @@ QUICK = ProfileConfig(
     chunk_sizes=(16, 32),
     past_levels=3,
     heldout_points=3,
+    heldout_grid_points=3,
     repeats=2,
     passes=1,
     codecs=("fp16", "int8"),
@@ -128,11 +129,11 @@ def run_profile(
     if len(clean) < 0.75 * len(measured):  # too few undisturbed points: fit everything, and say so
         clean = measured
     train = [m.sample() for m in clean if m.point.split == "train"]
-    held = [m.sample() for m in clean if m.point.split == "heldout"]
-    report = select_and_fit(train, held)
+    held_m = [m for m in clean if m.point.split.startswith("heldout")]
+    report = select_and_fit(train, [m.sample() for m in held_m], heldout_labels=[m.point.split for m in held_m])
     noise = pass_noise(measured)
     model = canonical_model(spec.name)
-    compute = report.fit.to_compute(model, lm_head_s=query["first_token_s"])
+    compute = report.to_compute(model, lm_head_s=query["first_token_s"])
     predicted_query = compute.layer_s(spec, query["query_tokens"], query["context_tokens"])
     query["predicted_per_layer_s"] = predicted_query
     query["rel_error"] = abs(predicted_query - query["per_layer_s"]) / query["per_layer_s"]
@@ -155,7 +156,8 @@ def run_profile(
         valid_for=(
             f"{model} ({loaded.model_id}) at {spec.dtype} on this {kind} with {threads} torch threads; attention as "
             "sparkv.executor.prefill_layers runs it (SDPA with an explicit boolean causal mask); chunks "
-            f"{min(cfg.chunk_sizes)}-{max(cfg.chunk_sizes)} tokens, context up to {cfg.max_context}"
+            f"{min(cfg.chunk_sizes)}-{max(cfg.chunk_sizes)} tokens (measured at "
+            f"{', '.join(map(str, cfg.chunk_sizes))}; other sizes interpolated), context up to {cfg.max_context}"
         ),
         sources={
             "compute": "measured by `sparkv profile` (LayerwisePrefill, median of repeats; fit: measurements.fit)",
@@ -167,7 +169,13 @@ def run_profile(
             "heldout_median": report.heldout_error.get("median", float("nan")),
             "heldout_p90": report.heldout_error.get("p90", float("nan")),
             "heldout_max": report.heldout_error.get("max", float("nan")),
-            "heldout_n": float(len(held)),
+            "heldout_n": float(len(held_m)),
+            **{
+                f"{HELDOUT_KEYS[group]}_{stat}": value
+                for group, errs in report.heldout_groups.items()
+                for stat, value in errs.items()
+                if stat in ("median", "p90", "n")
+            },
             "train_median": report.train_error["median"],
             "query_layer": query["rel_error"],
             "noise_median": noise["median"],
@@ -188,6 +196,9 @@ def run_profile(
         },
     )
     return profile, report
+
+
+HELDOUT_KEYS = {"heldout": "heldout_offgrid", "heldout-grid": "heldout_grid"}  # fit_error key prefixes
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
@@ -233,6 +244,11 @@ def summary_lines(profile: DeviceProfile) -> list[str]:
         f" (n={int(err.get('heldout_n', 0))}); train median {err.get('train_median', 0):.2%}; measurement noise "
         f"(one pass vs all) median {err.get('noise_median', math.nan):.2%}, p90 {err.get('noise_p90', math.nan):.2%}",
     ]
+    for key, what in (("heldout_grid", "profiled chunk sizes, unseen pasts"), ("heldout_offgrid", "unprofiled sizes")):
+        if f"{key}_median" in err:
+            lines.append(
+                f"  {what}: median {err[f'{key}_median']:.2%}, p90 {err[f'{key}_p90']:.2%} (n={int(err[f'{key}_n'])})"
+            )
     q = m.get("query", {})
     if q:
         lines.append(

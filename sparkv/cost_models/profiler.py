@@ -39,7 +39,8 @@ class ProfileConfig:
     chunk_sizes: tuple[int, ...] = (32, 64, 128, 256, 384, 512, 768, 1024)
     past_levels: int = 6  # pasts per chunk size, spread over [0, max_context - n]
     layer_counts: tuple[int, ...] = (1, 2)  # layers per command, cycled over the points
-    heldout_points: int = 20  # random (n, past, layers) points never used by the fit
+    heldout_points: int = 20  # random points at sizes off the grid (a ragged last chunk), never fitted
+    heldout_grid_points: int = 20  # random points at grid sizes, pasts off the grid (configured chunks)
     repeats: int = 8  # timed commands per point and pass (after one warm-up)
     passes: int = 3  # passes over all points, at different times; their times are pooled
     codecs: tuple[str, ...] = ("fp16", "bf16", "fp32", "int8", "int4", "fp16+zstd", "int8+zstd")
@@ -53,6 +54,8 @@ class ProfileConfig:
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.passes < 1 or self.past_levels < 1 or not self.chunk_sizes:
             raise ValueError(f"bad profile config: {self}")
+        if min(self.chunk_sizes) < 1:
+            raise ValueError(f"chunk sizes must be positive, got {self.chunk_sizes}")
         if max(self.chunk_sizes) > self.max_context:
             raise ValueError(f"chunk size {max(self.chunk_sizes)} exceeds max_context {self.max_context}")
 
@@ -64,12 +67,13 @@ class Point:
     n: int  # chunk tokens
     past: int  # tokens before the chunk (a multiple of n)
     layers: int  # layers per command
-    split: str  # "train" or "heldout"
+    split: str  # "train", "heldout" (a size off the grid) or "heldout-grid" (a grid size, an unseen past)
 
 
 def plan_points(cfg: ProfileConfig, num_layers: int) -> list[Point]:
-    """Training grid (chunk sizes x past levels) and random held-out points off the grid: chunk sizes are
-    random multiples of half the smallest grid size (configured chunks are round numbers), pasts random."""
+    """Training grid (chunk sizes x past levels) and two random held-out sets the fit never sees:
+    grid sizes at pasts off the grid (the chunks a run is configured with), and sizes off the grid,
+    random multiples of half the smallest grid size (a context's ragged last chunk)."""
     usable = [k for k in cfg.layer_counts if k * (cfg.repeats + 1) <= num_layers] or [1]
     points: list[Point] = []
     i = 0
@@ -80,16 +84,22 @@ def plan_points(cfg: ProfileConfig, num_layers: int) -> list[Point]:
             points.append(Point(n, min(past, top // n * n), usable[i % len(usable)], "train"))
             i += 1
     rng = np.random.default_rng(cfg.seed + 1)
-    step = max(1, min(cfg.chunk_sizes) // 2)  # held-out chunk sizes: multiples of this, as configured chunks are
-    lo, hi = min(cfg.chunk_sizes) // step, max(cfg.chunk_sizes) // step
     taken = {(p.n, p.past) for p in points}
-    target = len(points) + cfg.heldout_points
-    while len(points) < target:
-        n = int(rng.integers(lo, hi + 1)) * step
-        past = int(rng.integers(0, (cfg.max_context - n) // n + 1)) * n
-        if (n, past) not in taken:
-            taken.add((n, past))
-            points.append(Point(n, past, int(rng.choice(usable)), "heldout"))
+
+    def add(target: int, sizes: Callable[[], int], split: str) -> None:
+        tries = 0
+        while len(points) < target and tries < 100 * target:
+            tries += 1
+            n = sizes()
+            past = int(rng.integers(0, (cfg.max_context - n) // n + 1)) * n
+            if (n, past) not in taken:
+                taken.add((n, past))
+                points.append(Point(n, past, int(rng.choice(usable)), split))
+
+    step = max(1, min(cfg.chunk_sizes) // 2)
+    lo, hi = min(cfg.chunk_sizes) // step, max(cfg.chunk_sizes) // step
+    add(len(points) + cfg.heldout_points, lambda: int(rng.integers(lo, hi + 1)) * step, "heldout")
+    add(len(points) + cfg.heldout_grid_points, lambda: int(rng.choice(cfg.chunk_sizes)), "heldout-grid")
     return points
 
 

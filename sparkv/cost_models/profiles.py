@@ -15,7 +15,7 @@ from typing import Any
 
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
-from sparkv.cost_models.compute import FittedCompute, RooflineCompute, compute_model_from_dict
+from sparkv.cost_models.compute import FittedCompute, RooflineCompute, TableCompute, compute_model_from_dict
 from sparkv.cost_models.energy import ComputePower
 
 
@@ -24,7 +24,7 @@ class DeviceProfile:
     name: str
     kind: str  # "measured" or "analytic"
     device: str  # human description of the hardware
-    compute: FittedCompute | RooflineCompute
+    compute: FittedCompute | TableCompute | RooflineCompute
     power: ComputePower
     install_s_per_byte: float = 0.0  # receive-side decode + copy into the cache, per wire byte
     install_fixed_s: float = 0.0  # per transfer, receive side
@@ -54,7 +54,8 @@ class DeviceProfile:
 
     def check_model(self, spec: ModelSpec) -> None:
         """A fitted profile describes one model; refuse to apply it to another."""
-        if self.model is not None and isinstance(self.compute, FittedCompute) and self.model != spec.name:
+        measured = isinstance(self.compute, FittedCompute | TableCompute)
+        if self.model is not None and measured and self.model != spec.name:
             raise UserError(
                 f"device profile {self.name!r} was measured with model {self.model!r}, not {spec.name!r}; "
                 "use an analytic profile or profile this model (`sparkv profile`)"
