@@ -12,6 +12,7 @@ over the same timeline of spans that the simulator and the real executor write.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from typing import Any
 
 from sparkv.core.errors import UserError
@@ -134,6 +135,9 @@ class ComputePower:
         return asdict(self)
 
 
+_START = attrgetter("start_s")
+
+
 def radio_energy_j(spans: list[Span], radio: RadioModel, end_s: float, count_tail: bool = True) -> float:
     """Radio energy of one request from its start (t=0) to `end_s`, from its link spans.
 
@@ -142,19 +146,33 @@ def radio_energy_j(spans: list[Span], radio: RadioModel, end_s: float, count_tai
     transfers the tail (then idle once it runs out); after the last transfer the whole tail when
     `count_tail` (the request caused it), else what remains of it up to `end_s`.
     """
-    link = sorted((s for s in spans if s.lane == "link"), key=lambda s: s.start_s)
+    link = sorted([s for s in spans if s.lane == "link"], key=_START)
     if not link:
         return radio.idle_w * max(0.0, end_s)
     energy = radio.promotion_s * radio.promotion_w + radio.idle_w * max(0.0, link[0].start_s - radio.promotion_s)
+    # `gap_j` and `active_w` written out (one request has a span per transfer; same arithmetic, same order)
+    tail_s, tail_w, tail2_s, tail2_w, idle_w = radio.tail_s, radio.tail_w, radio.tail2_s, radio.tail2_w, radio.idle_w
+    base_w, w_per_mbps = radio.active_base_w, radio.active_w_per_mbps
     busy_end = link[0].start_s
     for span in link:
-        energy += radio.gap_j(max(0.0, span.start_s - busy_end))
-        start = max(span.start_s, busy_end)  # overlapping spans: count the radio busy once
-        duration = max(0.0, span.end_s - start)
-        full = max(0.0, span.end_s - span.start_s)
+        span_start, span_end = span.start_s, span.end_s
+        gap = span_start - busy_end
+        gap = gap if gap > 0.0 else 0.0  # max(0.0, gap)
+        t1 = tail_s if tail_s < gap else gap  # min(gap, tail_s)
+        t2 = gap - tail_s
+        t2 = t2 if t2 > 0.0 else 0.0
+        t2 = tail2_s if tail2_s < t2 else t2
+        rest = gap - tail_s - tail2_s
+        rest = rest if rest > 0.0 else 0.0
+        energy += t1 * tail_w + t2 * tail2_w + rest * idle_w
+        start = span_start if span_start > busy_end else busy_end  # overlapping spans: count the radio busy once
+        duration = span_end - start
+        duration = duration if duration > 0.0 else 0.0
+        full = span_end - span_start
+        full = full if full > 0.0 else 0.0
         mbps = (span.bytes * 8 / 1e6) / full if full > 0 else 0.0
-        energy += duration * radio.active_w(mbps)
-        busy_end = max(busy_end, span.end_s)
+        energy += duration * (base_w + w_per_mbps * mbps)
+        busy_end = span_end if span_end > busy_end else busy_end
     if count_tail:
         energy += radio.full_tail_j
     else:
@@ -164,7 +182,7 @@ def radio_energy_j(spans: list[Span], radio: RadioModel, end_s: float, count_tai
 
 def compute_energy_j(spans: list[Span], power: ComputePower, end_s: float) -> tuple[float, float]:
     """(active, idle) joules of the compute lane over [0, end_s]."""
-    busy = sum(max(0.0, min(s.end_s, end_s) - s.start_s) for s in spans if s.lane == "compute")
+    busy = sum([max(0.0, min(s.end_s, end_s) - s.start_s) for s in spans if s.lane == "compute"])
     busy = min(busy, end_s)
     return busy * power.active_w, (end_s - busy) * power.idle_w
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,14 @@ class SimRun:
         self.noise = world.scenario.compute_noise
         self.first_byte_s = self.server.service_s + link.rtt_s  # fetch to first payload byte, without a queue
         self.availability = world.availability
+        self.exact_compute = self.noise <= 0 and self.availability is None  # wall time = work time
+        # read on every transfer: the trace, link and install constants, as attributes
+        self.trace = world.trace
+        self.offset_s = link.trace_offset_s
+        self.efficiency = link.efficiency
+        self.install_s_per_byte = world.costs.install_s_per_byte
+        self.install_fixed_s = world.profile.install_fixed_s
+        self.num_layers = world.spec.num_layers
         self.tick_s: float | None = getattr(policy, "tick_s", None)
         self.max_time_s = max_time_s
         self.transfer: _Transfer | None = None
@@ -109,7 +118,7 @@ class SimRun:
     # ---- time helpers ----
 
     def _trace_t(self, t_s: float) -> float:
-        return t_s + self.world.scenario.link.trace_offset_s
+        return t_s + self.offset_s
 
     def _compute_duration(self, work_s: float) -> float:
         """Wall seconds for `work_s` seconds of full-speed work starting now."""
@@ -137,11 +146,11 @@ class SimRun:
     # ---- dispatch ----
 
     def _dispatch(self, event: Event) -> None:
-        self.recorder.update(event)
+        policy = self.recorder
+        policy.update(event)
         if not self.compute_busy:
             self._start_query_layer()
-        idle = _IDLE[self.transfer is None, not self.compute_busy]
-        for command in self.recorder.schedule(self.env.now, idle):
+        for command in policy.schedule(self.env.now, _IDLE[self.transfer is None, not self.compute_busy]):
             self._apply(command)
 
     def _apply(self, command: Fetch | Compute | Cancel) -> None:
@@ -155,7 +164,8 @@ class SimRun:
             self.progress.start_compute(command.block)
             self.compute_busy = True
             block, start = command.block, self.env.now
-            duration = self._compute_duration(self.world.costs.compute_s(block))
+            work_s = self.world.costs.compute_s(block)
+            duration = work_s if self.exact_compute else self._compute_duration(work_s)
             self._after(duration, lambda _ev: self._compute_done(block, start))
         elif isinstance(command, Cancel):
             self._cancel_fetch(command.block)
@@ -164,13 +174,13 @@ class SimRun:
 
     def _start_fetch(self, block: CellBlock) -> None:
         self.progress.start_fetch(block)
-        t = _Transfer(block, self.world.costs.block_bytes(block), self.env.now)
+        now = self.env.now
+        t = _Transfer(block, self.world.costs.block_bytes(block), now)
         self.transfer = t
         if self.server.contended:
             t.process = self.env.process(self._queue(t))
             return
         # no queue: the phases are known now, so the whole transfer is one timeout
-        now = self.env.now
         data_start = now + self.first_byte_s  # the clock after a timeout of the round trip
         end = data_start + self._payload(t, data_start)
         self._wait(t, _delay_to(now, end), lambda _ev: self._transfer_done(t))
@@ -189,7 +199,9 @@ class SimRun:
                 self._soon(lambda: self._cancel(t))
 
     def _wait(self, t: _Transfer, delay_s: float, step: Callable[[simpy.Event], None]) -> None:
-        t.waiting, t.step = self._after(delay_s, step), step
+        ev = t.waiting = Timeout(self.env, delay_s)
+        ev.callbacks.append(step)
+        t.step = step
 
     def _queue(self, t: _Transfer) -> Any:
         """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
@@ -204,11 +216,11 @@ class SimRun:
 
     def _payload(self, t: _Transfer, start_s: float) -> float:
         """Payload bytes flow from `start_s`, then installation: seconds from `start_s` to the end of both."""
-        link = self.world.scenario.link
+        offset = self.offset_s
         t.data_start_s = t.sampled_s = start_s
-        end = self.world.trace.time_to_deliver(start_s + link.trace_offset_s, t.bytes / link.efficiency)
-        t.payload_end_s = end - link.trace_offset_s
-        install = t.bytes * self.world.costs.install_s_per_byte + self.world.profile.install_fixed_s
+        end = self.trace.time_to_deliver(start_s + offset, t.bytes / self.efficiency)
+        t.payload_end_s = end - offset
+        install = t.bytes * self.install_s_per_byte + self.install_fixed_s
         return self.max_time_s if math.isinf(end) else t.payload_end_s + install - start_s
 
     def _cancel(self, t: _Transfer) -> None:
@@ -228,24 +240,21 @@ class SimRun:
         self.progress.finish(block)
         self.transfer = None
         data_end = t.payload_end_s
-        self.recorder.update(
-            BandwidthSample(data_end, n_bytes - self._sampled_bytes(t), max(data_end - t.sampled_s, 1e-9))
-        )
+        sampled = self._sampled_bytes(t) if t.sampled_s > t.data_start_s else 0  # no sample in flight: 0
+        self.recorder.update(BandwidthSample(data_end, n_bytes - sampled, max(data_end - t.sampled_s, 1e-9)))
         self._dispatch(TransferDone(now, block, n_bytes, now - t.start_s))
 
     def _received(self, t: _Transfer | None) -> int:
         if t is None or self.env.now <= t.data_start_s:  # the first byte had not arrived
             return 0
-        eff = self.world.scenario.link.efficiency
-        got = self.world.trace.bytes_between(self._trace_t(t.data_start_s), self._trace_t(self.env.now)) * eff
+        got = self.trace.bytes_between(self._trace_t(t.data_start_s), self._trace_t(self.env.now)) * self.efficiency
         return int(min(got, t.bytes))
 
     def _sampled_bytes(self, t: _Transfer | None) -> int:
         """Payload bytes already reported by in-flight samples of transfer `t`."""
         if t is None or math.isinf(t.data_start_s) or t.sampled_s <= t.data_start_s:
             return 0
-        eff = self.world.scenario.link.efficiency
-        got = self.world.trace.bytes_between(self._trace_t(t.data_start_s), self._trace_t(t.sampled_s)) * eff
+        got = self.trace.bytes_between(self._trace_t(t.data_start_s), self._trace_t(t.sampled_s)) * self.efficiency
         return int(min(got, t.bytes))
 
     # ---- compute lane ----
@@ -261,17 +270,19 @@ class SimRun:
     def _start_query_layer(self) -> None:
         """With compute idle: start the query's next layer if every cell of that layer is present."""
         progress = self.progress
-        if progress.query_layer_ready():
+        layer = progress.query_layers_done
+        if layer < self.num_layers and progress.present_per_layer[layer] == progress.num_chunks:  # layer ready
             self.compute_busy = True
-            layer, start = progress.query_layers_done, self.env.now
-            duration = self._compute_duration(self.query_layer_s[layer])
+            start = self.env.now
+            work_s = self.query_layer_s[layer]
+            duration = work_s if self.exact_compute else self._compute_duration(work_s)
             self._after(duration, lambda _ev: self._query_layer_done(layer, start))
 
     def _query_layer_done(self, layer: int, start: float) -> None:
         now = self.env.now
-        self.spans.append(Span("compute", "query", start, now, layer=layer))
+        self.spans.append(Span("compute", "query", start, now, None, 0, layer))
         self.progress.query_layers_done = layer + 1
-        if layer + 1 == self.progress.num_layers:
+        if layer + 1 == self.num_layers:
             self._after(self._compute_duration(self.world.costs.first_token_s), lambda _ev: self._first_token(now))
             return
         self.compute_busy = False
@@ -327,7 +338,7 @@ class SimRun:
             policy=self.policy_name,
             ttft_s=self.ttft_s,
             energy_j=energy,
-            spans=sorted(self.spans, key=lambda s: (s.start_s, s.lane)),
+            spans=sorted(self.spans, key=_SPAN_ORDER),
             config={
                 "scenario": w.scenario_dict(),
                 "policy": self.policy_config(),
@@ -341,6 +352,9 @@ class SimRun:
             log=self.recorder.log if isinstance(self.recorder, PolicyRecorder) else [],
             extra={"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"},
         )
+
+
+_SPAN_ORDER = attrgetter("start_s", "lane")  # timeline order of a result's spans
 
 
 def _delay_to(now_s: float, t_s: float) -> float:
