@@ -14,11 +14,12 @@ from typing import Any
 
 from sparkv.core.request import CellBlock
 
+_SET_ATTR = object.__setattr__
 LANES = ("link", "compute")
 SPAN_KINDS = ("fetch", "cancelled", "failed", "compute", "query", "first_token")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Span:
     """One interval of work on one lane."""
 
@@ -29,6 +30,23 @@ class Span:
     block: CellBlock | None = None  # cells the work covered (None for query / first token)
     bytes: int = 0  # wire bytes (link spans)
     layer: int = -1  # query layer (query spans)
+
+    def __init__(
+        self,
+        lane: str,
+        kind: str,
+        start_s: float,
+        end_s: float,
+        block: CellBlock | None = None,
+        bytes: int = 0,
+        layer: int = -1,
+    ) -> None:
+        # The fields above, set in one step: a frozen dataclass's own __init__ makes one
+        # object.__setattr__ call per field, and a simulated request builds a span per piece of work.
+        _SET_ATTR(self, "__dict__", {
+            "lane": lane, "kind": kind, "start_s": start_s, "end_s": end_s, "block": block, "bytes": bytes,
+            "layer": layer,
+        })  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

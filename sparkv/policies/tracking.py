@@ -29,6 +29,12 @@ class TrackingPolicy:
     name = "tracking"
     max_fetch_failures = 2  # consecutive failed transfers before the link is given up
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._reacts = cls.on_event is not TrackingPolicy.on_event  # else `update` skips the empty hook
+
+    _reacts = False  # the class overrides `on_event`
+
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
         self.progress: RequestProgress | None = None
@@ -49,7 +55,9 @@ class TrackingPolicy:
         self.on_begin(ctx)
 
     def update(self, event: Event) -> None:
-        progress = self._progress()
+        progress = self.progress
+        if progress is None:
+            raise self._not_begun()
         if isinstance(event, TransferDone):
             progress.finish(event.block)
             self.in_flight = None
@@ -63,14 +71,18 @@ class TrackingPolicy:
         elif isinstance(event, ComputeDone):
             progress.finish(event.block)
             self.computing = None
-        self.on_event(event)
+        if self._reacts:
+            self.on_event(event)
 
     def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Command, ...]:
-        progress = self._progress()
+        progress = self.progress
+        if progress is None:
+            raise self._not_begun()
         commands: list[Command] = []
-        cancel = self.maybe_cancel(now_s) if self.in_flight is not None else None
-        if cancel is not None:
-            commands.append(Cancel(cancel))
+        if self.in_flight is not None:
+            cancel = self.maybe_cancel(now_s)
+            if cancel is not None:
+                commands.append(Cancel(cancel))
         if _COMPUTE in idle and self.computing is None:
             block = self.fallback_compute() if self.link_dead else self.next_compute(now_s)
             if block is not None:
@@ -121,8 +133,11 @@ class TrackingPolicy:
 
     def _progress(self) -> RequestProgress:
         if self.progress is None:
-            raise RuntimeError(f"policy {self.name}: update/schedule called before begin")
+            raise self._not_begun()
         return self.progress
+
+    def _not_begun(self) -> RuntimeError:
+        return RuntimeError(f"policy {self.name}: update/schedule called before begin")
 
     def _context(self) -> RequestContext:
         if self.ctx is None:

@@ -145,25 +145,26 @@ class SimRun:
 
     # ---- dispatch ----
 
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(self, event: Event, now: float) -> None:
+        """Feed `event` to the policy and run what it asks for; `now` is the clock (`env.now`)."""
         policy = self.recorder
         policy.update(event)
         if not self.compute_busy:
-            self._start_query_layer()
-        for command in policy.schedule(self.env.now, _IDLE[self.transfer is None, not self.compute_busy]):
-            self._apply(command)
+            self._start_query_layer(now)
+        for command in policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy]):
+            self._apply(command, now)
 
-    def _apply(self, command: Fetch | Compute | Cancel) -> None:
+    def _apply(self, command: Fetch | Compute | Cancel, now: float) -> None:
         if isinstance(command, Fetch):
             if self.transfer is not None:
                 raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
-            self._start_fetch(command.block)
+            self._start_fetch(command.block, now)
         elif isinstance(command, Compute):
             if self.compute_busy:
                 raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
             self.progress.start_compute(command.block)
             self.compute_busy = True
-            block, start = command.block, self.env.now
+            block, start = command.block, now
             work_s = self.world.costs.compute_s(block)
             duration = work_s if self.exact_compute else self._compute_duration(work_s)
             self._after(duration, lambda _ev: self._compute_done(block, start))
@@ -172,9 +173,8 @@ class SimRun:
 
     # ---- link lane ----
 
-    def _start_fetch(self, block: CellBlock) -> None:
+    def _start_fetch(self, block: CellBlock, now: float) -> None:
         self.progress.start_fetch(block)
-        now = self.env.now
         t = _Transfer(block, self.world.costs.block_bytes(block), now)
         self.transfer = t
         if self.server.contended:
@@ -230,7 +230,7 @@ class SimRun:
         self.bytes_wasted += received
         self.progress.abort_fetch(t.block)
         self.transfer = None
-        self._dispatch(TransferCancelled(now, t.block, received))
+        self._dispatch(TransferCancelled(now, t.block, received), now)
 
     def _transfer_done(self, t: _Transfer) -> None:
         block, n_bytes, now = t.block, t.bytes, self.env.now
@@ -242,7 +242,7 @@ class SimRun:
         data_end = t.payload_end_s
         sampled = self._sampled_bytes(t) if t.sampled_s > t.data_start_s else 0  # no sample in flight: 0
         self.recorder.update(BandwidthSample(data_end, n_bytes - sampled, max(data_end - t.sampled_s, 1e-9)))
-        self._dispatch(TransferDone(now, block, n_bytes, now - t.start_s))
+        self._dispatch(TransferDone(now, block, n_bytes, now - t.start_s), now)
 
     def _received(self, t: _Transfer | None) -> int:
         if t is None or self.env.now <= t.data_start_s:  # the first byte had not arrived
@@ -265,15 +265,14 @@ class SimRun:
         self.cells_computed += block.num_cells
         self.progress.finish(block)
         self.compute_busy = False
-        self._dispatch(ComputeDone(now, block, now - start))
+        self._dispatch(ComputeDone(now, block, now - start), now)
 
-    def _start_query_layer(self) -> None:
-        """With compute idle: start the query's next layer if every cell of that layer is present."""
+    def _start_query_layer(self, start: float) -> None:
+        """With compute idle at `start`: start the query's next layer if every cell of that layer is present."""
         progress = self.progress
         layer = progress.query_layers_done
         if layer < self.num_layers and progress.present_per_layer[layer] == progress.num_chunks:  # layer ready
             self.compute_busy = True
-            start = self.env.now
             work_s = self.query_layer_s[layer]
             duration = work_s if self.exact_compute else self._compute_duration(work_s)
             self._after(duration, lambda _ev: self._query_layer_done(layer, start))
@@ -286,7 +285,7 @@ class SimRun:
             self._after(self._compute_duration(self.world.costs.first_token_s), lambda _ev: self._first_token(now))
             return
         self.compute_busy = False
-        self._dispatch(QueryLayerDone(now, layer, now - start))
+        self._dispatch(QueryLayerDone(now, layer, now - start), now)
 
     def _first_token(self, start: float) -> None:
         self.spans.append(Span("compute", "first_token", start, self.env.now))
@@ -307,13 +306,13 @@ class SimRun:
             window = now - t.sampled_s
             t.sampled_s = now
             self.recorder.update(BandwidthSample(now, self._sampled_bytes(t) - before, window))
-        self._dispatch(Tick(now))
+        self._dispatch(Tick(now), now)
 
     # ---- run ----
 
     def run(self) -> Result:
         deadline = self.env.timeout(self.max_time_s)
-        self._dispatch(RequestStarted(0.0))
+        self._dispatch(RequestStarted(0.0), self.env.now)
         if self.tick_s:
             self._after(self.tick_s, self._tick)
         self.env.run(until=self.finished | deadline)
