@@ -210,18 +210,29 @@ class RequestProgress:
 
     def _finish_one_layer(self, block: CellBlock) -> None:
         """`finish` for a block of one layer (a layer-major transfer): index cells directly."""
-        layer = block.layer_lo
-        rows = self.state[block.chunk_lo : block.chunk_hi]
-        col = [row[layer] for row in rows]
-        if _MISSING in col:
-            c = block.chunk_lo + col.index(_MISSING)
-            raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
-        added = len(col) - col.count(_PRESENT)
+        layer, c_lo, c_hi = block.layer_lo, block.chunk_lo, block.chunk_hi
+        rows = self.state[c_lo:c_hi]
+        present = 0
+        for row in rows:  # check every cell before changing any (a loop: cheaper than a column list)
+            s = row[layer]
+            if s == _PRESENT:
+                present += 1
+            elif s == _MISSING:
+                c = c_lo + [r[layer] for r in rows].index(_MISSING)
+                raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
         for row in rows:
             row[layer] = _PRESENT
+        added = len(rows) - present
         self.present_per_layer[layer] += added
         self.cells_present += added
-        self._advance_prefix(block)
+        prefix = self.present_prefix  # `_advance_prefix` for one layer
+        p = prefix[layer]
+        if p >= c_lo:
+            p = max(p, c_hi)
+            state, n = self.state, self.num_chunks
+            while p < n and state[p][layer] == _PRESENT:
+                p += 1
+            prefix[layer] = p
 
     # ---- queries ----
 

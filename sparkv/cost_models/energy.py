@@ -150,22 +150,16 @@ def radio_energy_j(spans: list[Span], radio: RadioModel, end_s: float, count_tai
     if not link:
         return radio.idle_w * max(0.0, end_s)
     energy = radio.promotion_s * radio.promotion_w + radio.idle_w * max(0.0, link[0].start_s - radio.promotion_s)
-    # `gap_j` and `active_w` written out (one request has a span per transfer; same arithmetic, same order)
-    tail_s, tail_w, tail2_s, tail2_w, idle_w = radio.tail_s, radio.tail_w, radio.tail2_s, radio.tail2_w, radio.idle_w
+    # the loop below is `gap_j(max(0.0, gap))` and `active_w` with the max/min calls written out (same
+    # arithmetic, same order): a request has a span per transfer, most right after the one before
+    zero_gap_j = radio.gap_j(0.0)
     base_w, w_per_mbps = radio.active_base_w, radio.active_w_per_mbps
     busy_end = link[0].start_s
     for span in link:
         span_start, span_end = span.start_s, span.end_s
         gap = span_start - busy_end
-        gap = gap if gap > 0.0 else 0.0  # max(0.0, gap)
-        t1 = tail_s if tail_s < gap else gap  # min(gap, tail_s)
-        t2 = gap - tail_s
-        t2 = t2 if t2 > 0.0 else 0.0
-        t2 = tail2_s if tail2_s < t2 else t2
-        rest = gap - tail_s - tail2_s
-        rest = rest if rest > 0.0 else 0.0
-        energy += t1 * tail_w + t2 * tail2_w + rest * idle_w
-        start = span_start if span_start > busy_end else busy_end  # overlapping spans: count the radio busy once
+        energy += radio.gap_j(gap) if gap > 0.0 else zero_gap_j
+        start = busy_end if busy_end > span_start else span_start  # overlapping spans: count the radio busy once
         duration = span_end - start
         duration = duration if duration > 0.0 else 0.0
         full = span_end - span_start
@@ -182,7 +176,12 @@ def radio_energy_j(spans: list[Span], radio: RadioModel, end_s: float, count_tai
 
 def compute_energy_j(spans: list[Span], power: ComputePower, end_s: float) -> tuple[float, float]:
     """(active, idle) joules of the compute lane over [0, end_s]."""
-    busy = sum([max(0.0, min(s.end_s, end_s) - s.start_s) for s in spans if s.lane == "compute"])
+    parts = []  # max(0.0, min(s.end_s, end_s) - s.start_s) per compute span, summed below as `sum` does
+    for s in spans:
+        if s.lane == "compute":
+            part = (end_s if end_s < s.end_s else s.end_s) - s.start_s
+            parts.append(part if part > 0.0 else 0.0)
+    busy = sum(parts)
     busy = min(busy, end_s)
     return busy * power.active_w, (end_s - busy) * power.idle_w
 

@@ -28,9 +28,17 @@ class SimServer:
         self.env = env
         self.service_s = service_s
         self.contended = concurrency > 1 or background_rps > 0  # else a transfer never queues
-        self.slots = simpy.Resource(env, capacity=concurrency)
+        self.concurrency = concurrency
+        self._slots: simpy.Resource | None = None  # built on first use: the engine queues only when contended
         if background_rps > 0:  # a generator only where it draws (seeding one costs more than a transfer)
             env.process(self._background(background_rps, np.random.default_rng(seed + 7919)))
+
+    @property
+    def slots(self) -> simpy.Resource:
+        """The server's slots (a SimPy resource; building one costs as much as simulating a transfer)."""
+        if self._slots is None:
+            self._slots = simpy.Resource(self.env, capacity=self.concurrency)
+        return self._slots
 
     def serve(self) -> Any:
         """SimPy sub-process: wait for a slot, then spend the service time."""
