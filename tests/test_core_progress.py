@@ -134,3 +134,5 @@ def test_counts_stay_consistent_with_cells(seed: int) -> None:
                 p.start_fetch(block)
                 in_flight.append(("fetch", block))
             assert _counts_from_cells(p) == (p.present_per_layer, p.present_prefix, p.cells_present)
+            for layer, shared in enumerate(p.uniform or []):  # a layer said to be uniform is
+                assert shared == -1 or all(row[layer] == shared for row in p.state)

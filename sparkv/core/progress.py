@@ -21,6 +21,7 @@ class CellState(IntEnum):
 
 # Plain ints for the hot loops (an enum member look-up costs more than the comparison itself).
 _MISSING, _FETCHING, _COMPUTING, _PRESENT = 0, 1, 2, 3
+_MIXED = -1  # in `RequestProgress.uniform`: the cells of the layer differ
 
 
 class RequestProgress:
@@ -37,6 +38,10 @@ class RequestProgress:
         self.present_prefix = [0] * num_layers  # leading chunks 0..p-1 present at each layer
         self.query_layers_done = 0
         self.cells_present = 0
+        # per layer: the state every cell of the layer is in, or _MIXED. Lets a whole-layer transfer (as
+        # layer-major streaming issues) start and finish without checking its cells one by one. Kept only
+        # while every block spans all chunks: None after the first one that does not (rows, part columns).
+        self.uniform: list[int] | None = [_MISSING] * num_layers
 
     # ---- checks ----
 
@@ -98,21 +103,34 @@ class RequestProgress:
         if hi - lo == 1:
             for row in rows:
                 row[lo] = state
-            return
-        fill = [state] * (hi - lo)
-        for row in rows:
-            row[lo:hi] = fill
+        else:
+            fill = [state] * (hi - lo)
+            for row in rows:
+                row[lo:hi] = fill
+        if self.uniform is not None:
+            self._touch(block, state)
+
+    def _touch(self, block: CellBlock, state: int) -> None:
+        """Every cell of `block` changed, to `state` (or _MIXED): update `uniform` (or stop keeping it)."""
+        if self.uniform is None or block.chunk_lo != 0 or block.chunk_hi != self.num_chunks:
+            self.uniform = None
+        else:
+            self.uniform[block.layer_lo : block.layer_hi] = [state] * (block.layer_hi - block.layer_lo)
 
     def start_fetch(self, block: CellBlock) -> None:
         lo = block.layer_lo
         if block.layer_hi - lo == 1 and block.chunk_hi <= self.num_chunks and lo < self.num_layers:
             rows = self.state[block.chunk_lo : block.chunk_hi]  # one layer (layer-major streaming): cell by cell
-            for row in rows:
-                if row[lo] != _MISSING:
-                    break  # check_fetch says which
-            else:
+            uniform = self.uniform
+            # every cell of the layer known missing, or of the block checked one by one (else check_fetch says which)
+            if (uniform is not None and uniform[lo] == _MISSING) or all(row[lo] == _MISSING for row in rows):
                 for row in rows:
                     row[lo] = _FETCHING
+                if uniform is not None:  # `_touch` written out
+                    if len(rows) == self.num_chunks:
+                        uniform[lo] = _FETCHING
+                    else:
+                        self.uniform = None
                 return
         self.check_fetch(block)
         self._set(block, _FETCHING)
@@ -129,6 +147,8 @@ class RequestProgress:
                 row[lo:hi] = [_COMPUTING] * (hi - lo)
         for c in range(block.chunk_lo, block.chunk_hi):
             self.computed_prefix[c] = hi
+        if self.uniform is not None:
+            self._touch(block, _MIXED)
 
     def abort_fetch(self, block: CellBlock) -> None:
         """A cancelled or failed transfer: its cells are missing again."""
@@ -152,6 +172,8 @@ class RequestProgress:
                 row[lo:hi] = [_PRESENT] * width
                 self.present_per_layer[lo:hi] = [k + 1 for k in self.present_per_layer[lo:hi]]
                 self.cells_present += width
+                if self.uniform is not None:
+                    self._touch(block, _PRESENT)
                 self._advance_prefix(block)
                 return
         rows = self.state[block.chunk_lo : block.chunk_hi]
@@ -179,6 +201,8 @@ class RequestProgress:
         if new_rows:  # counted together: one pass over the layers
             per_layer[lo:hi] = [k + new_rows for k in per_layer[lo:hi]]
             self.cells_present += new_rows * width
+        if self.uniform is not None:
+            self._touch(block, _PRESENT)
         self._advance_prefix(block)
 
     def _advance_prefix(self, block: CellBlock) -> None:
@@ -213,15 +237,23 @@ class RequestProgress:
         layer, c_lo, c_hi = block.layer_lo, block.chunk_lo, block.chunk_hi
         rows = self.state[c_lo:c_hi]
         present = 0
-        for row in rows:  # check every cell before changing any (a loop: cheaper than a column list)
-            s = row[layer]
-            if s == _PRESENT:
-                present += 1
-            elif s == _MISSING:
-                c = c_lo + [r[layer] for r in rows].index(_MISSING)
-                raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
+        uniform = self.uniform
+        shared = _MIXED if uniform is None else uniform[layer]
+        if shared != _FETCHING and shared != _COMPUTING:  # else every cell started, none present yet
+            for row in rows:  # check every cell before changing any (a loop: cheaper than a column list)
+                s = row[layer]
+                if s == _PRESENT:
+                    present += 1
+                elif s == _MISSING:
+                    c = c_lo + [r[layer] for r in rows].index(_MISSING)
+                    raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")
         for row in rows:
             row[layer] = _PRESENT
+        if uniform is not None:  # `_touch` written out
+            if len(rows) == self.num_chunks:
+                uniform[layer] = _PRESENT
+            else:
+                self.uniform = None
         added = len(rows) - present
         self.present_per_layer[layer] += added
         self.cells_present += added
@@ -254,3 +286,4 @@ class RequestProgress:
             for layer in range(self.num_layers)
             if self.state[c][layer] == CellState.MISSING
         ]
+
