@@ -31,9 +31,13 @@ class TrackingPolicy:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._reacts = cls.on_event is not TrackingPolicy.on_event  # else `update` skips the empty hook
+        # hooks a class leaves empty are not called (a simulated request calls them hundreds of times)
+        cls._reacts = cls.on_event is not TrackingPolicy.on_event
+        cls._cancels = cls.maybe_cancel is not TrackingPolicy.maybe_cancel
+        cls._computes = cls.next_compute is not TrackingPolicy.next_compute
+        cls._fetches = cls.next_fetch is not TrackingPolicy.next_fetch
 
-    _reacts = False  # the class overrides `on_event`
+    _reacts = _cancels = _computes = _fetches = False  # which hooks the class overrides
 
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
@@ -79,17 +83,17 @@ class TrackingPolicy:
         if progress is None:
             raise self._not_begun()
         commands: list[Command] = []
-        if self.in_flight is not None:
+        if self.in_flight is not None and self._cancels:
             cancel = self.maybe_cancel(now_s)
             if cancel is not None:
                 commands.append(Cancel(cancel))
-        if _COMPUTE in idle and self.computing is None:
+        if _COMPUTE in idle and self.computing is None and (self._computes or self.link_dead):
             block = self.fallback_compute() if self.link_dead else self.next_compute(now_s)
             if block is not None:
                 progress.start_compute(block)
                 self.computing = block
                 commands.append(Compute(block))
-        if _LINK in idle and self.in_flight is None and not self.link_dead:
+        if _LINK in idle and self.in_flight is None and self._fetches and not self.link_dead:
             block = self.next_fetch(now_s)
             if block is not None:
                 progress.start_fetch(block)

@@ -76,6 +76,11 @@ class _Transfer:
     payload_end_s: float = math.inf  # when the last payload byte arrives (installation follows)
     sampled_s: float = math.inf  # end of the last bandwidth sample taken in flight
 
+    def release(self) -> None:
+        """The transfer is over: drop its callback (which refers back to it), so no reference cycle
+        outlives it; garbage collections triggered by such cycles cost more than simulating a transfer."""
+        self.process = self.waiting = self.step = None
+
 
 class SimRun:
     """One simulated request under one policy; `run()` returns its `Result`."""
@@ -152,24 +157,16 @@ class SimRun:
         if not self.compute_busy:
             self._start_query_layer(now)
         for command in policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy]):
-            self._apply(command, now)
-
-    def _apply(self, command: Fetch | Compute | Cancel, now: float) -> None:
-        if isinstance(command, Fetch):
-            if self.transfer is not None:
-                raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
-            self._start_fetch(command.block, now)
-        elif isinstance(command, Compute):
-            if self.compute_busy:
-                raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
-            self.progress.start_compute(command.block)
-            self.compute_busy = True
-            block, start = command.block, now
-            work_s = self.world.costs.compute_s(block)
-            duration = work_s if self.exact_compute else self._compute_duration(work_s)
-            self._after(duration, lambda _ev: self._compute_done(block, start))
-        elif isinstance(command, Cancel):
-            self._cancel_fetch(command.block)
+            if isinstance(command, Fetch):
+                if self.transfer is not None:
+                    raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
+                self._start_fetch(command.block, now)
+            elif isinstance(command, Compute):
+                if self.compute_busy:
+                    raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
+                self._start_compute(command.block, now)
+            elif isinstance(command, Cancel):
+                self._cancel_fetch(command.block)
 
     # ---- link lane ----
 
@@ -183,7 +180,10 @@ class SimRun:
         # no queue: the phases are known now, so the whole transfer is one timeout
         data_start = now + self.first_byte_s  # the clock after a timeout of the round trip
         end = data_start + self._payload(t, data_start)
-        self._wait(t, _delay_to(now, end), lambda _ev: self._transfer_done(t))
+        delay = end - now
+        if now + delay != end:  # rounded: `_delay_to` lands the clock on `end`
+            delay = _delay_to(now, end)
+        self._wait(t, delay, lambda _ev: self._transfer_done(t))
 
     def _cancel_fetch(self, block: CellBlock) -> None:
         t = self.transfer
@@ -224,6 +224,7 @@ class SimRun:
         return self.max_time_s if math.isinf(end) else t.payload_end_s + install - start_s
 
     def _cancel(self, t: _Transfer) -> None:
+        t.release()
         received = self._received(t)
         now = self.env.now
         self.spans.append(Span("link", "cancelled", t.start_s, now, t.block, received))
@@ -233,6 +234,7 @@ class SimRun:
         self._dispatch(TransferCancelled(now, t.block, received), now)
 
     def _transfer_done(self, t: _Transfer) -> None:
+        t.release()
         block, n_bytes, now = t.block, t.bytes, self.env.now
         self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
         self.bytes_streamed += n_bytes
@@ -259,6 +261,13 @@ class SimRun:
 
     # ---- compute lane ----
 
+    def _start_compute(self, block: CellBlock, start: float) -> None:
+        self.progress.start_compute(block)
+        self.compute_busy = True
+        work_s = self.world.costs.compute_s(block)
+        duration = work_s if self.exact_compute else self._compute_duration(work_s)
+        self._after(duration, lambda _ev: self._compute_done(block, start))
+
     def _compute_done(self, block: CellBlock, start: float) -> None:
         now = self.env.now
         self.spans.append(Span("compute", "compute", start, now, block))
@@ -275,7 +284,8 @@ class SimRun:
             self.compute_busy = True
             work_s = self.query_layer_s[layer]
             duration = work_s if self.exact_compute else self._compute_duration(work_s)
-            self._after(duration, lambda _ev: self._query_layer_done(layer, start))
+            ev = Timeout(self.env, duration)  # `_after`, written out
+            ev.callbacks.append(lambda _ev: self._query_layer_done(layer, start))
 
     def _query_layer_done(self, layer: int, start: float) -> None:
         now = self.env.now
