@@ -129,6 +129,40 @@ def run_validation(
     return pairs
 
 
+def lane_ratios(real: Result) -> dict[str, list[float]]:
+    """Measured / predicted seconds of each compute span of a real run, grouped by what else was going on:
+    "compute, link busy" (a transfer overlapped most of it), "compute, link idle", and "query" layers.
+    The predictions are the run's own cost table, so these ratios show which cost the model misses."""
+    costs = CostTable.from_dict(real.extra["context"]["costs"])
+    links = [(s.start_s, s.end_s) for s in real.spans if s.lane == "link"]
+    out: dict[str, list[float]] = {"compute, link busy": [], "compute, link idle": [], "query": []}
+    for s in real.spans:
+        dur = s.end_s - s.start_s
+        if dur <= 0:
+            continue
+        if s.kind == "compute" and s.block is not None:
+            overlap = sum(max(0.0, min(s.end_s, b) - max(s.start_s, a)) for a, b in links) / dur
+            key = "compute, link busy" if overlap > 0.5 else "compute, link idle"
+            out[key].append(dur / costs.compute_s(s.block))
+        elif s.kind == "query" and s.layer >= 0:
+            out["query"].append(dur / float(costs.query_layer_s[s.layer]))
+    return out
+
+
+def lane_summary(pairs: Sequence[Pair]) -> dict[str, dict[str, float]]:
+    """Per group of `lane_ratios` over all runs: spans, median and p10/p90 of measured / predicted."""
+    pooled: dict[str, list[float]] = {}
+    for p in pairs:
+        for key, ratios in lane_ratios(p.real).items():
+            pooled.setdefault(key, []).extend(ratios)
+    summary = {}
+    for key, ratios in pooled.items():
+        if ratios:
+            q = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else [ratios[0]] * 9
+            summary[key] = {"spans": len(ratios), "median": statistics.median(ratios), "p10": q[0], "p90": q[-1]}
+    return summary
+
+
 def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -> dict[str, Any]:
     """validation.csv, validation.json (config, stats), per-run Results, and the figures."""
     from sparkv.analysis.plots import plot_predicted_vs_measured
@@ -145,7 +179,7 @@ def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -
     for i, p in enumerate(pairs):
         p.real.save(runs / f"{i:03d}-real-{p.real.policy}.json")
         p.sim.save(runs / f"{i:03d}-sim-{p.sim.policy}.json")
-    meta = {"kind": "validation", "config": config, "stats": stats,
+    meta = {"kind": "validation", "config": config, "stats": stats, "lanes": lane_summary(pairs),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "python": platform.python_version()}}  # fmt: skip
     (out / "validation.json").write_text(json.dumps(meta, indent=1))

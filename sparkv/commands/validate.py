@@ -58,7 +58,7 @@ def default_traces() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkv.analysis.validate import run_validation, write_validation
+    from sparkv.analysis.validate import lane_summary, run_validation, write_validation
 
     if args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
@@ -80,5 +80,8 @@ def run(args: argparse.Namespace) -> int:
               "repeats": args.repeats}  # fmt: skip
     stats = write_validation(pairs, args.out, config)
     print(format_table([{"group": k, **v} for k, v in stats.items()], STAT_COLUMNS))
+    for key, lane in lane_summary(pairs).items():
+        print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
+              f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip
     print(f"wrote {args.out}/ (validation.csv, validation.json, figures)")
     return 0

@@ -1,0 +1,36 @@
+"""Validation's lane breakdown: measured / predicted span seconds, split by whether the link was busy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sparkv.analysis.validate import Pair, lane_ratios, lane_summary
+from sparkv.core.config import Scenario
+from sparkv.core.result import Span
+from sparkv.policies import make_policy
+from sparkv.sim import build_world, simulate
+
+
+def test_simulated_spans_match_their_own_cost_table() -> None:
+    world = build_world(Scenario(context_tokens=4096, chunk_tokens=512, trace="const:20mbps"))
+    ratios = lane_ratios(simulate(world, make_policy("cake")))
+    assert len(ratios["compute, link busy"]) > 0 and len(ratios["query"]) == world.spec.num_layers
+    for values in ratios.values():
+        assert all(r == pytest.approx(1.0, rel=1e-9) for r in values)
+
+
+def test_slow_compute_under_a_busy_link_shows_in_its_group() -> None:
+    world = build_world(Scenario(context_tokens=4096, chunk_tokens=512, trace="const:20mbps"))
+    result = simulate(world, make_policy("cake"))
+    stretched = [
+        Span(s.lane, s.kind, s.start_s, s.start_s + 1.25 * (s.end_s - s.start_s), s.block, s.bytes, s.layer)
+        if s.kind == "compute" else s
+        for s in result.spans
+    ]
+    slow = dataclasses.replace(result, spans=stretched)
+    summary = lane_summary([Pair("t", slow, result, 0)])
+    assert summary["compute, link busy"]["median"] == pytest.approx(1.25)
+    assert summary["query"]["median"] == pytest.approx(1.0)
+    assert "compute, link idle" not in summary  # cake computes only while it streams
