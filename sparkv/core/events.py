@@ -12,6 +12,10 @@ from typing import Any
 
 from sparkv.core.request import CellBlock
 
+# The events a simulated request sends by the hundred set their fields in one step (as `Span` does): a
+# frozen dataclass's generated __init__ makes one object.__setattr__ call per field.
+_SET = object.__setattr__
+
 
 class Resource(StrEnum):
     """The two lanes a request uses on the device."""
@@ -28,12 +32,15 @@ class RequestStarted:
     t_s: float  # time the request arrived
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TransferDone:
     t_s: float  # time the block was installed in the cache
     block: CellBlock  # cells now present
     bytes: int  # wire bytes received
     duration_s: float  # from the fetch command to installation
+
+    def __init__(self, t_s: float, block: CellBlock, bytes: int, duration_s: float) -> None:
+        _SET(self, "__dict__", {"t_s": t_s, "block": block, "bytes": bytes, "duration_s": duration_s})
 
 
 @dataclass(frozen=True)
@@ -58,18 +65,24 @@ class ComputeDone:
     duration_s: float  # measured compute time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class QueryLayerDone:
     t_s: float
     layer: int  # query prefill has passed this layer
     duration_s: float
 
+    def __init__(self, t_s: float, layer: int, duration_s: float) -> None:
+        _SET(self, "__dict__", {"t_s": t_s, "layer": layer, "duration_s": duration_s})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class BandwidthSample:
     t_s: float  # end of the observation window
     bytes: int  # bytes received in the window
     duration_s: float  # window length
+
+    def __init__(self, t_s: float, bytes: int, duration_s: float) -> None:
+        _SET(self, "__dict__", {"t_s": t_s, "bytes": bytes, "duration_s": duration_s})
 
 
 @dataclass(frozen=True)
