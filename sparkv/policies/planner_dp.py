@@ -39,8 +39,10 @@ def dp_seeds(
     total = sum(max(o[0] for o in opts) for opts in options) or 1.0
     front: list[Point] = [(0.0, 0.0, ())]
     for opts in options:
-        merged = sorted((a + ca, b + lb, (*k, x)) for a, b, k in front for ca, lb, x in opts)
-        front = _thin(merged, total / BUCKETS)
+        # (compute, link, k, x) sorts as (compute, link, (*k, x)) would (every k has the same length), and
+        # only the points kept get their k extended
+        merged = sorted([(a + ca, b + lb, k, x) for a, b, k in front for ca, lb, x in opts])
+        front = [(comp, link, (*k, x)) for comp, link, k, x in _thin(merged, total / BUCKETS)]
     a0 = snap.compute_free_s + (sum(ev.query_s[snap.query_next :]) + ev.first_token_s) * scale
     b0 = snap.link_free_s + (ev.query_s[-1] + ev.first_token_s) * scale
     ranked = sorted(front, key=lambda f: max(a0 + f[0], b0 + f[1]))
@@ -48,19 +50,21 @@ def dp_seeds(
 
 
 Point = tuple[float, float, tuple[int, ...]]  # (compute s, link s, k so far)
+Candidate = tuple[float, float, tuple[int, ...], int]  # a point extended by one more chunk's k: (..., k, x)
 
 
-def _thin(points: list[Point], width: float) -> list[Point]:
+def _thin(points: list[Candidate], width: float) -> list[Candidate]:
     """Pareto points (sorted by compute), at most one per `width` of compute time."""
-    out: list[Point] = []
+    out: list[Candidate] = []
     best_link = float("inf")
-    for comp, link, k in points:
+    for point in points:
+        comp, link = point[0], point[1]
         if link >= best_link:
             continue  # dominated
         best_link = link
         if out and int(out[-1][0] / width) == int(comp / width):
-            out[-1] = (comp, link, k)  # same bucket: the lower link time wins
+            out[-1] = point  # same bucket: the lower link time wins
         else:
-            out.append((comp, link, k))
+            out.append(point)
     return out
 

@@ -113,16 +113,17 @@ class SparKVPolicy(TrackingPolicy):
     def _control(self, now_s: float, idle: frozenset[Resource]) -> None:
         ctl = self._ctl()
         snap = self._snapshot(now_s)
-        current = ctl.predict(self.k, snap)
-        drifted = now_s - self.last_replan_s >= ctl.cfg.tick_s and ctl.drifted(current, now_s)
+        # the current plan's timeline, predicted only when a decision reads it (most calls need none)
+        current = ctl.predict(self.k, snap) if now_s - self.last_replan_s >= ctl.cfg.tick_s else None
+        drifted = current is not None and ctl.drifted(current, now_s)
         if self.dirty or drifted:
             self.last_replan_s = now_s
             plan = ctl.plan(snap, self.k, quick=not self.dirty)
-            if self.dirty or ctl.gains(plan.prediction, current, ctl.cfg.min_gain):
+            if self.dirty or ctl.gains(plan.prediction, _known(current), ctl.cfg.min_gain):
                 self.stats["replans"] += 1
                 self._adopt(list(plan.k), snap, plan.prediction)
             else:
-                ctl.adopt(current)  # keep the plan; measure further drift from here
+                ctl.adopt(_known(current))  # keep the plan; measure further drift from here
             self.dirty = False
         if self.in_flight is not None and not self.cancelling:
             self._weigh_cancel(now_s, snap)
@@ -150,10 +151,14 @@ class SparKVPolicy(TrackingPolicy):
             self.cancelling = True
             self.stats["cancels"] += 1
 
-    def _probe(self, now_s: float, snap: Snapshot, current: Prediction) -> None:
+    def _probe(self, now_s: float, snap: Snapshot, current: Prediction | None) -> None:
         """After an abandoned transfer, no link work planned, much compute left: move one cell to the link."""
         wait = self._ctl().cfg.probe_after_s
-        if not self.abandoned or now_s - self.link_idle_since < wait or current.compute_end_s - now_s < 2 * wait:
+        if not self.abandoned or now_s - self.link_idle_since < wait:
+            return
+        if current is None:  # not predicted yet
+            current = self._ctl().predict(self.k, snap)
+        if current.compute_end_s - now_s < 2 * wait:
             return
         lo, hi = snap.k_bounds()
         for c in range(len(self.k) - 1, -1, -1):
@@ -222,3 +227,10 @@ class SparKVPolicy(TrackingPolicy):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.cfg.to_dict(), "stats": dict(self.stats)}
+
+
+def _known(pred: Prediction | None) -> Prediction:
+    """A prediction `_control` made (it predicts whenever a drift check can pass)."""
+    if pred is None:
+        raise RuntimeError("sparkv policy: no prediction of the current plan")
+    return pred
