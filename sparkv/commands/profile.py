@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--link-rate-mbps", type=float, default=20.0, help="shaped rate for link calibration")
     p.add_argument("--link-rtt-ms", type=float, help="round trip to subtract (default: measured with pings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-contention", action="store_true",
+                   help="with --link: skip measuring how much slower compute runs while cells arrive")
     p.set_defaults(func=run)
 
 
@@ -99,4 +101,17 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
         f"link ({args.link}) at {args.link_rate_mbps:g} Mbit/s: per-transfer {cal.per_transfer_s * 1e3:.2f} ms, "
         f"efficiency {cal.efficiency:.3f}, rtt {cal.rtt_s * 1e3:.2f} ms, fit median error {cal.rel_error['median']:.1%}"
     )
-    return apply_calibration(profile, cal, kind=args.link)
+    profile = apply_calibration(profile, cal, kind=args.link)
+    if args.no_contention:
+        return profile
+    from sparkv.cost_models.contention import apply_slowdown, measure_receive_slowdown
+    from sparkv.executor.models import load_model
+
+    loaded = load_model(str(profile.measurements.get("config", {}).get("model", "smollm2")))
+    slow = measure_receive_slowdown(loaded, args.link, rate_bps)
+    print(
+        f"compute while cells arrive ({args.link}, {slow.received_bps * 8 / 1e6:.1f} Mbit/s received): "
+        f"{slow.receiving_s * 1e3:.2f} ms vs {slow.alone_s * 1e3:.2f} ms alone per {slow.layers}-layer command, "
+        f"x{slow.ratio:.3f}"
+    )
+    return apply_slowdown(profile, slow)

@@ -1,0 +1,170 @@
+"""How much slower compute runs while cells arrive, measured with the executor's own parts.
+
+A real run receives cells on one thread (socket reads, CRC, decode, copy into the cache) while the
+model computes on another. On a small CPU the two share cores, and a compute kernel whose thread team
+loses a core for a moment waits at its next barrier, so compute slows by more than the receive path's
+own CPU time. This module times the same compute commands alone and while the real KV server streams
+cells over a real link (pacing or netns) into the same cache, alternating the two so that drift of the
+machine hits both alike, and reports the ratio of medians. The simulator stretches compute that runs
+while a transfer is in flight by that ratio. Like `profiler`, it drives the executor, so the executor
+imports are inside the functions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparkv.cost_models.profiles import DeviceProfile
+
+KEY = "contention000000"
+
+
+@dataclass(frozen=True)
+class ReceiveSlowdown:
+    """Compute seconds while receiving / alone, and what was measured."""
+
+    ratio: float  # median compute seconds while cells arrive / median alone
+    alone_s: float  # median seconds of one command, nothing arriving
+    receiving_s: float  # median seconds of one command while cells arrive
+    commands: int  # timed commands per mode
+    received_bps: float  # payload bytes/s the receiver took in while compute was timed
+    link: str  # link kind
+    rate_bps: float  # shaped rate, bytes/s
+    codec: str
+    chunk_tokens: int
+    layers: int  # layers per compute command
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Receiver:
+    """A thread fetching one layer's cells after another and installing them, as the driver's link
+    thread does, until stopped."""
+
+    def __init__(self, client: Any, link: Any, prefill: Any, codec: str, chunk_tokens: int, num_layers: int) -> None:
+        self.client, self.link, self.prefill = client, link, prefill
+        self.codec, self.chunk_tokens, self.num_layers = codec, chunk_tokens, num_layers
+        self.stop = threading.Event()
+        self.first = threading.Event()
+        self.bytes = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sparkv-contention-rx", daemon=True)
+        self._ids = iter(range(1, 1 << 30))
+
+    def _run(self) -> None:
+        from sparkv.core.request import CellBlock
+
+        try:
+            layer = 0
+            while not self.stop.is_set():
+                self.link.start_clock()
+                block = CellBlock(0, 1, layer, layer + 1)
+                deadline = time.perf_counter() + 60.0
+                for cell in self.client.fetch(next(self._ids), KEY, self.chunk_tokens, self.codec, block, deadline):
+                    self.prefill.install(cell.chunk, cell.layer, np.asarray(cell.k), np.asarray(cell.v))
+                    self.bytes += cell.wire_bytes
+                    self.first.set()
+                layer = (layer + 1) % self.num_layers
+        except BaseException as exc:  # reported by `__exit__` on the measuring thread
+            self.error = exc
+            self.first.set()
+
+    def __enter__(self) -> _Receiver:
+        self._thread.start()
+        if not self.first.wait(30.0):
+            raise RuntimeError("contention probe: no cell arrived within 30 s (is the KV server alive?)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=60.0)
+        if self.error is not None:
+            raise RuntimeError(f"contention probe: the receiver failed: {self.error}") from self.error
+
+
+def _time_commands(prefill: Any, chunk: int, layers: int, num_layers: int) -> list[float]:
+    """Seconds of each `layers`-layer command of `chunk`, stepping through the model once (from layer 0
+    again: the chunk's progress is reset first, so every sweep does the same work)."""
+    prefill.computed[chunk] = 0
+    prefill.hidden.pop(chunk, None)
+    out = []
+    for lo in range(0, num_layers - layers + 1, layers):
+        t0 = time.perf_counter()
+        prefill.compute(chunk, lo, lo + layers)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure_receive_slowdown(
+    loaded: Any,
+    kind: str = "pacing",
+    rate_bps: float = 2.5e6,
+    codec: str = "fp16",
+    chunk_tokens: int = 512,
+    past_chunks: int = 3,
+    layers: int = 2,
+    rounds: int = 6,
+    tick: Callable[[str], None] = lambda _: None,
+) -> ReceiveSlowdown:
+    """Time `rounds` x (alone, receiving) sweeps of compute commands over chunk `past_chunks`'s layers."""
+    from sparkv.cost_models.profiler import _prefill_with_past
+    from sparkv.executor.client import KVClient
+    from sparkv.executor.link import make_link
+    from sparkv.executor.net_store import make_synthetic_store
+    from sparkv.traces.synthetic import constant
+
+    spec = loaded.spec
+    if not 1 <= layers <= spec.num_layers:
+        raise ValueError(f"layers must be in [1, {spec.num_layers}], got {layers}")
+    prefill = _prefill_with_past(loaded, chunk_tokens, past_chunks + 1, 8, 0)
+    prefill.compute(past_chunks, 0, spec.num_layers)  # warm-up
+    alone: list[float] = []
+    receiving: list[float] = []
+    received_bytes, received_s = 0, 0.0
+    with tempfile.TemporaryDirectory(prefix="sparkv-contention-") as tmp:
+        root = Path(tmp)
+        make_synthetic_store(root, KEY, spec.num_layers, spec.num_kv_heads, chunk_tokens, spec.head_dim)
+        with make_link(kind, constant(rate_bps, 24 * 3600.0), root) as link:
+            client = KVClient(link.server.host, link.server.port)
+            try:
+                for r in range(rounds):
+                    alone += _time_commands(prefill, past_chunks, layers, spec.num_layers)
+                    with _Receiver(client, link, prefill, codec, chunk_tokens, spec.num_layers) as rx:
+                        b0, t0 = rx.bytes, time.perf_counter()
+                        receiving += _time_commands(prefill, past_chunks, layers, spec.num_layers)
+                        received_bytes += rx.bytes - b0
+                        received_s += time.perf_counter() - t0
+                    tick(f"receive contention: round {r + 1} of {rounds}")
+            finally:
+                client.close()
+    a, b = statistics.median(alone), statistics.median(receiving)
+    return ReceiveSlowdown(
+        ratio=b / a,
+        alone_s=a,
+        receiving_s=b,
+        commands=len(alone),
+        received_bps=received_bytes / received_s if received_s > 0 else 0.0,
+        link=kind,
+        rate_bps=rate_bps,
+        codec=codec,
+        chunk_tokens=chunk_tokens,
+        layers=layers,
+    )
+
+
+def apply_slowdown(profile: DeviceProfile, slow: ReceiveSlowdown) -> DeviceProfile:
+    """A copy of `profile` whose `link` dict holds the slowdown (`compute_slowdown`), with its details."""
+    from dataclasses import replace
+
+    link = {**profile.link, "compute_slowdown": slow.ratio}
+    return replace(profile, link=link, measurements={**profile.measurements, "receive_contention": slow.to_dict()})

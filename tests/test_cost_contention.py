@@ -1,0 +1,39 @@
+"""Receive contention: compute timed alone and while the real KV server streams cells into the cache."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from sparkv.cost_models.profiles import load_profile
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("sparkv.executor.link") is None, reason="executor link not built"
+)
+
+
+def test_probe_times_both_modes_over_a_real_pacing_link() -> None:
+    from sparkv.cost_models.contention import apply_slowdown, measure_receive_slowdown
+    from sparkv.executor.models import tiny_model
+
+    loaded = tiny_model(num_layers=4, hidden_size=64)
+    ticks: list[str] = []
+    slow = measure_receive_slowdown(
+        loaded, "pacing", rate_bps=4e6, chunk_tokens=32, past_chunks=2, layers=2, rounds=2, tick=ticks.append
+    )
+    assert slow.commands == 2 * (4 // 2) and len(ticks) == 2
+    assert slow.alone_s > 0 and slow.receiving_s > 0
+    assert slow.ratio == pytest.approx(slow.receiving_s / slow.alone_s)
+    assert 0 < slow.received_bps <= 1.5 * slow.rate_bps  # cells did arrive, no faster than the link lets them
+    profile = apply_slowdown(load_profile("cpu-smollm2"), slow)
+    assert profile.link["compute_slowdown"] == slow.ratio
+    assert profile.measurements["receive_contention"]["link"] == "pacing"
+
+
+def test_bad_layer_count_is_refused() -> None:
+    from sparkv.cost_models.contention import measure_receive_slowdown
+    from sparkv.executor.models import tiny_model
+
+    with pytest.raises(ValueError):
+        measure_receive_slowdown(tiny_model(num_layers=2, hidden_size=32), layers=3)
