@@ -136,3 +136,50 @@ def test_counts_stay_consistent_with_cells(seed: int) -> None:
             assert _counts_from_cells(p) == (p.present_per_layer, p.present_prefix, p.cells_present)
             for layer, shared in enumerate(p.uniform or []):  # a layer said to be uniform is
                 assert shared == -1 or all(row[layer] == shared for row in p.state)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_whole_layer_fast_paths_match_cell_by_cell(seed: int) -> None:
+    """Mostly whole-layer transfers (whose cells are written only when read), some other blocks: the grid
+    and counts match a twin that updates every cell as it goes."""
+    rng = random.Random(seed)
+    for _ in range(30):
+        shape = rng.randint(1, 5), rng.randint(1, 6)
+        p, ref = RequestProgress(*shape), RequestProgress(*shape)
+        ref.uniform = None  # the twin never takes the whole-layer paths
+        in_flight: list[tuple[str, CellBlock]] = []
+        for _ in range(60):
+            roll = rng.random()
+            if in_flight and roll < 0.45:
+                kind, block = in_flight.pop(rng.randrange(len(in_flight)))
+                abort = kind == "fetch" and rng.random() < 0.2
+                for q in (p, ref):
+                    q.abort_fetch(block) if abort else q.finish(block)
+                continue
+            if roll < 0.9:  # a whole layer, as layer-major streaming fetches it
+                layer = rng.randrange(ref.num_layers)
+                block = CellBlock(0, ref.num_chunks, layer, layer + 1)
+            elif roll < 0.95:
+                c0, layer = rng.randrange(ref.num_chunks), rng.randrange(ref.num_layers)
+                block = CellBlock(c0, rng.randint(c0 + 1, ref.num_chunks), layer, layer + 1)
+            else:
+                c = rng.randrange(ref.num_chunks)
+                k = ref.computed_prefix[c]
+                block = CellBlock.one(c, k, rng.randint(k + 1, ref.num_layers)) if k < ref.num_layers else None
+                if block is not None and ref.can_compute(block):
+                    p.start_compute(block)
+                    ref.start_compute(block)
+                    in_flight.append(("compute", block))
+                continue
+            try:
+                ref.check_fetch(block)
+            except ValueError:
+                continue
+            p.start_fetch(block)
+            ref.start_fetch(block)
+            in_flight.append(("fetch", block))
+            if rng.random() < 0.1:  # read now and then, so writes are caught up mid-run too
+                assert p.state == ref.state
+        assert (p.state, p.present_per_layer, p.present_prefix, p.cells_present, p.computed_prefix) == (
+            ref.state, ref.present_per_layer, ref.present_prefix, ref.cells_present, ref.computed_prefix
+        )

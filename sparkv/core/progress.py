@@ -32,24 +32,44 @@ class RequestProgress:
             raise ValueError(f"grid must be non-empty, got {num_chunks} x {num_layers}")
         self.num_chunks = num_chunks
         self.num_layers = num_layers
-        self.state = [[_MISSING] * num_layers for _ in range(num_chunks)]  # [C][L] CellState values
+        self._cells = [[_MISSING] * num_layers for _ in range(num_chunks)]  # [C][L] CellState values (see `state`)
         self.computed_prefix = [0] * num_chunks  # k_c so far: layers [0, k) computed or computing
         self.present_per_layer = [0] * num_layers  # chunks present at each layer
         self.present_prefix = [0] * num_layers  # leading chunks 0..p-1 present at each layer
         self.query_layers_done = 0
         self.cells_present = 0
         # per layer: the state every cell of the layer is in, or _MIXED. Lets a whole-layer transfer (as
-        # layer-major streaming issues) start and finish without checking its cells one by one. Kept only
-        # while every block spans all chunks: None after the first one that does not (rows, part columns).
+        # layer-major streaming issues) start and finish in O(1): no per-cell check, and its cells written
+        # only when someone reads `state` (the layers in `_stale`). Kept only while every block spans all
+        # chunks: None after the first one that does not (rows, part columns).
         self.uniform: list[int] | None = [_MISSING] * num_layers
+        self._stale: set[int] = set()  # layers whose cells in `_cells` lag `uniform`
+
+    @property
+    def state(self) -> list[list[int]]:
+        """[C][L] CellState values; read only (cells change through the methods below)."""
+        if self._stale:
+            self._write_stale()
+        return self._cells
+
+    def _write_stale(self) -> None:
+        uniform = self.uniform
+        assert uniform is not None  # layers go stale only while it is kept
+        for layer in self._stale:
+            shared = uniform[layer]
+            for row in self._cells:
+                row[layer] = shared
+        self._stale.clear()
 
     # ---- checks ----
 
     def _require(self, block: CellBlock, allowed: int, what: str) -> None:
+        if self._stale:
+            self._write_stale()
         if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
             raise ValueError(f"{what} {block} outside grid {self.num_chunks} x {self.num_layers}")
         lo, hi = block.layer_lo, block.layer_hi
-        rows = self.state[block.chunk_lo : block.chunk_hi]
+        rows = self._cells[block.chunk_lo : block.chunk_hi]
         if hi - lo == 1:
             col = [row[lo] for row in rows]
             if col.count(allowed) != len(col):
@@ -72,10 +92,12 @@ class RequestProgress:
 
     def check_compute(self, block: CellBlock) -> None:
         """Cells may be missing, or present (streamed earlier: recomputed to regain hidden states)."""
+        if self._stale:
+            self._write_stale()
         if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
             raise ValueError(f"compute {block} outside grid {self.num_chunks} x {self.num_layers}")
         lo, hi, c_lo, c_hi = block.layer_lo, block.layer_hi, block.chunk_lo, block.chunk_hi
-        for c, full in enumerate(self.state[c_lo:c_hi], c_lo):
+        for c, full in enumerate(self._cells[c_lo:c_hi], c_lo):
             row = full[lo:hi]
             if row.count(_MISSING) == hi - lo:
                 continue  # the common case, in one scan
@@ -98,8 +120,10 @@ class RequestProgress:
     # ---- transitions ----
 
     def _set(self, block: CellBlock, state: int) -> None:
+        if self._stale:
+            self._write_stale()
         lo, hi = block.layer_lo, block.layer_hi
-        rows = self.state[block.chunk_lo : block.chunk_hi]
+        rows = self._cells[block.chunk_lo : block.chunk_hi]
         if hi - lo == 1:
             for row in rows:
                 row[lo] = state
@@ -120,8 +144,15 @@ class RequestProgress:
     def start_fetch(self, block: CellBlock) -> None:
         lo = block.layer_lo
         if block.layer_hi - lo == 1 and block.chunk_hi <= self.num_chunks and lo < self.num_layers:
-            rows = self.state[block.chunk_lo : block.chunk_hi]  # one layer (layer-major streaming): cell by cell
             uniform = self.uniform
+            whole = block.chunk_lo == 0 and block.chunk_hi == self.num_chunks
+            if whole and uniform is not None and uniform[lo] == _MISSING:
+                uniform[lo] = _FETCHING  # a whole layer, all missing: its cells are written when read
+                self._stale.add(lo)
+                return
+            if self._stale:
+                self._write_stale()
+            rows = self._cells[block.chunk_lo : block.chunk_hi]  # one layer (layer-major streaming): cell by cell
             # every cell of the layer known missing, or of the block checked one by one (else check_fetch says which)
             if (uniform is not None and uniform[lo] == _MISSING) or all(row[lo] == _MISSING for row in rows):
                 for row in rows:
@@ -138,7 +169,7 @@ class RequestProgress:
     def start_compute(self, block: CellBlock) -> None:
         self.check_compute(block)
         lo, hi = block.layer_lo, block.layer_hi
-        for row in self.state[block.chunk_lo : block.chunk_hi]:
+        for row in self._cells[block.chunk_lo : block.chunk_hi]:
             if _PRESENT in row[lo:hi]:  # recomputed cells stay present
                 for layer in range(lo, hi):
                     if row[layer] == _MISSING:
@@ -163,9 +194,11 @@ class RequestProgress:
         if hi - lo == 1:
             self._finish_one_layer(block)
             return
+        if self._stale:
+            self._write_stale()
         width = hi - lo
         if block.chunk_hi - block.chunk_lo == 1:  # one chunk's layers (a computed or whole-chunk block)
-            row = self.state[block.chunk_lo]
+            row = self._cells[block.chunk_lo]
             seg = row[lo:hi]
             first = seg[0]
             if first in (_FETCHING, _COMPUTING) and seg.count(first) == width:  # all arrive now: one scan
@@ -176,7 +209,7 @@ class RequestProgress:
                     self._touch(block, _PRESENT)
                 self._advance_prefix(block)
                 return
-        rows = self.state[block.chunk_lo : block.chunk_hi]
+        rows = self._cells[block.chunk_lo : block.chunk_hi]
         fresh = []  # per row: every cell arrives now (all fetching, or all computing)
         for c, row in enumerate(rows, block.chunk_lo):  # check every cell before changing any
             seg = row[lo:hi]
@@ -208,7 +241,7 @@ class RequestProgress:
     def _advance_prefix(self, block: CellBlock) -> None:
         """Move `present_prefix` past `block`, whose cells are all present now, and any present after it."""
         lo, hi, c_lo, c_hi = block.layer_lo, block.layer_hi, block.chunk_lo, block.chunk_hi
-        prefix, state, n = self.present_prefix, self.state, self.num_chunks
+        prefix, state, n = self.present_prefix, self._cells, self.num_chunks
         if hi - lo == 1:
             p = prefix[lo]
             if p >= c_lo:
@@ -235,9 +268,19 @@ class RequestProgress:
     def _finish_one_layer(self, block: CellBlock) -> None:
         """`finish` for a block of one layer (a layer-major transfer): index cells directly."""
         layer, c_lo, c_hi = block.layer_lo, block.chunk_lo, block.chunk_hi
-        rows = self.state[c_lo:c_hi]
-        present = 0
         uniform = self.uniform
+        n = self.num_chunks
+        if uniform is not None and c_lo == 0 and c_hi == n and uniform[layer] in (_FETCHING, _COMPUTING):
+            uniform[layer] = _PRESENT  # a whole layer, all arriving now: its cells are written when read
+            self._stale.add(layer)
+            self.present_per_layer[layer] += n
+            self.cells_present += n
+            self.present_prefix[layer] = n
+            return
+        if self._stale:
+            self._write_stale()
+        rows = self._cells[c_lo:c_hi]
+        present = 0
         shared = _MIXED if uniform is None else uniform[layer]
         if shared != _FETCHING and shared != _COMPUTING:  # else every cell started, none present yet
             for row in rows:  # check every cell before changing any (a loop: cheaper than a column list)
@@ -261,7 +304,7 @@ class RequestProgress:
         p = prefix[layer]
         if p >= c_lo:
             p = max(p, c_hi)
-            state, n = self.state, self.num_chunks
+            state, n = self._cells, self.num_chunks
             while p < n and state[p][layer] == _PRESENT:
                 p += 1
             prefix[layer] = p
@@ -280,10 +323,11 @@ class RequestProgress:
         return self.cells_present == self.num_chunks * self.num_layers
 
     def missing_cells(self) -> list[tuple[int, int]]:
+        state = self.state
         return [
             (c, layer)
             for c in range(self.num_chunks)
             for layer in range(self.num_layers)
-            if self.state[c][layer] == CellState.MISSING
+            if state[c][layer] == CellState.MISSING
         ]
 
