@@ -259,3 +259,21 @@ def test_shared_server_queues_transfers() -> None:
     busy = World(shared, w.request, w.spec, w.trace, w.profile, w.costs, w.radio, None)
     # other clients hold the single slot for the per-transfer service time (2 ms) at 400 transfers/s (80% busy)
     assert simulate(busy, make_policy("stream")).ttft_s > alone
+
+
+def test_compute_slows_while_a_transfer_is_in_flight() -> None:
+    from dataclasses import replace
+
+    from sparkv.analysis.validate import lane_ratios
+
+    base = make_world()
+    slow = replace(base, profile=replace(base.profile, link={"compute_slowdown": 1.2}))
+    local = simulate(slow, make_policy("local"))
+    assert local.ttft_s == pytest.approx(simulate(base, make_policy("local")).ttft_s, rel=1e-12)  # no transfer
+    cake = simulate(slow, make_policy("cake"))
+    ratios = lane_ratios(cake)
+    # c0 starts with the first fetch and c1 while it is still in flight: both 1.2x; nothing else computes
+    assert ratios["compute, link busy"] == pytest.approx([1.2, 1.2])
+    compute = [s for s in cake.spans if s.kind == "compute"]
+    assert [s.end_s for s in compute] == pytest.approx([3 * CELL_S * 1.2, 6 * CELL_S * 1.2])
+    assert cake.ttft_s > simulate(base, make_policy("cake")).ttft_s

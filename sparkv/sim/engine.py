@@ -103,6 +103,10 @@ class SimRun:
         self.first_byte_s = self.server.service_s + link.rtt_s  # fetch to first payload byte, without a queue
         self.availability = world.availability
         self.exact_compute = self.noise <= 0 and self.availability is None  # wall time = work time
+        # compute that starts while a transfer is in flight runs this much slower (the receive path takes
+        # CPU time; measured by `sparkv profile --link`, 1.0 when the profile has no measurement)
+        self.receive_slowdown = float(world.profile.link.get("compute_slowdown", 1.0))
+        self.receiving = False
         # read on every transfer: the trace, link and install constants, as attributes
         self.trace = world.trace
         self.offset_s = link.trace_offset_s
@@ -156,7 +160,11 @@ class SimRun:
         policy.update(event)
         if not self.compute_busy:
             self._start_query_layer(now)
-        for command in policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy]):
+        commands = policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
+        if self.receive_slowdown != 1.0:  # does compute started now share the CPU with a transfer?
+            commands = list(commands)
+            self.receiving = self.transfer is not None or any(isinstance(c, Fetch) for c in commands)
+        for command in commands:
             if isinstance(command, Fetch):
                 if self.transfer is not None:
                     raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
@@ -265,6 +273,8 @@ class SimRun:
         self.progress.start_compute(block)
         self.compute_busy = True
         work_s = self.world.costs.compute_s(block)
+        if self.receiving:
+            work_s *= self.receive_slowdown
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
         self._after(duration, lambda _ev: self._compute_done(block, start))
 
@@ -283,6 +293,8 @@ class SimRun:
         if layer < self.num_layers and progress.present_per_layer[layer] == progress.num_chunks:  # layer ready
             self.compute_busy = True
             work_s = self.query_layer_s[layer]
+            if self.transfer is not None:
+                work_s *= self.receive_slowdown
             duration = work_s if self.exact_compute else self._compute_duration(work_s)
             ev = Timeout(self.env, duration)  # `_after`, written out
             ev.callbacks.append(lambda _ev: self._query_layer_done(layer, start))
