@@ -162,7 +162,6 @@ class SimRun:
             self._start_query_layer(now)
         commands = policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
         if self.receive_slowdown != 1.0:  # does compute started now share the CPU with a transfer?
-            commands = list(commands)
             self.receiving = self.transfer is not None or any(isinstance(c, Fetch) for c in commands)
         for command in commands:
             if isinstance(command, Fetch):
