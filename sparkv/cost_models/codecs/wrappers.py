@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import threading
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ ZSTD_LEVEL = 3
 # SmolLM2-135M-Instruct's KV (float32 model; the first 3,072 tokens of the first document of each of LEval
 # quality, scientific_qa and multidoc_qa; all 30 layers, 512-token cells, K and V; the three documents agree
 # within 0.3 points). Float KV compresses a little (exponent bytes), quantised codes hardly at all. Keys: the
-# inner codec without its group size; "raw" by its dtype. Codecs not listed are taken as incompressible.
+# inner codec without its V group size and sink count (-g<N>, -s<S>), else its base name; "raw" by its dtype.
+# Codecs not listed are taken as incompressible.
 ZSTD_RATIO: dict[str, float] = {
     "raw-float32": 0.86,
     "raw-float16": 0.89,
@@ -36,6 +38,12 @@ ZSTD_RATIO: dict[str, float] = {
     "bf16": 0.74,
     "int8": 0.96,
     "int4": 0.91,  # int4-g32: 0.92
+    # K per 32-token group, with and without rotation (fourth document of quality and multidoc_qa, 3,000
+    # tokens, same cells; -s1 changes the ratio by < 0.002); more fp16 scales, which hardly compress. Other
+    # -t<M> fall back to the base name.
+    "int4-t32": 0.95,
+    "int4-t32-rot": 0.95,
+    "int8-t32-rot": 0.97,
 }
 _local = threading.local()  # zstandard (de)compressor objects are not thread-safe
 
@@ -65,8 +73,9 @@ def unshuffle(payload: bytes, width: int) -> bytes:
     return np.frombuffer(payload, np.uint8).reshape(width, -1).T.tobytes()
 
 
-def _family(name: str) -> str:
-    return name.split("-g")[0]
+def _families(name: str) -> tuple[str, str]:
+    """ZSTD_RATIO keys to try for an inner codec: without its V group size and sink count, then its base name."""
+    return re.sub(r"-[gs]\d+", "", name), name.split("-")[0]
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,9 @@ class ZstdCodec:
 
     def ratio(self, dtype: npt.DTypeLike) -> float:
         """The measured compression ratio `wire_bytes` assumes."""
-        family = _family(self.inner.name)
-        key = f"raw-{np.dtype(dtype).name}" if family == "raw" else family
-        return ZSTD_RATIO.get(key, 1.0)
+        if self.inner.name == "raw":
+            return ZSTD_RATIO.get(f"raw-{np.dtype(dtype).name}", 1.0)
+        return next((ZSTD_RATIO[k] for k in _families(self.inner.name) if k in ZSTD_RATIO), 1.0)
 
     def encode(self, array: np.ndarray, *, kind: str = "k", layer: int = 0) -> bytes:
         inner = self.inner.encode(array, kind=kind, layer=layer)
