@@ -95,6 +95,18 @@ def test_broken_codec_is_measured_as_broken() -> None:
     assert np.mean([a.kl_nats for a in good]) < 0.1 * np.mean([a.kl_nats for a in zero])
 
 
+def test_a_codec_that_decodes_to_the_same_kv_reuses_generations() -> None:
+    queries = [ids(5, s) for s in range(20, 23)]
+    runs: list[int] = []
+    codecs = [get_codec("int8"), get_codec("int8+zstd"), get_codec("int4")]
+    _, per_codec = compare_codecs(model(), ids(90, 9), queries, codecs, chunk_tokens=32, new_tokens=8,
+                                  on_run=lambda: runs.append(1))
+    assert per_codec["int8+zstd"][1] is per_codec["int8"][1]  # same decoded values: not run again
+    assert per_codec["int4"][1] is not per_codec["int8"][1]
+    assert per_codec["int8+zstd"][0].wire_bytes != per_codec["int8"][0].wire_bytes  # its own bytes
+    assert len(runs) == 4 * len(queries)  # progress still counts every (codec, question)
+
+
 def test_codec_kv_counts_every_cell() -> None:
     kv = reference_kv(model(), ids(70, 3))  # 4 layers, chunks of 32, 32, 6 tokens
     lossy, cost = codec_kv(kv, get_codec("int4"), chunk_tokens=32)

@@ -247,15 +247,33 @@ def compare_codecs(
     kv = reference_kv(loaded, context_ids)
     base = [run(kv, q) for q in queries]
     out: dict[str, tuple[CodecCost, list[Generation]]] = {}
+    seen: list[tuple[KV, list[Generation]]] = []  # decoded KVs so far and their generations
     for codec in codecs:
         lossy, cost = codec_kv(kv, codec, chunk_tokens)
-        out[codec.name] = (cost, [run(lossy, q) for q in queries])
+        # a codec that decodes to exactly the same KV as one already run (e.g. "X+zstd" after "X": the
+        # lossless stage changes the bytes, not the values) gets the same generations: the model is
+        # deterministic, so they are reused instead of recomputed
+        same = next((gens for other, gens in seen if same_kv(lossy, other)), None)
+        if same is None:
+            same = [run(lossy, q) for q in queries]
+            seen.append((lossy, same))
+        elif on_run is not None:
+            for _ in queries:
+                on_run()
+        out[codec.name] = (cost, same)
     return base, out
+
+
+def same_kv(a: KV, b: KV) -> bool:
+    """Every layer's K and V equal bit for bit."""
+    if len(a) != len(b):
+        return False
+    return all(torch.equal(ka, kb) and torch.equal(va, vb) for (ka, va), (kb, vb) in zip(a, b, strict=True))
 
 
 # ---- a run over LEval ----
 
-DEFAULT_CODECS = ("fp16", "int8", "int4", "int4-g32", "int8:0-3,int4")
+DEFAULT_CODECS = ("fp16", "int8", "int4-g32", "int4-t32-s1-rot", "int4-t32-s1-rot+zstd")
 
 
 @dataclass(frozen=True)

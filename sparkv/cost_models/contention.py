@@ -113,7 +113,7 @@ def measure_receive_slowdown(
     chunk_tokens: int = 512,
     past_chunks: int = 3,
     layers: int = 2,
-    rounds: int = 6,
+    rounds: int = 12,
     tick: Callable[[str], None] = lambda _: None,
 ) -> ReceiveSlowdown:
     """Time `rounds` x (alone, receiving) sweeps of compute commands over chunk `past_chunks`'s layers."""

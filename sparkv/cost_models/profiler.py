@@ -43,7 +43,7 @@ class ProfileConfig:
     heldout_grid_points: int = 20  # random points at grid sizes, pasts off the grid (configured chunks)
     repeats: int = 8  # timed commands per point and pass (after one warm-up)
     passes: int = 3  # passes over all points, at different times; their times are pooled
-    codecs: tuple[str, ...] = ("fp16", "bf16", "fp32", "int8", "int4", "fp16+zstd", "int8+zstd")
+    codecs: tuple[str, ...] = ("fp16", "bf16", "fp32", "int8", "int4", "int4-t32-s1-rot", "fp16+zstd", "int8+zstd")
     install_tokens: tuple[int, ...] = (128, 512, 2048)  # cell lengths timed for the install cost
     install_repeats: int = 7
     max_other_cpu: float = 0.3  # re-measure a point if other processes used more than this share of a core
