@@ -36,7 +36,7 @@ class ReceiveSlowdown:
     alone_s: float  # median seconds of one command, nothing arriving
     receiving_s: float  # median seconds of one command while cells arrive
     commands: int  # timed commands per mode
-    received_bps: float  # payload bytes/s the receiver took in while compute was timed
+    received_bps: float  # wire bytes/s the receiver took in over its lifetime (it waits for a first cell)
     link: str  # link kind
     rate_bps: float  # shaped rate, bytes/s
     codec: str
@@ -58,6 +58,7 @@ class _Receiver:
         self.first = threading.Event()
         self.bytes = 0
         self.error: BaseException | None = None
+        self.started_s = self.elapsed_s = 0.0  # the receiver's lifetime, for its byte rate
         self._thread = threading.Thread(target=self._run, name="sparkv-contention-rx", daemon=True)
         self._ids = iter(range(1, 1 << 30))
 
@@ -80,6 +81,7 @@ class _Receiver:
             self.first.set()
 
     def __enter__(self) -> _Receiver:
+        self.started_s = time.perf_counter()
         self._thread.start()
         if not self.first.wait(30.0):
             raise RuntimeError("contention probe: no cell arrived within 30 s (is the KV server alive?)")
@@ -88,6 +90,7 @@ class _Receiver:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self._thread.join(timeout=60.0)
+        self.elapsed_s = time.perf_counter() - self.started_s
         if self.error is not None:
             raise RuntimeError(f"contention probe: the receiver failed: {self.error}") from self.error
 
@@ -140,10 +143,9 @@ def measure_receive_slowdown(
                 for r in range(rounds):
                     alone += _time_commands(prefill, past_chunks, layers, spec.num_layers)
                     with _Receiver(client, link, prefill, codec, chunk_tokens, spec.num_layers) as rx:
-                        b0, t0 = rx.bytes, time.perf_counter()
                         receiving += _time_commands(prefill, past_chunks, layers, spec.num_layers)
-                        received_bytes += rx.bytes - b0
-                        received_s += time.perf_counter() - t0
+                    received_bytes += rx.bytes
+                    received_s += rx.elapsed_s
                     tick(f"receive contention: round {r + 1} of {rounds}")
             finally:
                 client.close()
