@@ -170,11 +170,13 @@ def run_profile(
             "heldout_p90": report.heldout_error.get("p90", float("nan")),
             "heldout_max": report.heldout_error.get("max", float("nan")),
             "heldout_n": float(len(held_m)),
+            # every configured held-out set reports its size, 0 when all its points were measured while busy
+            **{f"{key}_n": float(sum(m.point.split == group for m in held_m)) for group, key in HELDOUT_KEYS.items()},
             **{
                 f"{HELDOUT_KEYS[group]}_{stat}": value
                 for group, errs in report.heldout_groups.items()
                 for stat, value in errs.items()
-                if stat in ("median", "p90", "n")
+                if stat in ("median", "p90")
             },
             "train_median": report.train_error["median"],
             "query_layer": query["rel_error"],
@@ -245,7 +247,9 @@ def summary_lines(profile: DeviceProfile) -> list[str]:
         f"(one pass vs all) median {err.get('noise_median', math.nan):.2%}, p90 {err.get('noise_p90', math.nan):.2%}",
     ]
     for key, what in (("heldout_grid", "profiled chunk sizes, unseen pasts"), ("heldout_offgrid", "unprofiled sizes")):
-        if f"{key}_median" in err:
+        if err.get(f"{key}_n") == 0:
+            lines.append(f"  {what}: no undisturbed points (all measured while other processes were busy)")
+        elif f"{key}_median" in err:
             lines.append(
                 f"  {what}: median {err[f'{key}_median']:.2%}, p90 {err[f'{key}_p90']:.2%} (n={int(err[f'{key}_n'])})"
             )
