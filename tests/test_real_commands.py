@@ -3,6 +3,7 @@ a real KV server process, the pacing link, the real driver, the simulator's pred
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def test_validate_pairs_real_and_simulated_runs(model_dir: Path, tmp_path: Path,
     real = json.loads(next((out / "runs").glob("*-real-cake.json")).read_text())
     assert len(real["extra"]["repeat_ttft_s"]) == 2
     assert (out / "ttft_scatter.png").stat().st_size > 0
+    # the device's speed was probed before each run; the prediction at that speed is kept beside the one at
+    # the profile's speed, and local-only (compute alone) scales with it exactly
+    assert real["extra"]["device_speed"]["factor"] > 0 and meta["stats_at_profiled_speed"]["all"]["runs"] == 4
+    sim = json.loads(next((out / "runs").glob("*-sim-cake.json")).read_text())
+    assert sim["config"]["scenario"]["availability"].startswith("const:")
+    table = list(csv.DictReader((out / "validation.csv").open()))
+    for row in (r for r in table if r["policy"] == "local"):
+        probed, at_profile = float(row["sim_ttft_s"]), float(row["sim_profile_ttft_s"])
+        assert probed == pytest.approx(float(row["device_speed"]) * at_profile, rel=1e-5)
+
+
+def test_validate_without_probe_predicts_at_the_profiles_speed(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "val"
+    assert main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps,600s",
+                 "--policy", "local", "--no-probe", "--out", str(out)]) == 0  # fmt: skip
+    meta = json.loads((out / "validation.json").read_text())
+    assert meta["config"]["probe"] is False and meta["stats_at_profiled_speed"] == {}
+    real = json.loads(next((out / "runs").glob("*-real-local.json")).read_text())
+    assert "device_speed" not in real["extra"]
 
 
 def test_validate_rejects_bad_repeats(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

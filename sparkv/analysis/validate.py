@@ -26,10 +26,15 @@ from sparkv.sim import simulate
 
 @dataclass(frozen=True)
 class Pair:
+    """One real run and the simulator's prediction of it. With a speed probe, `sim` is predicted with the
+    device at the speed measured just before the run and `sim_profile` at the profile's own speed."""
+
     trace: str
     real: Result
     sim: Result
     replay_mismatches: int
+    sim_profile: Result | None = None
+    device_speed: float | None = None  # measured / profiled compute seconds before the run (None: no probe)
 
 
 def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
@@ -45,7 +50,7 @@ def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
 def pair_row(pair: Pair) -> dict[str, Any]:
     real, sim = pair.real, pair.sim
     sc = real.config["scenario"]
-    err = (sim.ttft_s - real.ttft_s) / real.ttft_s
+    err = _err(sim, real)
     return {
         "trace": pair.trace,
         "policy": real.policy,
@@ -58,6 +63,9 @@ def pair_row(pair: Pair) -> dict[str, Any]:
         "sim_ttft_s": sim.ttft_s,
         "real_ttft_s": real.ttft_s,
         "ttft_err_pct": 100 * err,
+        "device_speed": pair.device_speed if pair.device_speed is not None else "",
+        "sim_profile_ttft_s": pair.sim_profile.ttft_s if pair.sim_profile is not None else "",
+        "ttft_err_profile_pct": 100 * _err(pair.sim_profile, real) if pair.sim_profile is not None else "",
         "sim_energy_j": sim.energy_total_j,
         "real_energy_j": real.energy_total_j,  # modelled over the measured timeline
         "sim_cells_computed": sim.cells_computed,
@@ -69,18 +77,33 @@ def pair_row(pair: Pair) -> dict[str, Any]:
     }
 
 
-def error_stats(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Median and p90 of |TTFT error| in %, and the bias (mean signed error, %)."""
-    errs = sorted(abs(r["ttft_err_pct"]) for r in rows)
+def _err(sim: Result, real: Result) -> float:
+    return (sim.ttft_s - real.ttft_s) / real.ttft_s
+
+
+def error_stats(rows: Sequence[dict[str, Any]], column: str = "ttft_err_pct") -> dict[str, float]:
+    """Median and p90 of |TTFT error| in % (from `column`), and the bias (mean signed error, %)."""
+    signed = [float(r[column]) for r in rows if r.get(column, "") != ""]
+    errs = sorted(abs(e) for e in signed)
     if not errs:
         return {"runs": 0}
     return {
         "runs": len(errs),
         "median_abs_err_pct": statistics.median(errs),
         "p90_abs_err_pct": errs[min(len(errs) - 1, round(0.9 * (len(errs) - 1)))],
-        "bias_pct": statistics.fmean(r["ttft_err_pct"] for r in rows),
+        "bias_pct": statistics.fmean(signed),
         "replay_mismatches": sum(r["replay_mismatches"] for r in rows),
     }
+
+
+def grouped_stats(rows: Sequence[dict[str, Any]], column: str = "ttft_err_pct") -> dict[str, dict[str, float]]:
+    """`error_stats` over all rows and per policy; {} when no row has `column`."""
+    if not any(r.get(column, "") != "" for r in rows):
+        return {}
+    stats = {"all": error_stats(rows, column)}
+    for policy in sorted({r["policy"] for r in rows}):
+        stats[policy] = error_stats([r for r in rows if r["policy"] == policy], column)
+    return stats
 
 
 def run_validation(
@@ -93,14 +116,18 @@ def run_validation(
     progress: Callable[[str], None] = print,
     make: Callable[[str], Policy] = make_policy,
     repeats: int = 1,
+    probe: bool = True,
 ) -> list[Pair]:
     """Run every (trace, policy) for real, predict each in the simulator, and check replay.
 
     With `repeats` > 1 each real run is repeated and the one with the median TTFT is kept (its
     `extra["repeat_ttft_s"]` lists them all): the machine's speed drifts, and one slow moment should not
-    stand for the executor. Every repeat's decisions are replay-checked.
+    stand for the executor. Every repeat's decisions are replay-checked. With `probe`, the device's
+    compute speed is measured just before each real run (`RealSession.probe_speed`, kept in
+    `extra["device_speed"]`) and the run is predicted both at that speed and at the profile's.
     """
     from sparkv.executor.session import RealSession
+    from sparkv.executor.speed import DeviceSpeed
 
     pairs: list[Pair] = []
     loaded = None
@@ -114,19 +141,38 @@ def run_validation(
         with session:
             for name in policies:
                 template = RequestContext(session.world.request, session.world.spec, session.world.costs)
-                runs = [session.run(make(name), max_new_tokens=1) for _ in range(repeats)]
+                runs = []
+                for _ in range(repeats):
+                    speed = session.probe_speed() if probe else None
+                    run = session.run(make(name), max_new_tokens=1)
+                    if speed is not None:
+                        run.extra["device_speed"] = speed.to_dict()
+                    runs.append(run)
                 mismatches = sum(replay_check(r, make(name), template) for r in runs)
                 runs.sort(key=lambda r: r.ttft_s)
                 real = runs[(len(runs) - 1) // 2]
                 if repeats > 1:
                     real.extra["repeat_ttft_s"] = [r.ttft_s for r in runs]
-                sim = simulate(session.world, make(name))
-                pairs.append(Pair(session.world.trace.name, real, sim, mismatches))
-                progress(
-                    f"  {session.world.trace.name:32s} {name:7s} real {real.ttft_s:7.3f} s  sim {sim.ttft_s:7.3f} s  "
-                    f"({100 * (sim.ttft_s - real.ttft_s) / real.ttft_s:+.1f}%)"
-                )
+                at_profile = simulate(session.world, make(name))
+                probed = real.extra.get("device_speed")
+                if probed is None:
+                    pair = Pair(session.world.trace.name, real, at_profile, mismatches)
+                else:
+                    sim = simulate(session.world_at(DeviceSpeed(**probed)), make(name))
+                    pair = Pair(session.world.trace.name, real, sim, mismatches, at_profile, probed["factor"])
+                pairs.append(pair)
+                progress(_progress_line(pair, name))
     return pairs
+
+
+def _progress_line(pair: Pair, name: str) -> str:
+    real, sim = pair.real, pair.sim
+    line = (f"  {pair.trace:32s} {name:7s} real {real.ttft_s:7.3f} s  sim {sim.ttft_s:7.3f} s  "
+            f"({100 * _err(sim, real):+.1f}%)")  # fmt: skip
+    if pair.sim_profile is not None and pair.device_speed is not None:
+        line += (f"  probe: compute x{pair.device_speed:.3f} of profiled time; at profiled speed sim "
+                 f"{pair.sim_profile.ttft_s:7.3f} s ({100 * _err(pair.sim_profile, real):+.1f}%)")  # fmt: skip
+    return line
 
 
 def lane_ratios(real: Result) -> dict[str, list[float]]:
@@ -172,14 +218,13 @@ def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -
     out.mkdir(parents=True, exist_ok=True)
     rows = [pair_row(p) for p in pairs]
     write_csv(rows, out / "validation.csv")
-    stats = {"all": error_stats(rows)}
-    for policy in sorted({r["policy"] for r in rows}):
-        stats[policy] = error_stats([r for r in rows if r["policy"] == policy])
+    stats = grouped_stats(rows)
     runs = out / "runs"
     for i, p in enumerate(pairs):
         p.real.save(runs / f"{i:03d}-real-{p.real.policy}.json")
         p.sim.save(runs / f"{i:03d}-sim-{p.sim.policy}.json")
-    meta = {"kind": "validation", "config": config, "stats": stats, "lanes": lane_summary(pairs),
+    meta = {"kind": "validation", "config": config, "stats": stats,
+            "stats_at_profiled_speed": grouped_stats(rows, "ttft_err_profile_pct"), "lanes": lane_summary(pairs),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "python": platform.python_version()}}  # fmt: skip
     (out / "validation.json").write_text(json.dumps(meta, indent=1))

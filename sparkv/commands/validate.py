@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from sparkv.commands.common import (
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--document", default="builtin", help="'builtin' or FILE.jsonl[:INDEX] (LEval format)")
     p.add_argument("--repeats", type=int, default=1,
                    help="real runs per (trace, policy); the one with the median TTFT is compared (default 1)")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="predict at the profile's compute speed only (default: also probe the device's speed "
+                        "just before each real run and predict at that speed)")
     p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
     p.set_defaults(func=run)
 
@@ -58,7 +62,7 @@ def default_traces() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkv.analysis.validate import lane_summary, run_validation, write_validation
+    from sparkv.analysis.validate import grouped_stats, lane_summary, pair_row, run_validation, write_validation
 
     if args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
@@ -74,12 +78,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"validate: {len(traces)} traces x {len(policies)} policies, link {args.link}, device {scenario.device}, "
           f"{scenario.context_tokens} context tokens, chunks of {scenario.chunk_tokens}")  # fmt: skip
     scale = None if args.bandwidth_scale is not None else auto_scale
-    pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make, repeats=args.repeats)
+    pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make, repeats=args.repeats,
+                           probe=args.probe)
     config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
               "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale,
-              "repeats": args.repeats}  # fmt: skip
+              "repeats": args.repeats, "probe": args.probe}  # fmt: skip
     stats = write_validation(pairs, args.out, config)
+    if args.probe:
+        print("TTFT error, predicted with the device at the compute speed probed before each run:")
     print(format_table([{"group": k, **v} for k, v in stats.items()], STAT_COLUMNS))
+    at_profile = grouped_stats([pair_row(p) for p in pairs], "ttft_err_profile_pct")
+    if at_profile:
+        print("TTFT error, predicted at the profile's compute speed:")
+        print(format_table([{"group": k, **v} for k, v in at_profile.items()], STAT_COLUMNS))
+        speeds = sorted(p.device_speed for p in pairs if p.device_speed is not None)
+        print(f"probed compute time / profiled: median x{statistics.median(speeds):.3f}, "
+              f"range x{speeds[0]:.3f} to x{speeds[-1]:.3f}")  # fmt: skip
     for key, lane in lane_summary(pairs).items():
         print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
               f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip
