@@ -64,7 +64,10 @@ def test_validate_pairs_real_and_simulated_runs(model_dir: Path, tmp_path: Path,
     assert (out / "ttft_scatter.png").stat().st_size > 0
     # the device's speed was probed before each run; the prediction at that speed is kept beside the one at
     # the profile's speed, and local-only (compute alone) scales with it exactly
-    assert real["extra"]["device_speed"]["factor"] > 0 and meta["stats_at_profiled_speed"]["all"]["runs"] == 4
+    speed = real["extra"]["device_speed"]
+    assert speed["factor"] > 0 and meta["stats_at_profiled_speed"]["all"]["runs"] == 4
+    assert speed["factor"] == pytest.approx((speed["before"]["factor"] * speed["after"]["factor"]) ** 0.5)
+    assert 1 <= speed["attempts"] <= 3 and (speed["steady"] or speed["attempts"] == 3)
     sim = json.loads(next((out / "runs").glob("*-sim-cake.json")).read_text())
     assert sim["config"]["scenario"]["availability"].startswith("const:")
     table = list(csv.DictReader((out / "validation.csv").open()))
@@ -83,6 +86,7 @@ def test_validate_without_probe_predicts_at_the_profiles_speed(model_dir: Path, 
     assert "device_speed" not in real["extra"]
 
 
-def test_validate_rejects_bad_repeats(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps", "--repeats", "0"]) == 2
-    assert "--repeats" in capsys.readouterr().err
+@pytest.mark.parametrize("flag", [["--repeats", "0"], ["--attempts", "0"], ["--speed-tolerance", "0"]])
+def test_validate_rejects_bad_counts(model_dir: Path, capsys: pytest.CaptureFixture[str], flag: list[str]) -> None:
+    assert main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps", *flag]) == 2
+    assert flag[0] in capsys.readouterr().err

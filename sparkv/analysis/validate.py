@@ -66,6 +66,8 @@ def pair_row(pair: Pair) -> dict[str, Any]:
         "device_speed": pair.device_speed if pair.device_speed is not None else "",
         "sim_profile_ttft_s": pair.sim_profile.ttft_s if pair.sim_profile is not None else "",
         "ttft_err_profile_pct": 100 * _err(pair.sim_profile, real) if pair.sim_profile is not None else "",
+        "probe_attempts": real.extra.get("device_speed", {}).get("attempts", ""),
+        "speed_steady": real.extra.get("device_speed", {}).get("steady", ""),
         "sim_energy_j": sim.energy_total_j,
         "real_energy_j": real.energy_total_j,  # modelled over the measured timeline
         "sim_cells_computed": sim.cells_computed,
@@ -117,17 +119,21 @@ def run_validation(
     make: Callable[[str], Policy] = make_policy,
     repeats: int = 1,
     probe: bool = True,
+    speed_tolerance: float = 0.08,
+    attempts: int = 3,
 ) -> list[Pair]:
     """Run every (trace, policy) for real, predict each in the simulator, and check replay.
 
     With `repeats` > 1 each real run is repeated and the one with the median TTFT is kept (its
     `extra["repeat_ttft_s"]` lists them all): the machine's speed drifts, and one slow moment should not
     stand for the executor. Every repeat's decisions are replay-checked. With `probe`, the device's
-    compute speed is measured just before each real run (`RealSession.probe_speed`, kept in
-    `extra["device_speed"]`) and the run is predicted both at that speed and at the profile's.
+    compute speed is measured just before and just after each real run (`RealSession.probe_speed`, kept
+    in `extra["device_speed"]`) and the run is predicted both at that speed and at the profile's. A run
+    whose two probes differ by more than `speed_tolerance` saw the machine change speed; it is measured
+    again, up to `attempts` times in all, and the last attempt is kept either way (its
+    `extra["device_speed"]` records the attempts and whether the speed held).
     """
     from sparkv.executor.session import RealSession
-    from sparkv.executor.speed import DeviceSpeed
 
     pairs: list[Pair] = []
     loaded = None
@@ -141,13 +147,11 @@ def run_validation(
         with session:
             for name in policies:
                 template = RequestContext(session.world.request, session.world.spec, session.world.costs)
-                runs = []
-                for _ in range(repeats):
-                    speed = session.probe_speed() if probe else None
-                    run = session.run(make(name), max_new_tokens=1)
-                    if speed is not None:
-                        run.extra["device_speed"] = speed.to_dict()
-                    runs.append(run)
+                runs = [
+                    _probed_run(session, make, name, speed_tolerance, attempts) if probe
+                    else session.run(make(name), max_new_tokens=1)
+                    for _ in range(repeats)
+                ]
                 mismatches = sum(replay_check(r, make(name), template) for r in runs)
                 runs.sort(key=lambda r: r.ttft_s)
                 real = runs[(len(runs) - 1) // 2]
@@ -158,11 +162,27 @@ def run_validation(
                 if probed is None:
                     pair = Pair(session.world.trace.name, real, at_profile, mismatches)
                 else:
-                    sim = simulate(session.world_at(DeviceSpeed(**probed)), make(name))
+                    sim = simulate(session.world_at(probed["factor"]), make(name))
                     pair = Pair(session.world.trace.name, real, sim, mismatches, at_profile, probed["factor"])
                 pairs.append(pair)
                 progress(_progress_line(pair, name))
     return pairs
+
+
+def _probed_run(session: Any, make: Callable[[str], Policy], name: str, tolerance: float, attempts: int) -> Result:
+    """One real run between two speed probes, measured again while the probes disagree."""
+    from sparkv.executor.speed import RunSpeed
+
+    for attempt in range(1, attempts + 1):
+        before = session.probe_speed()
+        run: Result = session.run(make(name), max_new_tokens=1)
+        speed = RunSpeed(before, session.probe_speed())
+        steady = speed.steady(tolerance)
+        if steady or attempt == attempts:
+            run.extra["device_speed"] = {**speed.to_dict(), "attempts": attempt, "steady": steady,
+                                         "tolerance": tolerance}  # fmt: skip
+            return run
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 def _progress_line(pair: Pair, name: str) -> str:
@@ -170,8 +190,12 @@ def _progress_line(pair: Pair, name: str) -> str:
     line = (f"  {pair.trace:32s} {name:7s} real {real.ttft_s:7.3f} s  sim {sim.ttft_s:7.3f} s  "
             f"({100 * _err(sim, real):+.1f}%)")  # fmt: skip
     if pair.sim_profile is not None and pair.device_speed is not None:
-        line += (f"  probe: compute x{pair.device_speed:.3f} of profiled time; at profiled speed sim "
-                 f"{pair.sim_profile.ttft_s:7.3f} s ({100 * _err(pair.sim_profile, real):+.1f}%)")  # fmt: skip
+        ds = real.extra["device_speed"]
+        note = "" if ds["attempts"] == 1 else f", attempt {ds['attempts']}"
+        note += "" if ds["steady"] else ", speed changed during the run"
+        line += (f"  probes: compute x{ds['before']['factor']:.3f} / x{ds['after']['factor']:.3f} of profiled "
+                 f"time{note}; at profiled speed sim {pair.sim_profile.ttft_s:7.3f} s "
+                 f"({100 * _err(pair.sim_profile, real):+.1f}%)")  # fmt: skip
     return line
 
 

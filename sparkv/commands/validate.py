@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="predict at the profile's compute speed only (default: also probe the device's speed "
                         "just before each real run and predict at that speed)")
+    p.add_argument("--speed-tolerance", type=float, default=0.08,
+                   help="probes before and after a run further apart than this (relative) mean the machine "
+                        "changed speed during it: the run is measured again (default 0.08)")
+    p.add_argument("--attempts", type=int, default=3,
+                   help="real runs at most per (trace, policy, repeat) while the speed keeps changing (default 3)")
     p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
     p.set_defaults(func=run)
 
@@ -66,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.attempts < 1:
+        raise UserError(f"--attempts must be >= 1, got {args.attempts}")
+    if not args.speed_tolerance > 0:
+        raise UserError(f"--speed-tolerance must be > 0, got {args.speed_tolerance}")
     scenario = scenario_from_args(args, RUN_DEFAULTS)
     traces = args.traces or default_traces()
     policies = args.policy or [p for p in ("local", "stream", "cake", "sparkv") if p in POLICIES]
@@ -79,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
           f"{scenario.context_tokens} context tokens, chunks of {scenario.chunk_tokens}")  # fmt: skip
     scale = None if args.bandwidth_scale is not None else auto_scale
     pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make, repeats=args.repeats,
-                           probe=args.probe)
+                           probe=args.probe, speed_tolerance=args.speed_tolerance, attempts=args.attempts)
     config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
               "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale,
-              "repeats": args.repeats, "probe": args.probe}  # fmt: skip
+              "repeats": args.repeats, "probe": args.probe, "speed_tolerance": args.speed_tolerance,
+              "attempts": args.attempts}  # fmt: skip
     stats = write_validation(pairs, args.out, config)
     if args.probe:
         print("TTFT error, predicted with the device at the compute speed probed before each run:")
@@ -92,8 +102,13 @@ def run(args: argparse.Namespace) -> int:
         print("TTFT error, predicted at the profile's compute speed:")
         print(format_table([{"group": k, **v} for k, v in at_profile.items()], STAT_COLUMNS))
         speeds = sorted(p.device_speed for p in pairs if p.device_speed is not None)
+        probed = [p.real.extra["device_speed"] for p in pairs if "device_speed" in p.real.extra]
+        again = sum(d["attempts"] > 1 for d in probed)
+        changed = sum(not d["steady"] for d in probed)
         print(f"probed compute time / profiled: median x{statistics.median(speeds):.3f}, "
-              f"range x{speeds[0]:.3f} to x{speeds[-1]:.3f}")  # fmt: skip
+              f"range x{speeds[0]:.3f} to x{speeds[-1]:.3f}; {again} runs measured again because the speed "
+              f"changed during them (probes > {100 * args.speed_tolerance:.0f}% apart), {changed} kept "
+              f"although it still changed")  # fmt: skip
     for key, lane in lane_summary(pairs).items():
         print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
               f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip

@@ -25,7 +25,7 @@ from sparkv.executor.kvstore import KVStoreInfo, build_kv_store
 from sparkv.executor.model_smollm2 import SMOLLM2_NAMES, cache_root
 from sparkv.executor.models import LoadedModel, load_model
 from sparkv.executor.prefill import LayerwisePrefill
-from sparkv.executor.speed import DeviceSpeed, probe_speed
+from sparkv.executor.speed import DeviceSpeed, availability_spec, probe_speed
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.sim.world import World, build_world
 from sparkv.traces import Trace, get_trace
@@ -150,14 +150,15 @@ class RealSession:
 
     # ---- device speed ----
 
-    def probe_speed(self, sweeps: int = 3) -> DeviceSpeed:
+    def probe_speed(self, sweeps: int = 2) -> DeviceSpeed:
         """The device's compute speed now relative to the profile (see `sparkv.executor.speed`)."""
         return probe_speed(self.loaded, self.prompt.context_ids, self.prompt.query_ids, self.world.costs,
                            self.scenario.chunk_tokens, sweeps)  # fmt: skip
 
-    def world_at(self, speed: DeviceSpeed) -> World:
-        """This session's world with the device running at `speed` (for the simulator's prediction)."""
-        scenario = self.scenario.with_(availability=speed.availability_spec())
+    def world_at(self, factor: float) -> World:
+        """This session's world with compute taking `factor` x the profiled time (the simulator's
+        prediction of a run at a probed speed)."""
+        scenario = self.scenario.with_(availability=availability_spec(factor))
         return build_world(scenario, trace=self.trace, spec=self.loaded.spec)
 
     # ---- one request ----

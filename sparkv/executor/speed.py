@@ -5,11 +5,14 @@ was then (other processes, a shared host, thermal state). Before a real run, `pr
 fixed piece of the run's own work (the first chunk's layers, computed from scratch with the executor's
 prefill) and divides by what the profile predicts for it. The simulator can then predict that run with
 the device at the measured speed (an availability trace of 1 / factor), which separates the model's
-error from the machine's drift. The probe is a measurement taken before the run, never from the run.
+error from the machine's drift. Probes are taken before and after a run, never from the run itself; on
+a machine whose speed jumps within seconds (a shared VM), the two disagree when a jump fell inside the
+run, and such a run can be measured again.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -37,14 +40,39 @@ class DeviceSpeed:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def availability_spec(self, duration_s: float = 3600.0) -> str:
-        """A scenario availability trace for the simulator: the device's share of its profiled speed."""
-        return f"const:{1.0 / self.factor:.6g}B/s,{duration_s:g}s"
+
+
+def availability_spec(factor: float, duration_s: float = 3600.0) -> str:
+    """A scenario availability trace for the simulator: a device whose compute takes `factor` times the
+    profiled seconds has 1 / factor of the profiled speed."""
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"speed factor must be finite and > 0, got {factor!r}")
+    return f"const:{1.0 / factor:.6g}B/s,{duration_s:g}s"
+
+
+@dataclass(frozen=True)
+class RunSpeed:
+    """The device's speed around one real run: probed before and after it. A run during which the speed
+    changed (the two probes disagree by more than a tolerance) is not `steady`."""
+
+    before: DeviceSpeed
+    after: DeviceSpeed
+
+    @property
+    def factor(self) -> float:
+        """The geometric mean of the two probes' factors: the speed the run most likely saw."""
+        return math.sqrt(self.before.factor * self.after.factor)
+
+    def steady(self, tolerance: float) -> bool:
+        return abs(self.after.factor / self.before.factor - 1.0) <= tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factor": self.factor, "before": self.before.to_dict(), "after": self.after.to_dict()}
 
 
 def probe_speed(
     loaded: LoadedModel, context_ids: torch.Tensor, query_ids: torch.Tensor, costs: CostTable, chunk_tokens: int,
-    sweeps: int = 3,
+    sweeps: int = 2,
 ) -> DeviceSpeed:
     """Compute chunk 0 through every layer `sweeps` times (one command per sweep, as a whole-chunk
     compute runs) and compare the median sweep with `costs`' prediction for that block."""

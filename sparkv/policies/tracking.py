@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from sparkv.core.events import (
+    BandwidthSample,
     Cancel,
     Command,
     Compute,
     ComputeDone,
     Event,
     Fetch,
+    QueryLayerDone,
+    RequestStarted,
     Resource,
+    Tick,
     TransferCancelled,
     TransferDone,
     TransferFailed,
@@ -21,6 +25,8 @@ from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
 
 _LINK, _COMPUTE = Resource.LINK, Resource.COMPUTE  # module constants: an enum member look-up is slow
+# event types that change no cell state (exact types: a subclass takes the general path)
+_NO_BOOKKEEPING = frozenset({BandwidthSample, QueryLayerDone, RequestStarted, Tick})
 
 
 class TrackingPolicy:
@@ -62,6 +68,21 @@ class TrackingPolicy:
         progress = self.progress
         if progress is None:
             raise self._not_begun()
+        kind = type(event)  # the exact types a driver sends by the hundred first; anything else below
+        if kind is TransferDone:
+            progress.finish(event.block)  # type: ignore[union-attr]
+            self.in_flight = None
+            self.failed_fetches = 0
+        elif kind is ComputeDone:
+            progress.finish(event.block)  # type: ignore[union-attr]
+            self.computing = None
+        elif kind not in _NO_BOOKKEEPING:
+            self._track(event, progress)
+        if self._reacts:
+            self.on_event(event)
+
+    def _track(self, event: Event, progress: RequestProgress) -> None:
+        """`update`'s bookkeeping for any event (subclasses of the event types included)."""
         if isinstance(event, TransferDone):
             progress.finish(event.block)
             self.in_flight = None
@@ -75,13 +96,13 @@ class TrackingPolicy:
         elif isinstance(event, ComputeDone):
             progress.finish(event.block)
             self.computing = None
-        if self._reacts:
-            self.on_event(event)
 
     def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Command, ...]:
         progress = self.progress
         if progress is None:
             raise self._not_begun()
+        if not idle and (self.in_flight is None or not self._cancels):
+            return ()  # both lanes busy and nothing to cancel
         commands: list[Command] = []
         if self.in_flight is not None and self._cancels:
             cancel = self.maybe_cancel(now_s)

@@ -70,16 +70,10 @@ class _Transfer:
     start_s: float
     process: simpy.Process | None = None  # the queueing phase at a shared server, while it runs
     waiting: simpy.Event | None = None  # the timeout the transfer waits on outside that phase
-    step: Callable[[simpy.Event], None] | None = None  # that timeout's callback
     cancelled: bool = False  # a cancel is on its way
     data_start_s: float = math.inf  # when payload bytes began to flow
     payload_end_s: float = math.inf  # when the last payload byte arrives (installation follows)
     sampled_s: float = math.inf  # end of the last bandwidth sample taken in flight
-
-    def release(self) -> None:
-        """The transfer is over: drop its callback (which refers back to it), so no reference cycle
-        outlives it; garbage collections triggered by such cycles cost more than simulating a transfer."""
-        self.process = self.waiting = self.step = None
 
 
 class SimRun:
@@ -118,6 +112,13 @@ class SimRun:
         self.max_time_s = max_time_s
         self.transfer: _Transfer | None = None
         self.compute_busy = False
+        # the compute lane's current work, read by its bound callbacks (one piece at a time, so no closure)
+        self.computing: CellBlock | None = None
+        self.compute_start_s = 0.0
+        self.query_layer = 0
+        self.slowed = self.receive_slowdown != 1.0
+        self.block_bytes = world.costs.block_bytes
+        self.compute_s = world.costs.compute_s
         self.spans: list[Span] = []
         self.finished = self.env.event()
         self.ttft_s = math.nan
@@ -161,8 +162,14 @@ class SimRun:
         if not self.compute_busy:
             self._start_query_layer(now)
         commands = policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
-        if self.receive_slowdown != 1.0:  # does compute started now share the CPU with a transfer?
-            self.receiving = self.transfer is not None or any(isinstance(c, Fetch) for c in commands)
+        if self.slowed:  # does compute started now share the CPU with a transfer?
+            receiving = self.transfer is not None
+            if not receiving:
+                for command in commands:
+                    if isinstance(command, Fetch):
+                        receiving = True
+                        break
+            self.receiving = receiving
         for command in commands:
             if isinstance(command, Fetch):
                 if self.transfer is not None:
@@ -179,7 +186,7 @@ class SimRun:
 
     def _start_fetch(self, block: CellBlock, now: float) -> None:
         self.progress.start_fetch(block)
-        t = _Transfer(block, self.world.costs.block_bytes(block), now)
+        t = _Transfer(block, self.block_bytes(block), now)
         self.transfer = t
         if self.server.contended:
             t.process = self.env.process(self._queue(t))
@@ -190,7 +197,8 @@ class SimRun:
         delay = end - now
         if now + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now, end)
-        self._wait(t, delay, lambda _ev: self._transfer_done(t))
+        ev = t.waiting = Timeout(self.env, delay)  # `_wait`, written out
+        ev.callbacks.append(self._transfer_end)
 
     def _cancel_fetch(self, block: CellBlock) -> None:
         t = self.transfer
@@ -201,14 +209,20 @@ class SimRun:
             if t.process is not None:
                 t.process.interrupt("cancel")
             else:
-                assert t.waiting is not None and t.step is not None
-                t.waiting.callbacks.remove(t.step)
+                assert t.waiting is not None
+                t.waiting.callbacks.remove(self._transfer_end)
                 self._soon(lambda: self._cancel(t))
 
-    def _wait(self, t: _Transfer, delay_s: float, step: Callable[[simpy.Event], None]) -> None:
+    def _wait(self, t: _Transfer, delay_s: float) -> None:
+        """The transfer's last phase: a timeout whose callback ends it (the link runs one transfer at a
+        time, so the callback finds it in `self.transfer`)."""
         ev = t.waiting = Timeout(self.env, delay_s)
-        ev.callbacks.append(step)
-        t.step = step
+        ev.callbacks.append(self._transfer_end)
+
+    def _transfer_end(self, _ev: simpy.Event) -> None:
+        t = self.transfer
+        assert t is not None
+        self._transfer_done(t)
 
     def _queue(self, t: _Transfer) -> Any:
         """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
@@ -219,7 +233,7 @@ class SimRun:
             self._cancel(t)
             return
         t.process = None
-        self._wait(t, self._payload(t, self.env.now), lambda _ev: self._transfer_done(t))
+        self._wait(t, self._payload(t, self.env.now))
 
     def _payload(self, t: _Transfer, start_s: float) -> float:
         """Payload bytes flow from `start_s`, then installation: seconds from `start_s` to the end of both."""
@@ -231,7 +245,7 @@ class SimRun:
         return self.max_time_s if math.isinf(end) else t.payload_end_s + install - start_s
 
     def _cancel(self, t: _Transfer) -> None:
-        t.release()
+        t.process = t.waiting = None
         received = self._received(t)
         now = self.env.now
         self.spans.append(Span("link", "cancelled", t.start_s, now, t.block, received))
@@ -241,7 +255,7 @@ class SimRun:
         self._dispatch(TransferCancelled(now, t.block, received), now)
 
     def _transfer_done(self, t: _Transfer) -> None:
-        t.release()
+        t.waiting = None
         block, n_bytes, now = t.block, t.bytes, self.env.now
         self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
         self.bytes_streamed += n_bytes
@@ -271,14 +285,18 @@ class SimRun:
     def _start_compute(self, block: CellBlock, start: float) -> None:
         self.progress.start_compute(block)
         self.compute_busy = True
-        work_s = self.world.costs.compute_s(block)
+        self.computing, self.compute_start_s = block, start
+        work_s = self.compute_s(block)
         if self.receiving:
             work_s *= self.receive_slowdown
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
-        self._after(duration, lambda _ev: self._compute_done(block, start))
+        ev = Timeout(self.env, duration)  # `_after`, written out
+        ev.callbacks.append(self._compute_end)
 
-    def _compute_done(self, block: CellBlock, start: float) -> None:
-        now = self.env.now
+    def _compute_end(self, _ev: simpy.Event) -> None:
+        block, start, now = self.computing, self.compute_start_s, self.env.now
+        assert block is not None
+        self.computing = None
         self.spans.append(Span("compute", "compute", start, now, block))
         self.cells_computed += block.num_cells
         self.progress.finish(block)
@@ -291,15 +309,16 @@ class SimRun:
         layer = progress.query_layers_done
         if layer < self.num_layers and progress.present_per_layer[layer] == progress.num_chunks:  # layer ready
             self.compute_busy = True
+            self.query_layer, self.compute_start_s = layer, start
             work_s = self.query_layer_s[layer]
             if self.transfer is not None:
                 work_s *= self.receive_slowdown
             duration = work_s if self.exact_compute else self._compute_duration(work_s)
             ev = Timeout(self.env, duration)  # `_after`, written out
-            ev.callbacks.append(lambda _ev: self._query_layer_done(layer, start))
+            ev.callbacks.append(self._query_layer_end)
 
-    def _query_layer_done(self, layer: int, start: float) -> None:
-        now = self.env.now
+    def _query_layer_end(self, _ev: simpy.Event) -> None:
+        layer, start, now = self.query_layer, self.compute_start_s, self.env.now
         self.spans.append(Span("compute", "query", start, now, None, 0, layer))
         self.progress.query_layers_done = layer + 1
         if layer + 1 == self.num_layers:
