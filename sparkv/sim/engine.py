@@ -198,7 +198,7 @@ class SimRun:
         if now + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now, end)
         ev = t.waiting = Timeout(self.env, delay)  # `_wait`, written out
-        ev.callbacks.append(self._transfer_end)
+        ev.callbacks.append(self._transfer_done)
 
     def _cancel_fetch(self, block: CellBlock) -> None:
         t = self.transfer
@@ -210,19 +210,15 @@ class SimRun:
                 t.process.interrupt("cancel")
             else:
                 assert t.waiting is not None
-                t.waiting.callbacks.remove(self._transfer_end)
+                t.waiting.callbacks.remove(self._transfer_done)
                 self._soon(lambda: self._cancel(t))
 
     def _wait(self, t: _Transfer, delay_s: float) -> None:
         """The transfer's last phase: a timeout whose callback ends it (the link runs one transfer at a
         time, so the callback finds it in `self.transfer`)."""
         ev = t.waiting = Timeout(self.env, delay_s)
-        ev.callbacks.append(self._transfer_end)
+        ev.callbacks.append(self._transfer_done)
 
-    def _transfer_end(self, _ev: simpy.Event) -> None:
-        t = self.transfer
-        assert t is not None
-        self._transfer_done(t)
 
     def _queue(self, t: _Transfer) -> Any:
         """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
@@ -254,7 +250,10 @@ class SimRun:
         self.transfer = None
         self._dispatch(TransferCancelled(now, t.block, received), now)
 
-    def _transfer_done(self, t: _Transfer) -> None:
+    def _transfer_done(self, _ev: simpy.Event) -> None:
+        """The transfer in flight has arrived and been installed (the callback of its last timeout)."""
+        t = self.transfer
+        assert t is not None
         t.waiting = None
         block, n_bytes, now = t.block, t.bytes, self.env.now
         self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
@@ -371,6 +370,7 @@ class SimRun:
 
     def _result(self) -> Result:
         w = self.world
+        recorded = isinstance(self.recorder, PolicyRecorder)
         energy = request_energy_j(self.spans, w.radio, w.profile.power, self.ttft_s)
         return Result(
             world="sim",
@@ -389,7 +389,9 @@ class SimRun:
             cells_streamed=self.cells_streamed,
             cells_computed=self.cells_computed,
             log=self.recorder.log if isinstance(self.recorder, PolicyRecorder) else [],
-            extra={"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"},
+            # what a replay of the log needs (without a log there is nothing to replay)
+            extra={"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"} if recorded
+            else {"energy_kind": "modelled"},
         )
 
 
