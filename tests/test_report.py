@@ -114,6 +114,18 @@ def test_validation_table(tmp_path: Path) -> None:
     assert len(checker.images) == 2  # one scatter per quantity (no ttft figures: no status/trace columns needed)
 
 
+def test_validation_with_speed_probes_reports_both_predictions(tmp_path: Path) -> None:
+    path = tmp_path / "validation.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["policy", "sim_ttft_s", "real_ttft_s", "sim_profile_ttft_s", "device_speed"])
+        for i in range(4):
+            w.writerow(["local", 10 + i, 10 + i, 12.5 + 1.25 * i, 0.8])
+    errs = {(r["quantity"], r["policy"]): r for r in validation_rows(load_rows(path))}
+    assert errs[("ttft_s", "local")]["median_abs_rel_err_pct"] == pytest.approx(0.0)
+    assert errs[("ttft_s at profiled speed", "local")]["median_abs_rel_err_pct"] == pytest.approx(25.0)
+
+
 def test_generic_table_and_errors(tmp_path: Path, main: Callable[[list[str]], int],
                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     path = tmp_path / "t.csv"

@@ -77,7 +77,10 @@ def config_tables(rows: list[Row]) -> tuple[list[tuple[str, str]], list[tuple[st
 def validation_rows(rows: list[Row]) -> list[Row]:
     """Per quantity and policy: median and p90 absolute relative error of simulated vs measured."""
     out = []
-    for quantity, pred, meas in prediction_pairs(rows):
+    pairs = prediction_pairs(rows)
+    if numbers(rows, "sim_profile_ttft_s"):  # `sparkv validate` with speed probes: also at the profile's speed
+        pairs.append(("ttft_s at profiled speed", "sim_profile_ttft_s", "real_ttft_s"))
+    for quantity, pred, meas in pairs:
         for policy in distinct(rows, "policy") or [None]:
             mine = [r for r in rows if policy is None or r.get("policy") == policy]
             errs = sorted(abs(p - m) / abs(m) for r in mine if numbers([r], pred) and numbers([r], meas)

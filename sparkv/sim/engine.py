@@ -219,7 +219,6 @@ class SimRun:
         ev = t.waiting = Timeout(self.env, delay_s)
         ev.callbacks.append(self._transfer_done)
 
-
     def _queue(self, t: _Transfer) -> Any:
         """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
         try:
