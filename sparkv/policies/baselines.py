@@ -64,7 +64,8 @@ class StreamOnly(TrackingPolicy):
         self._complete = 0
 
     def next_fetch(self, now_s: float) -> CellBlock | None:
-        progress = self._progress()
+        progress = self.progress
+        assert progress is not None  # `schedule` checked it
         complete = self._complete
         while complete < progress.num_layers and progress.present_per_layer[complete] >= progress.num_chunks:
             complete += 1

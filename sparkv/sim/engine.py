@@ -193,7 +193,12 @@ class SimRun:
             return
         # no queue: the phases are known now, so the whole transfer is one timeout
         data_start = now + self.first_byte_s  # the clock after a timeout of the round trip
-        end = data_start + self._payload(t, data_start)
+        offset = self.offset_s  # `_payload`, written out
+        t.data_start_s = t.sampled_s = data_start
+        arrived = self.trace.time_to_deliver(data_start + offset, t.bytes / self.efficiency)
+        t.payload_end_s = arrived - offset
+        install = t.bytes * self.install_s_per_byte + self.install_fixed_s
+        end = data_start + (self.max_time_s if arrived == math.inf else t.payload_end_s + install - data_start)
         delay = end - now
         if now + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now, end)
@@ -257,7 +262,7 @@ class SimRun:
         block, n_bytes, now = t.block, t.bytes, self.env.now
         self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
         self.bytes_streamed += n_bytes
-        self.cells_streamed += block.num_cells
+        self.cells_streamed += (block.chunk_hi - block.chunk_lo) * (block.layer_hi - block.layer_lo)  # num_cells
         self.progress.finish(block)
         self.transfer = None
         data_end = t.payload_end_s
