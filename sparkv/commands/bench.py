@@ -8,6 +8,7 @@ import time
 
 from sparkv.commands.common import format_table
 from sparkv.core.config import Scenario
+from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
 from sparkv.policies import BASELINES, POLICIES, make_policy
 from sparkv.sim import build_world, simulate
@@ -23,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--trace", help="trace file or spec (default: the Verizon LTE trace in ../shared, if present)")
     s.add_argument("--device", default="cpu-smollm2", help="device profile (default cpu-smollm2)")
     s.add_argument("--requests", type=int, default=200, help="requests per policy per repeat (default 200)")
-    s.add_argument("--repeats", type=int, default=3, help="repeats; the median rate is printed (default 3)")
+    s.add_argument("--repeats", type=int, default=5, help="repeats; the median rate is printed (default 5)")
+    s.add_argument("--max-seconds", type=float, default=10.0,
+                   help="a repeat stops after this many seconds even if fewer requests ran (default 10; a policy "
+                        "that plans at run time can take seconds per request)")
     s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")
     s.set_defaults(func=bench_sim)
 
@@ -40,18 +44,26 @@ def bench_sim(args: argparse.Namespace) -> int:
         f"bench sim: {scenario.model}, {scenario.context_tokens} tokens in {world.request.num_chunks} chunks, "
         f"trace {world.trace.name}, {args.requests} requests x {args.repeats} repeats per policy, one process"
     )
+    if args.requests < 1 or args.repeats < 1 or not args.max_seconds > 0:
+        raise UserError("--requests and --repeats must be >= 1 and --max-seconds > 0")
     rows = []
     for name in names:
         simulate(world, make_policy(name), record=False)  # warm-up
-        rates = []
+        rates, counts = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            for _ in range(args.requests):
+            deadline = t0 + args.max_seconds
+            n = 0
+            while n < args.requests and (n == 0 or time.perf_counter() < deadline):
                 simulate(world, make_policy(name), record=False)
-            rates.append(args.requests / (time.perf_counter() - t0))
-        rows.append({"policy": name, "rate": statistics.median(rates), "min": min(rates), "max": max(rates)})
+                n += 1
+            rates.append(n / (time.perf_counter() - t0))
+            counts.append(n)
+        rows.append({"policy": name, "rate": statistics.median(rates), "min": min(rates), "max": max(rates),
+                     "requests": sum(counts)})  # fmt: skip
     print(format_table(rows, [("policy", "policy", ""), ("rate", "median req/s", ".0f"),
-                              ("min", "min req/s", ".0f"), ("max", "max req/s", ".0f")]))
+                              ("min", "min req/s", ".0f"), ("max", "max req/s", ".0f"),
+                              ("requests", "requests timed", "d")]))  # fmt: skip
     # the link alone: a stream-only request's transfers (one per layer) by integral vs 1 ms stepping
     layer_bytes = float(world.costs.cell_bytes[:, 0].sum() / scenario.link.efficiency)
     link = integral_vs_stepping(world.trace, world.spec.num_layers, layer_bytes, step_s=0.001)

@@ -1,0 +1,30 @@
+"""`sparkv bench sim` runs and prints rates with units; bad counts are one-line errors (no timing asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparkv.cli import main
+
+
+def test_bench_sim_prints_rates_and_the_stepping_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "sim", "--trace", "const:20mbps,600s", "--requests", "3", "--repeats", "2",
+                 "--policy", "stream", "--policy", "local"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "median req/s" in out and "requests timed" in out and "ratio" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["stream"], ["local"])}
+    assert set(rows) == {"stream", "local"} and all(int(r[-1]) == 6 for r in rows.values())  # 3 requests x 2 repeats
+
+
+def test_bench_sim_stops_a_repeat_at_max_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "sim", "--trace", "const:20mbps,600s", "--requests", "100000", "--repeats", "1",
+                 "--max-seconds", "0.05", "--policy", "local"]) == 0  # fmt: skip
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["local"])
+    assert 1 <= int(row[-1]) < 100000
+
+
+@pytest.mark.parametrize("flag", [["--requests", "0"], ["--repeats", "0"], ["--max-seconds", "0"]])
+def test_bench_sim_rejects_bad_counts(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "sim", "--trace", "const:20mbps", *flag]) == 2
+    assert "--" in capsys.readouterr().err
