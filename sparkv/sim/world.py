@@ -53,8 +53,8 @@ class World:
 
 def _copy_json(value: Any) -> Any:
     """A deep copy of JSON-like data whose lists hold one kind of item (as `to_dict` writes them)."""
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, dict):  # scalars are shared, not copied: no call per scalar
+        return {k: _copy_json(v) if isinstance(v, dict | list) else v for k, v in value.items()}
     if isinstance(value, list):
         head = value[0] if value else None
         if isinstance(head, list) and not (head and isinstance(head[0], dict | list)):
