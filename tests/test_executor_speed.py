@@ -11,6 +11,7 @@ import torch
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
 from sparkv.executor.models import load_model, tiny_model_dir
+from sparkv.executor.prefill import LayerwisePrefill
 from sparkv.executor.speed import DeviceSpeed, RunSpeed, availability_spec, probe_speed
 from sparkv.traces import get_trace
 
@@ -43,9 +44,11 @@ def test_probe_compares_measured_compute_with_the_cost_table(tmp_path: Path) -> 
         cell_bytes=np.zeros((2, spec.num_layers), dtype=np.int64), transfer_fixed_s=0.0, install_s_per_byte=0.0,
         query_layer_s=np.zeros(spec.num_layers), first_token_s=0.0, bandwidth_prior_bps=1.0,
     )
-    speed = probe_speed(loaded, ctx, query, costs, chunk_tokens=64, sweeps=2)
+    prefill = LayerwisePrefill(loaded, ctx, query, 64, max_new_tokens=1)
+    speed = probe_speed(prefill, costs, sweeps=2)
     assert speed.predicted_s == pytest.approx(costs.compute_s(CellBlock.one(0, 0, spec.num_layers)))
     assert speed.factor == pytest.approx(speed.measured_s / speed.predicted_s)
     assert speed.measured_s > 0 and speed.layers == spec.num_layers and speed.chunk_tokens == 64
+    assert probe_speed(prefill, costs, sweeps=1).predicted_s == speed.predicted_s  # the prefill can be reused
     with pytest.raises(ValueError, match="sweeps"):
-        probe_speed(loaded, ctx, query, costs, chunk_tokens=64, sweeps=0)
+        probe_speed(prefill, costs, sweeps=0)

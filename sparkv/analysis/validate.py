@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparkv.core.config import Scenario
 from sparkv.core.costs import CostTable
@@ -23,18 +23,21 @@ from sparkv.policies import make_policy
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.sim import simulate
 
+if TYPE_CHECKING:
+    from sparkv.executor.session import RealSession
+
 
 @dataclass(frozen=True)
 class Pair:
-    """One real run and the simulator's prediction of it. With a speed probe, `sim` is predicted with the
-    device at the speed measured just before the run and `sim_profile` at the profile's own speed."""
+    """One real run and the simulator's prediction of it. With speed probes, `sim` is predicted with the
+    device at the speed probed around the run and `sim_profile` at the profile's own speed."""
 
     trace: str
     real: Result
     sim: Result
     replay_mismatches: int
     sim_profile: Result | None = None
-    device_speed: float | None = None  # measured / profiled compute seconds before the run (None: no probe)
+    device_speed: float | None = None  # probed / profiled compute seconds around the run (None: no probes)
 
 
 def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
@@ -169,13 +172,15 @@ def run_validation(
     return pairs
 
 
-def _probed_run(session: Any, make: Callable[[str], Policy], name: str, tolerance: float, attempts: int) -> Result:
+def _probed_run(
+    session: RealSession, make: Callable[[str], Policy], name: str, tolerance: float, attempts: int
+) -> Result:
     """One real run between two speed probes, measured again while the probes disagree."""
     from sparkv.executor.speed import RunSpeed
 
     for attempt in range(1, attempts + 1):
         before = session.probe_speed()
-        run: Result = session.run(make(name), max_new_tokens=1)
+        run = session.run(make(name), max_new_tokens=1)
         speed = RunSpeed(before, session.probe_speed())
         steady = speed.steady(tolerance)
         if steady or attempt == attempts:

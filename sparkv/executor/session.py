@@ -96,6 +96,7 @@ class RealSession:
         self.link_constants = "scenario"  # where the world's rtt/per-transfer/efficiency come from
         self.sensor: EnergySensor | None = open_sensor(self.loaded.device)  # RAPL/NVML/tegrastats, if readable
         self._link: Any = None
+        self._probe: LayerwisePrefill | None = None  # the speed probe's own cache, built on first use
 
     # ---- link ----
 
@@ -151,9 +152,12 @@ class RealSession:
     # ---- device speed ----
 
     def probe_speed(self, sweeps: int = 2) -> DeviceSpeed:
-        """The device's compute speed now relative to the profile (see `sparkv.executor.speed`)."""
-        return probe_speed(self.loaded, self.prompt.context_ids, self.prompt.query_ids, self.world.costs,
-                           self.scenario.chunk_tokens, sweeps)  # fmt: skip
+        """The device's compute speed now relative to the profile (see `sparkv.executor.speed`), on this
+        session's context; the probe's cache is allocated once and reused."""
+        if self._probe is None:
+            self._probe = LayerwisePrefill(self.loaded, self.prompt.context_ids, self.prompt.query_ids,
+                                           self.scenario.chunk_tokens, max_new_tokens=1)  # fmt: skip
+        return probe_speed(self._probe, self.world.costs, sweeps)
 
     def world_at(self, factor: float) -> World:
         """This session's world with compute taking `factor` x the profiled time (the simulator's

@@ -22,7 +22,6 @@ import torch
 
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
-from sparkv.executor.models import LoadedModel
 from sparkv.executor.prefill import LayerwisePrefill
 
 
@@ -39,7 +38,6 @@ class DeviceSpeed:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
 
 
 def availability_spec(factor: float, duration_s: float = 3600.0) -> str:
@@ -70,15 +68,12 @@ class RunSpeed:
         return {"factor": self.factor, "before": self.before.to_dict(), "after": self.after.to_dict()}
 
 
-def probe_speed(
-    loaded: LoadedModel, context_ids: torch.Tensor, query_ids: torch.Tensor, costs: CostTable, chunk_tokens: int,
-    sweeps: int = 2,
-) -> DeviceSpeed:
-    """Compute chunk 0 through every layer `sweeps` times (one command per sweep, as a whole-chunk
-    compute runs) and compare the median sweep with `costs`' prediction for that block."""
+def probe_speed(prefill: LayerwisePrefill, costs: CostTable, sweeps: int = 2) -> DeviceSpeed:
+    """Compute chunk 0 of `prefill` through every layer `sweeps` times (one command per sweep, as a
+    whole-chunk compute runs) and compare the median sweep with `costs`' prediction for that block.
+    The prefill is only used for this (its chunk 0 is reset before each sweep), so it can be reused."""
     if sweeps < 1:
         raise ValueError(f"sweeps must be >= 1, got {sweeps}")
-    prefill = LayerwisePrefill(loaded, context_ids, query_ids, chunk_tokens, max_new_tokens=1)
     layers = prefill.num_layers
     block = CellBlock.one(0, 0, layers)
     times = []
