@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="real runs per (trace, policy); the one with the median TTFT is compared (default 1)")
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="predict at the profile's compute speed only (default: also probe the device's speed "
-                        "just before each real run and predict at that speed)")
+                        "before and after each real run and predict at that speed)")
     p.add_argument("--speed-tolerance", type=float, default=0.08,
                    help="probes before and after a run further apart than this (relative) mean the machine "
                         "changed speed during it: the run is measured again (default 0.08)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
               "attempts": args.attempts}  # fmt: skip
     stats = write_validation(pairs, args.out, config)
     if args.probe:
-        print("TTFT error, predicted with the device at the compute speed probed before each run:")
+        print("TTFT error, predicted with the device at the compute speed probed around each run:")
     print(format_table([{"group": k, **v} for k, v in stats.items()], STAT_COLUMNS))
     at_profile = grouped_stats([pair_row(p) for p in pairs], "ttft_err_profile_pct")
     if at_profile:
