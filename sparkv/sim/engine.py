@@ -374,7 +374,7 @@ class SimRun:
 
     def _result(self) -> Result:
         w = self.world
-        recorded = isinstance(self.recorder, PolicyRecorder)
+        log = self.recorder.log if isinstance(self.recorder, PolicyRecorder) else None  # None: not recorded
         energy = request_energy_j(self.spans, w.radio, w.profile.power, self.ttft_s)
         return Result(
             world="sim",
@@ -392,9 +392,9 @@ class SimRun:
             bytes_wasted=self.bytes_wasted,
             cells_streamed=self.cells_streamed,
             cells_computed=self.cells_computed,
-            log=self.recorder.log if isinstance(self.recorder, PolicyRecorder) else [],
+            log=log if log is not None else [],
             # what a replay of the log needs (without a log there is nothing to replay)
-            extra={"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"} if recorded
+            extra={"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"} if log is not None
             else {"energy_kind": "modelled"},
         )
 
