@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from sparkv.core.costs import CostTable
-from sparkv.core.request import CellBlock
 from sparkv.executor.models import load_model, tiny_model_dir
 from sparkv.executor.prefill import LayerwisePrefill
 from sparkv.executor.speed import DeviceSpeed, RunSpeed, availability_spec, probe_speed
@@ -38,17 +37,22 @@ def test_probe_compares_measured_compute_with_the_cost_table(tmp_path: Path) -> 
     loaded = load_model(str(tiny_model_dir(tmp_path / "tiny", num_layers=3)))
     ctx, query = torch.arange(128) % 50, torch.arange(4)
     spec = loaded.spec
-    # a cost table that predicts 1 ms per cell: the factor is then measured seconds / 3 ms
+    # a cost table that predicts 1 ms per cell of chunk 0 and 2 ms per cell of chunk 1
     costs = CostTable(
-        compute_cell_s=np.full((2, spec.num_layers), 1e-3), compute_launch_s=0.0,
+        compute_cell_s=np.repeat([[1e-3], [2e-3]], spec.num_layers, axis=1), compute_launch_s=0.0,
         cell_bytes=np.zeros((2, spec.num_layers), dtype=np.int64), transfer_fixed_s=0.0, install_s_per_byte=0.0,
         query_layer_s=np.zeros(spec.num_layers), first_token_s=0.0, bandwidth_prior_bps=1.0,
     )
     prefill = LayerwisePrefill(loaded, ctx, query, 64, max_new_tokens=1)
     speed = probe_speed(prefill, costs, sweeps=2)
-    assert speed.predicted_s == pytest.approx(costs.compute_s(CellBlock.one(0, 0, spec.num_layers)))
+    assert speed.chunk == 1  # the middle of 2 chunks, over zeros for chunk 0
+    assert all(prefill.present[layer][0] for layer in range(spec.num_layers))
+    assert speed.predicted_s == pytest.approx(2e-3 * spec.num_layers)  # chunk 1's cells
     assert speed.factor == pytest.approx(speed.measured_s / speed.predicted_s)
     assert speed.measured_s > 0 and speed.layers == spec.num_layers and speed.chunk_tokens == 64
     assert probe_speed(prefill, costs, sweeps=1).predicted_s == speed.predicted_s  # the prefill can be reused
+    assert probe_speed(prefill, costs, sweeps=1, chunk=0).chunk == 0
     with pytest.raises(ValueError, match="sweeps"):
         probe_speed(prefill, costs, sweeps=0)
+    with pytest.raises(ValueError, match="chunk"):
+        probe_speed(prefill, costs, chunk=2)

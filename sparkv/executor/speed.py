@@ -1,13 +1,13 @@
 """How fast the device computes right now, relative to its profile.
 
 A device profile is measured once; the machine a request later runs on may be busier or idler than it
-was then (other processes, a shared host, thermal state). Before a real run, `probe_speed` times a
-fixed piece of the run's own work (the first chunk's layers, computed from scratch with the executor's
-prefill) and divides by what the profile predicts for it. The simulator can then predict that run with
-the device at the measured speed (an availability trace of 1 / factor), which separates the model's
-error from the machine's drift. Probes are taken before and after a run, never from the run itself; on
-a machine whose speed jumps within seconds (a shared VM), the two disagree when a jump fell inside the
-run, and such a run can be measured again.
+was then (other processes, a shared host, thermal state). `probe_speed` times a fixed piece of a run's
+own work (the middle chunk's layers, over zeros for the chunks before it, computed from scratch with the
+executor's prefill) and divides by what the profile predicts for it. The simulator can then predict a
+run with the device at the measured speed (an availability trace of 1 / factor), which separates the
+model's error from the machine's drift. Probes are taken before and after a run, never from the run
+itself; on a machine whose speed jumps within seconds (a shared VM), the two disagree when a jump fell
+inside the run, and such a run can be measured again.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class DeviceSpeed:
     sweeps: int
     chunk_tokens: int
     layers: int
+    chunk: int = 0  # which chunk was computed (its past is chunk x chunk_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,18 +69,26 @@ class RunSpeed:
         return {"factor": self.factor, "before": self.before.to_dict(), "after": self.after.to_dict()}
 
 
-def probe_speed(prefill: LayerwisePrefill, costs: CostTable, sweeps: int = 2) -> DeviceSpeed:
-    """Compute chunk 0 of `prefill` through every layer `sweeps` times (one command per sweep, as a
+def probe_speed(prefill: LayerwisePrefill, costs: CostTable, sweeps: int = 2, chunk: int | None = None) -> DeviceSpeed:
+    """Compute one chunk of `prefill` through every layer `sweeps` times (one command per sweep, as a
     whole-chunk compute runs) and compare the median sweep with `costs`' prediction for that block.
-    The prefill is only used for this (its chunk 0 is reset before each sweep), so it can be reused."""
+
+    The chunk is the middle one by default: its attention spans half the context, the mean over a
+    request's chunks, so the probe weighs attention and the other layers' work as a whole request does
+    (a machine can slow the two unequally). The cells before it are filled with zeros once (attention
+    costs the same whatever the values). The prefill is only used for probing and can be reused."""
     if sweeps < 1:
         raise ValueError(f"sweeps must be >= 1, got {sweeps}")
+    c = prefill.num_chunks // 2 if chunk is None else chunk
+    if not 0 <= c < prefill.num_chunks:
+        raise ValueError(f"chunk {c} outside [0, {prefill.num_chunks})")
     layers = prefill.num_layers
-    block = CellBlock.one(0, 0, layers)
+    _fill_before(prefill, c)
+    block = CellBlock.one(c, 0, layers)
     times = []
     for _ in range(sweeps):
-        prefill.computed[0] = 0  # from layer 0 again: every sweep does the same work
-        prefill.hidden.pop(0, None)
+        prefill.computed[c] = 0  # from layer 0 again: every sweep does the same work
+        prefill.hidden.pop(c, None)
         t0 = time.perf_counter()
         prefill.compute_block(block)
         if prefill.device.type == "cuda":
@@ -87,4 +96,16 @@ def probe_speed(prefill: LayerwisePrefill, costs: CostTable, sweeps: int = 2) ->
         times.append(time.perf_counter() - t0)
     measured = statistics.median(times)
     predicted = costs.compute_s(block)
-    return DeviceSpeed(measured / predicted, measured, predicted, sweeps, prefill.request.chunk_len(0), layers)
+    return DeviceSpeed(measured / predicted, measured, predicted, sweeps, prefill.request.chunk_len(c), layers, c)
+
+
+def _fill_before(prefill: LayerwisePrefill, chunk: int) -> None:
+    """Make every cell of the chunks before `chunk` present (zeros), so that it can be computed."""
+    k0 = prefill.k[0]
+    for c in range(chunk):
+        missing = [layer for layer in range(prefill.num_layers) if not prefill.present[layer][c]]
+        if missing:
+            zeros = torch.zeros((k0.shape[0], prefill.request.chunk_len(c), k0.shape[2]), dtype=k0.dtype,
+                                device=k0.device)  # fmt: skip
+            for layer in missing:
+                prefill.install(c, layer, zeros, zeros)
