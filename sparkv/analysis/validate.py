@@ -239,7 +239,8 @@ def lane_summary(pairs: Sequence[Pair]) -> dict[str, dict[str, float]]:
 
 
 def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """validation.csv, validation.json (config, stats), per-run Results, and the figures."""
+    """validation.csv, validation.json (config, stats), per-run Results, and the figures; returns what
+    validation.json holds."""
     from sparkv.analysis.plots import plot_predicted_vs_measured
     from sparkv.analysis.tables import write_csv
     from sparkv.analysis.validate_plots import plot_error_by_policy, plot_overlay
@@ -262,4 +263,4 @@ def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -
         plot_error_by_policy(rows, out / "ttft_error_by_policy.png")
         for i, p in enumerate(pairs[: min(len(pairs), 8)]):
             plot_overlay(p.sim, p.real, out / "timelines" / f"{i:03d}-{p.real.policy}.png", title=p.trace)
-    return stats
+    return meta

@@ -67,7 +67,7 @@ def default_traces() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkv.analysis.validate import grouped_stats, lane_summary, pair_row, run_validation, write_validation
+    from sparkv.analysis.validate import run_validation, write_validation
 
     if args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
               "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale,
               "repeats": args.repeats, "probe": args.probe, "speed_tolerance": args.speed_tolerance,
               "attempts": args.attempts}  # fmt: skip
-    stats = write_validation(pairs, args.out, config)
+    meta = write_validation(pairs, args.out, config)
+    stats, at_profile = meta["stats"], meta["stats_at_profiled_speed"]
     if args.probe:
         print("TTFT error, predicted with the device at the compute speed probed around each run:")
     print(format_table([{"group": k, **v} for k, v in stats.items()], STAT_COLUMNS))
-    at_profile = grouped_stats([pair_row(p) for p in pairs], "ttft_err_profile_pct")
     if at_profile:
         print("TTFT error, predicted at the profile's compute speed:")
         print(format_table([{"group": k, **v} for k, v in at_profile.items()], STAT_COLUMNS))
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
               f"range x{speeds[0]:.3f} to x{speeds[-1]:.3f}; {again} runs measured again because the speed "
               f"changed during them (probes > {100 * args.speed_tolerance:.0f}% apart), {changed} kept "
               f"although it still changed")  # fmt: skip
-    for key, lane in lane_summary(pairs).items():
+    for key, lane in meta["lanes"].items():
         print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
               f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip
     print(f"wrote {args.out}/ (validation.csv, validation.json, figures)")
