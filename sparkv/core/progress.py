@@ -188,21 +188,10 @@ class RequestProgress:
 
     def finish(self, block: CellBlock) -> None:
         """A transfer or compute finished: its cells are present (recomputed ones stay present)."""
-        n = self.num_chunks
-        if block.chunk_hi > n or block.layer_hi > self.num_layers:
-            raise ValueError(f"finish {block} outside grid {n} x {self.num_layers}")
+        if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
+            raise ValueError(f"finish {block} outside grid {self.num_chunks} x {self.num_layers}")
         lo, hi = block.layer_lo, block.layer_hi
         if hi - lo == 1:
-            uniform = self.uniform
-            if uniform is not None and block.chunk_lo == 0 and block.chunk_hi == n and uniform[lo] in (
-                _FETCHING, _COMPUTING
-            ):  # `_finish_one_layer`'s first case, written out: a whole layer, all arriving now
-                uniform[lo] = _PRESENT
-                self._stale.add(lo)
-                self.present_per_layer[lo] += n
-                self.cells_present += n
-                self.present_prefix[lo] = n
-                return
             self._finish_one_layer(block)
             return
         if self._stale:

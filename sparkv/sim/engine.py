@@ -193,12 +193,7 @@ class SimRun:
             return
         # no queue: the phases are known now, so the whole transfer is one timeout
         data_start = now + self.first_byte_s  # the clock after a timeout of the round trip
-        offset = self.offset_s  # `_payload`, written out
-        t.data_start_s = t.sampled_s = data_start
-        arrived = self.trace.time_to_deliver(data_start + offset, t.bytes / self.efficiency)
-        t.payload_end_s = arrived - offset
-        install = t.bytes * self.install_s_per_byte + self.install_fixed_s
-        end = data_start + (self.max_time_s if arrived == math.inf else t.payload_end_s + install - data_start)
+        end = data_start + self._payload(t, data_start)
         delay = end - now
         if now + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now, end)
