@@ -68,15 +68,7 @@ class TrackingPolicy:
         progress = self.progress
         if progress is None:
             raise self._not_begun()
-        kind = type(event)  # the exact types a driver sends by the hundred first; anything else below
-        if kind is TransferDone:
-            progress.finish(event.block)  # type: ignore[union-attr]
-            self.in_flight = None
-            self.failed_fetches = 0
-        elif kind is ComputeDone:
-            progress.finish(event.block)  # type: ignore[union-attr]
-            self.computing = None
-        elif kind not in _NO_BOOKKEEPING:
+        if type(event) not in _NO_BOOKKEEPING:  # samples and query layers, sent by the hundred, skip it
             self._track(event, progress)
         if self._reacts:
             self.on_event(event)
