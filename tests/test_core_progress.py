@@ -103,7 +103,7 @@ def _counts_from_cells(p: RequestProgress) -> tuple[list[int], list[int], int]:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_counts_stay_consistent_with_cells(seed: int) -> None:
-    """Random valid fetches, computes, aborts and finishes: the fast paths keep every count exact."""
+    """Random valid fetches, computes, aborts and finishes: every count stays exact."""
     rng = random.Random(seed)
     for _ in range(40):
         p = RequestProgress(rng.randint(1, 6), rng.randint(1, 6))
@@ -134,52 +134,90 @@ def test_counts_stay_consistent_with_cells(seed: int) -> None:
                 p.start_fetch(block)
                 in_flight.append(("fetch", block))
             assert _counts_from_cells(p) == (p.present_per_layer, p.present_prefix, p.cells_present)
-            for layer, shared in enumerate(p.uniform or []):  # a layer said to be uniform is
-                assert shared == -1 or all(row[layer] == shared for row in p.state)
+
+
+class _CellByCell:
+    """The grid's rules written cell by cell, as DESIGN.md states them: the reference the masks must match."""
+
+    def __init__(self, num_chunks: int, num_layers: int) -> None:
+        self.cells = [[0] * num_layers for _ in range(num_chunks)]
+        self.computed_prefix = [0] * num_chunks
+
+    def _cells(self, block: CellBlock) -> list[tuple[int, int]]:
+        if block.chunk_hi > len(self.cells) or block.layer_hi > len(self.cells[0]):
+            raise ValueError("outside grid")
+        return block.cells()
+
+    def start_fetch(self, block: CellBlock) -> None:
+        cells = self._cells(block)
+        if any(self.cells[c][x] != CellState.MISSING for c, x in cells):
+            raise ValueError("not missing")
+        for c, x in cells:
+            self.cells[c][x] = CellState.FETCHING
+
+    def start_compute(self, block: CellBlock) -> None:
+        cells = self._cells(block)
+        if any(self.cells[c][x] in (CellState.FETCHING, CellState.COMPUTING) for c, x in cells):
+            raise ValueError("in flight")
+        if any(self.computed_prefix[c] != block.layer_lo for c in range(block.chunk_lo, block.chunk_hi)):
+            raise ValueError("not the computed prefix")
+        earlier = [(c, x) for c in range(block.chunk_lo) for x in range(block.layer_lo, block.layer_hi)]
+        if any(self.cells[c][x] != CellState.PRESENT for c, x in earlier):
+            raise ValueError("earlier chunk not present")
+        for c, x in cells:
+            if self.cells[c][x] == CellState.MISSING:
+                self.cells[c][x] = CellState.COMPUTING
+        for c in range(block.chunk_lo, block.chunk_hi):
+            self.computed_prefix[c] = block.layer_hi
+
+    def abort_fetch(self, block: CellBlock) -> None:
+        cells = self._cells(block)
+        if any(self.cells[c][x] != CellState.FETCHING for c, x in cells):
+            raise ValueError("not fetching")
+        for c, x in cells:
+            self.cells[c][x] = CellState.MISSING
+
+    def finish(self, block: CellBlock) -> None:
+        cells = self._cells(block)
+        if any(self.cells[c][x] == CellState.MISSING for c, x in cells):
+            raise ValueError("never started")
+        for c, x in cells:
+            self.cells[c][x] = CellState.PRESENT
+
+
+def _random_block(rng: random.Random, shape: tuple[int, int]) -> CellBlock:
+    """Whole layers, whole chunks, one chunk's layers, any rectangle, sometimes past the grid's edge."""
+    chunks, layers = shape[0] + (rng.random() < 0.05), shape[1] + (rng.random() < 0.05)
+    kind = rng.random()
+    if kind < 0.3:
+        layer = rng.randrange(layers)
+        return CellBlock(0, chunks, layer, layer + 1)
+    if kind < 0.5:
+        c = rng.randrange(chunks)
+        return CellBlock(c, c + 1, 0, layers)
+    c0, l0 = rng.randrange(chunks), rng.randrange(layers)
+    return CellBlock(c0, rng.randint(c0 + 1, chunks), l0, rng.randint(l0 + 1, layers))
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_whole_layer_fast_paths_match_cell_by_cell(seed: int) -> None:
-    """Mostly whole-layer transfers (whose cells are written only when read), some other blocks: the grid
-    and counts match a twin that updates every cell as it goes."""
+def test_masks_match_cell_by_cell_rules(seed: int) -> None:
+    """Random operations of every kind on random blocks, valid or not: the grid accepts and rejects exactly
+    what the cell-by-cell rules do, and its states, counts and prefixes match them after every step."""
     rng = random.Random(seed)
-    for _ in range(30):
+    for _ in range(40):
         shape = rng.randint(1, 5), rng.randint(1, 6)
-        p, ref = RequestProgress(*shape), RequestProgress(*shape)
-        ref.uniform = None  # the twin never takes the whole-layer paths
-        in_flight: list[tuple[str, CellBlock]] = []
+        p, ref = RequestProgress(*shape), _CellByCell(*shape)
         for _ in range(60):
-            roll = rng.random()
-            if in_flight and roll < 0.45:
-                kind, block = in_flight.pop(rng.randrange(len(in_flight)))
-                abort = kind == "fetch" and rng.random() < 0.2
-                for q in (p, ref):
-                    q.abort_fetch(block) if abort else q.finish(block)
-                continue
-            if roll < 0.9:  # a whole layer, as layer-major streaming fetches it
-                layer = rng.randrange(ref.num_layers)
-                block = CellBlock(0, ref.num_chunks, layer, layer + 1)
-            elif roll < 0.95:
-                c0, layer = rng.randrange(ref.num_chunks), rng.randrange(ref.num_layers)
-                block = CellBlock(c0, rng.randint(c0 + 1, ref.num_chunks), layer, layer + 1)
-            else:
-                c = rng.randrange(ref.num_chunks)
-                k = ref.computed_prefix[c]
-                block = CellBlock.one(c, k, rng.randint(k + 1, ref.num_layers)) if k < ref.num_layers else None
-                if block is not None and ref.can_compute(block):
-                    p.start_compute(block)
-                    ref.start_compute(block)
-                    in_flight.append(("compute", block))
-                continue
-            try:
-                ref.check_fetch(block)
-            except ValueError:
-                continue
-            p.start_fetch(block)
-            ref.start_fetch(block)
-            in_flight.append(("fetch", block))
-            if rng.random() < 0.1:  # read now and then, so writes are caught up mid-run too
-                assert p.state == ref.state
-        assert (p.state, p.present_per_layer, p.present_prefix, p.cells_present, p.computed_prefix) == (
-            ref.state, ref.present_per_layer, ref.present_prefix, ref.cells_present, ref.computed_prefix
-        )
+            block = _random_block(rng, shape)
+            op = rng.choice(("start_fetch", "start_compute", "abort_fetch", "finish"))
+            outcomes = []
+            for grid in (p, ref):
+                try:
+                    getattr(grid, op)(block)
+                    outcomes.append("ok")
+                except ValueError:
+                    outcomes.append("rejected")
+            assert outcomes[0] == outcomes[1], (op, block)
+            assert p.state == ref.cells and p.computed_prefix == ref.computed_prefix
+            assert _counts_from_cells(p) == (p.present_per_layer, p.present_prefix, p.cells_present)
+            assert p.missing_cells() == [(c, x) for c, row in enumerate(ref.cells) for x, s in enumerate(row) if s == 0]

@@ -50,6 +50,11 @@ class CellBlock:
     def __post_init__(self) -> None:
         if not (0 <= self.chunk_lo < self.chunk_hi and 0 <= self.layer_lo < self.layer_hi):
             raise ValueError(f"empty or negative CellBlock {self}")
+        # the hash, computed once: blocks key the cost tables and the grid's masks, looked up per event
+        object.__setattr__(self, "_hash", hash((self.chunk_lo, self.chunk_hi, self.layer_lo, self.layer_hi)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
 
     @classmethod
     def one(cls, chunk: int, layer_lo: int, layer_hi: int) -> CellBlock:

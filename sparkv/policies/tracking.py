@@ -95,24 +95,24 @@ class TrackingPolicy:
             raise self._not_begun()
         if not idle and (self.in_flight is None or not self._cancels):
             return ()  # both lanes busy and nothing to cancel
-        commands: list[Command] = []
+        commands: tuple[Command, ...] = ()  # grown by concatenation: most calls return none or one
         if self.in_flight is not None and self._cancels:
             cancel = self.maybe_cancel(now_s)
             if cancel is not None:
-                commands.append(Cancel(cancel))
+                commands = (Cancel(cancel),)
         if _COMPUTE in idle and self.computing is None and (self._computes or self.link_dead):
             block = self.fallback_compute() if self.link_dead else self.next_compute(now_s)
             if block is not None:
                 progress.start_compute(block)
                 self.computing = block
-                commands.append(Compute(block))
+                commands += (Compute(block),)
         if _LINK in idle and self.in_flight is None and self._fetches and not self.link_dead:
             block = self.next_fetch(now_s)
             if block is not None:
                 progress.start_fetch(block)
                 self.in_flight = block
-                commands.append(Fetch(block))
-        return tuple(commands)
+                commands += (Fetch(block),)
+        return commands
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}

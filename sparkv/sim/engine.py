@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import simpy
+from simpy.core import StopSimulation
 from simpy.events import Timeout
 
 from sparkv.core.errors import UserError
@@ -74,6 +75,7 @@ class _Transfer:
     data_start_s: float = math.inf  # when payload bytes began to flow
     payload_end_s: float = math.inf  # when the last payload byte arrives (installation follows)
     sampled_s: float = math.inf  # end of the last bandwidth sample taken in flight
+    end_s: float = math.inf  # the clock when its last timeout fires (read instead of `env.now`, a property)
 
 
 class SimRun:
@@ -115,6 +117,7 @@ class SimRun:
         # the compute lane's current work, read by its bound callbacks (one piece at a time, so no closure)
         self.computing: CellBlock | None = None
         self.compute_start_s = 0.0
+        self.compute_end_s = 0.0  # the clock when the compute lane's timeout fires
         self.query_layer = 0
         self.slowed = self.receive_slowdown != 1.0
         self.block_bytes = world.costs.block_bytes
@@ -159,9 +162,11 @@ class SimRun:
         """Feed `event` to the policy and run what it asks for; `now` is the clock (`env.now`)."""
         policy = self.recorder
         policy.update(event)
-        if not self.compute_busy:
-            self._start_query_layer(now)
+        if not self.compute_busy and self.progress.query_layer_ready():
+            self._start_query_layer(self.progress.query_layers_done, now)
         commands = policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
+        if not commands:
+            return
         if self.slowed:  # does compute started now share the CPU with a transfer?
             receiving = self.transfer is not None
             if not receiving:
@@ -197,6 +202,7 @@ class SimRun:
         delay = end - now
         if now + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now, end)
+        t.end_s = now + delay  # SimPy's own sum: the clock when the timeout fires
         ev = t.waiting = Timeout(self.env, delay)  # `_wait`, written out
         ev.callbacks.append(self._transfer_done)
 
@@ -216,6 +222,7 @@ class SimRun:
     def _wait(self, t: _Transfer, delay_s: float) -> None:
         """The transfer's last phase: a timeout whose callback ends it (the link runs one transfer at a
         time, so the callback finds it in `self.transfer`)."""
+        t.end_s = self.env.now + delay_s
         ev = t.waiting = Timeout(self.env, delay_s)
         ev.callbacks.append(self._transfer_done)
 
@@ -254,7 +261,7 @@ class SimRun:
         t = self.transfer
         assert t is not None
         t.waiting = None
-        block, n_bytes, now = t.block, t.bytes, self.env.now
+        block, n_bytes, now = t.block, t.bytes, t.end_s
         self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
         self.bytes_streamed += n_bytes
         self.cells_streamed += (block.chunk_hi - block.chunk_lo) * (block.layer_hi - block.layer_lo)  # num_cells
@@ -288,11 +295,12 @@ class SimRun:
         if self.receiving:
             work_s *= self.receive_slowdown
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
+        self.compute_end_s = start + duration  # SimPy's own sum: the clock when the timeout fires
         ev = Timeout(self.env, duration)  # `_after`, written out
         ev.callbacks.append(self._compute_end)
 
     def _compute_end(self, _ev: simpy.Event) -> None:
-        block, start, now = self.computing, self.compute_start_s, self.env.now
+        block, start, now = self.computing, self.compute_start_s, self.compute_end_s
         assert block is not None
         self.computing = None
         self.spans.append(Span("compute", "compute", start, now, block))
@@ -301,22 +309,20 @@ class SimRun:
         self.compute_busy = False
         self._dispatch(ComputeDone(now, block, now - start), now)
 
-    def _start_query_layer(self, start: float) -> None:
-        """With compute idle at `start`: start the query's next layer if every cell of that layer is present."""
-        progress = self.progress
-        layer = progress.query_layers_done
-        if layer < self.num_layers and progress.present_per_layer[layer] == progress.num_chunks:  # layer ready
-            self.compute_busy = True
-            self.query_layer, self.compute_start_s = layer, start
-            work_s = self.query_layer_s[layer]
-            if self.transfer is not None:
-                work_s *= self.receive_slowdown
-            duration = work_s if self.exact_compute else self._compute_duration(work_s)
-            ev = Timeout(self.env, duration)  # `_after`, written out
-            ev.callbacks.append(self._query_layer_end)
+    def _start_query_layer(self, layer: int, start: float) -> None:
+        """With compute idle at `start` and every cell of `layer` present: start the query's `layer`."""
+        self.compute_busy = True
+        self.query_layer, self.compute_start_s = layer, start
+        work_s = self.query_layer_s[layer]
+        if self.transfer is not None:
+            work_s *= self.receive_slowdown
+        duration = work_s if self.exact_compute else self._compute_duration(work_s)
+        self.compute_end_s = start + duration
+        ev = Timeout(self.env, duration)  # `_after`, written out
+        ev.callbacks.append(self._query_layer_end)
 
     def _query_layer_end(self, _ev: simpy.Event) -> None:
-        layer, start, now = self.query_layer, self.compute_start_s, self.env.now
+        layer, start, now = self.query_layer, self.compute_start_s, self.compute_end_s
         self.spans.append(Span("compute", "query", start, now, None, 0, layer))
         self.progress.query_layers_done = layer + 1
         if layer + 1 == self.num_layers:
@@ -349,11 +355,12 @@ class SimRun:
     # ---- run ----
 
     def run(self) -> Result:
-        deadline = self.env.timeout(self.max_time_s)
+        # the run stops at the first token, or at the deadline (both by SimPy's own StopSimulation)
+        self._after(self.max_time_s, StopSimulation.callback)
         self._dispatch(RequestStarted(0.0), self.env.now)
         if self.tick_s:
             self._after(self.tick_s, self._tick)
-        self.env.run(until=self.finished | deadline)
+        self.env.run(until=self.finished)
         if not self.finished.triggered:
             raise SimulationStalled(self._stall_reason())
         return self._result()
