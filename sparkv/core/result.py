@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sparkv.core.request import CellBlock
 
-_SET_ATTR = object.__setattr__
 LANES = ("link", "compute")
 SPAN_KINDS = ("fetch", "cancelled", "failed", "compute", "query", "first_token")
 
 
-@dataclass(frozen=True, init=False)
-class Span:
-    """One interval of work on one lane."""
+class Span(NamedTuple):
+    """One interval of work on one lane.
+
+    A named tuple, immutable like the rest of a result: a simulated request records one per piece of
+    work, and a tuple is built at C speed (`make_span`), where a class with an `__init__` costs several
+    times more.
+    """
 
     lane: str  # "link" or "compute"
     kind: str  # one of SPAN_KINDS
@@ -31,25 +36,8 @@ class Span:
     bytes: int = 0  # wire bytes (link spans)
     layer: int = -1  # query layer (query spans)
 
-    def __init__(
-        self,
-        lane: str,
-        kind: str,
-        start_s: float,
-        end_s: float,
-        block: CellBlock | None = None,
-        bytes: int = 0,
-        layer: int = -1,
-    ) -> None:
-        # The fields above, set in one step: a frozen dataclass's own __init__ makes one
-        # object.__setattr__ call per field, and a simulated request builds a span per piece of work.
-        _SET_ATTR(self, "__dict__", {
-            "lane": lane, "kind": kind, "start_s": start_s, "end_s": end_s, "block": block, "bytes": bytes,
-            "layer": layer,
-        })  # fmt: skip
-
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = self._asdict()
         out["block"] = self.block.to_list() if self.block else None
         return out
 
@@ -57,6 +45,11 @@ class Span:
     def from_dict(cls, data: dict[str, Any]) -> Span:
         block = CellBlock.from_list(data["block"]) if data.get("block") else None
         return cls(**{**data, "block": block})
+
+
+# A `Span` from all seven fields in order, as one tuple: no defaults, no checks, and no Python frame (a
+# simulated request records a span per piece of work)
+make_span: Callable[[tuple[str, str, float, float, CellBlock | None, int, int]], Span] = partial(tuple.__new__, Span)
 
 
 @dataclass

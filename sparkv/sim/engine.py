@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from sparkv.core.events import (
 from sparkv.core.progress import RequestProgress
 from sparkv.core.replay import PolicyRecorder
 from sparkv.core.request import CellBlock
-from sparkv.core.result import Result, Span
+from sparkv.core.result import Result, Span, make_span
 from sparkv.cost_models.energy import request_energy_j
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.sim.server import SimServer
@@ -250,7 +250,7 @@ class SimRun:
         t.process = t.waiting = None
         received = self._received(t)
         now = self.env.now
-        self.spans.append(Span("link", "cancelled", t.start_s, now, t.block, received))
+        self.spans.append(make_span(("link", "cancelled", t.start_s, now, t.block, received, -1)))
         self.bytes_wasted += received
         self.progress.abort_fetch(t.block)
         self.transfer = None
@@ -262,7 +262,7 @@ class SimRun:
         assert t is not None
         t.waiting = None
         block, n_bytes, now = t.block, t.bytes, t.end_s
-        self.spans.append(Span("link", "fetch", t.start_s, now, block, n_bytes))
+        self.spans.append(make_span(("link", "fetch", t.start_s, now, block, n_bytes, -1)))
         self.bytes_streamed += n_bytes
         self.cells_streamed += (block.chunk_hi - block.chunk_lo) * (block.layer_hi - block.layer_lo)  # num_cells
         self.progress.finish(block)
@@ -303,7 +303,7 @@ class SimRun:
         block, start, now = self.computing, self.compute_start_s, self.compute_end_s
         assert block is not None
         self.computing = None
-        self.spans.append(Span("compute", "compute", start, now, block))
+        self.spans.append(make_span(("compute", "compute", start, now, block, 0, -1)))
         self.cells_computed += block.num_cells
         self.progress.finish(block)
         self.compute_busy = False
@@ -323,7 +323,7 @@ class SimRun:
 
     def _query_layer_end(self, _ev: simpy.Event) -> None:
         layer, start, now = self.query_layer, self.compute_start_s, self.compute_end_s
-        self.spans.append(Span("compute", "query", start, now, None, 0, layer))
+        self.spans.append(make_span(("compute", "query", start, now, None, 0, layer)))
         self.progress.query_layers_done = layer + 1
         if layer + 1 == self.num_layers:
             self._after(self._compute_duration(self.world.costs.first_token_s), lambda _ev: self._first_token(now))
@@ -401,7 +401,7 @@ class SimRun:
         )
 
 
-_SPAN_ORDER = attrgetter("start_s", "lane")  # timeline order of a result's spans
+_SPAN_ORDER = itemgetter(2, 0)  # timeline order of a result's spans: (start_s, lane)
 
 
 def _delay_to(now_s: float, t_s: float) -> float:
