@@ -7,7 +7,16 @@ import pytest
 
 from sparkv.core.costs import CostTable
 from sparkv.core.errors import UserError
-from sparkv.core.events import Compute, ComputeDone, Fetch, RequestStarted, Resource, TransferFailed
+from sparkv.core.events import (
+    Compute,
+    ComputeDone,
+    Fetch,
+    RequestStarted,
+    Resource,
+    TransferCancelled,
+    TransferDone,
+    TransferFailed,
+)
 from sparkv.core.model import BUILTIN_SPECS
 from sparkv.core.request import CellBlock, Request
 from sparkv.policies import make_policy
@@ -46,6 +55,24 @@ def test_static_split_moves_with_bandwidth() -> None:
     slow = started("static", context(bandwidth_bps=1e5))
     fast = started("static", context(bandwidth_bps=1e8))
     assert slow.config()["split_chunk"] > fast.config()["split_chunk"]
+
+
+def test_stream_refetches_a_lost_layer_then_goes_on() -> None:
+    policy = started("stream", context())
+    link = frozenset({Resource.LINK})
+    fetched = []
+    for outcome in ("done", "failed", "done", "cancelled", "done"):  # 3 layers
+        (fetch,) = policy.schedule(0.0, link)
+        assert isinstance(fetch, Fetch)
+        fetched.append(fetch.block.layer_lo)
+        if outcome == "done":
+            policy.update(TransferDone(0.0, fetch.block, 400_000, 0.1))
+        elif outcome == "failed":
+            policy.update(TransferFailed(0.0, fetch.block, 0, "checksum"))
+        else:
+            policy.update(TransferCancelled(0.0, fetch.block, 1000))
+    assert fetched == [0, 1, 1, 2, 2]
+    assert policy.schedule(0.0, link) == ()  # every layer present
 
 
 @pytest.mark.parametrize("name", ["stream", "cake", "static", "sparkv"])

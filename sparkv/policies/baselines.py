@@ -66,12 +66,12 @@ class StreamOnly(TrackingPolicy):
     def next_fetch(self, now_s: float) -> CellBlock | None:
         progress = self.progress
         assert progress is not None  # `schedule` checked it
-        complete = self._complete
-        while complete < progress.num_layers and progress.layer_complete(complete):
-            complete += 1
-        self._complete = complete
-        # after a failed transfer, refetch the first layer that is missing again
-        lo = min(self._next_layer, complete)
+        # the first layer not yet complete, up to the next one to fetch: that next layer, or after a failed
+        # transfer the layer missing again (only layers already fetched need a look)
+        lo, next_layer = self._complete, self._next_layer
+        while lo < next_layer and progress.layer_complete(lo):
+            lo += 1
+        self._complete = lo
         if lo >= progress.num_layers:
             return None
         hi = min(lo + self.layers_per_transfer, progress.num_layers)

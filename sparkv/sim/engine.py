@@ -260,7 +260,6 @@ class SimRun:
         """The transfer in flight has arrived and been installed (the callback of its last timeout)."""
         t = self.transfer
         assert t is not None
-        t.waiting = None
         block, n_bytes, now = t.block, t.bytes, t.end_s
         self.spans.append(make_span(("link", "fetch", t.start_s, now, block, n_bytes, -1)))
         self.bytes_streamed += n_bytes
@@ -269,7 +268,8 @@ class SimRun:
         self.transfer = None
         data_end = t.payload_end_s
         sampled = self._sampled_bytes(t) if t.sampled_s > t.data_start_s else 0  # no sample in flight: 0
-        self.recorder.update(BandwidthSample(data_end, n_bytes - sampled, max(data_end - t.sampled_s, 1e-9)))
+        window = data_end - t.sampled_s
+        self.recorder.update(BandwidthSample(data_end, n_bytes - sampled, window if window > 1e-9 else 1e-9))
         self._dispatch(TransferDone(now, block, n_bytes, now - t.start_s), now)
 
     def _received(self, t: _Transfer | None) -> int:
