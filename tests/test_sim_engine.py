@@ -10,7 +10,7 @@ import pytest
 
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.costs import CostTable
-from sparkv.core.events import Command, Fetch, Resource, TransferCancelled
+from sparkv.core.events import Command, Event, Fetch, Resource, TransferCancelled
 from sparkv.core.model import BUILTIN_SPECS
 from sparkv.core.replay import replay
 from sparkv.core.request import CellBlock, Request
@@ -136,6 +136,42 @@ def test_log_replays_to_the_same_decisions(policy: str) -> None:
     fresh.begin(RequestContext(w.request, w.spec, w.costs, 0.0))
     assert replay(fresh, r.log) == []
     assert any(entry["call"] == "schedule" and entry["commands"] for entry in r.log)
+
+
+@pytest.mark.parametrize("policy", ["local", "stream", "cake", "static", "sparkv"])
+def test_a_run_without_log_gives_the_same_result(policy: str) -> None:
+    """Without a log the engine leaves out the events a policy's `update` ignores; nothing else changes."""
+    w = make_world(trace=steps([(2.0, RATE), (1.0, RATE / 8)]), noise=0.1, seed=3)
+    logged, unlogged = simulate(w, make_policy(policy)), simulate(w, make_policy(policy), record=False)
+    assert unlogged.log == [] and logged.log
+    for r in (logged, unlogged):
+        r.log, r.extra = [], {}
+    assert unlogged.to_dict() == logged.to_dict()
+
+
+class EventCounter(TrackingPolicy):
+    """Stream-only by layers, counting the events it is given: it reacts to events, so it gets them all."""
+
+    name = "count-test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, int] = {}
+
+    def on_event(self, event: Event) -> None:
+        self.seen[type(event).__name__] = self.seen.get(type(event).__name__, 0) + 1
+
+    def next_fetch(self, now_s: float) -> CellBlock | None:
+        p = self._progress()
+        missing = [layer for layer in range(p.num_layers) if not p.layer_complete(layer)]
+        return CellBlock(0, p.num_chunks, missing[0], missing[0] + 1) if missing else None
+
+
+def test_a_policy_that_reacts_gets_every_event_without_a_log() -> None:
+    assert EventCounter.ignored_events == frozenset() and make_policy("stream").ignored_events
+    policy = EventCounter()
+    simulate(make_world(), policy, record=False)
+    assert policy.seen == {"RequestStarted": 1, "BandwidthSample": 3, "TransferDone": 3, "QueryLayerDone": 2}
 
 
 class CancelAt(TrackingPolicy):

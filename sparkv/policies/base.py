@@ -11,6 +11,10 @@ compute lane is idle, and a `Cancel` for the fetch in flight. The driver runs qu
 itself, with priority, as soon as a layer is complete, and only offers the compute lane to the policy
 when no query layer is ready. Same events in, same commands out: that is what makes a real run's log
 replayable (see `sparkv.core.replay`).
+
+A policy may name, in `ignored_events`, the event types its `update` does nothing with. A driver
+that keeps no log may then leave them out (it still calls `schedule` where they would have come):
+a simulated request would otherwise build dozens of events nobody reads.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class RequestContext:
     model: ModelSpec
     costs: CostTable  # predicted per-cell costs on this device and link
     start_s: float = 0.0  # request arrival time on the driver's clock
+
+
+def ignored_events(policy: object) -> frozenset[type]:
+    """The event types `policy` says its `update` ignores (none unless it says so)."""
+    return frozenset(getattr(policy, "ignored_events", ()))
 
 
 @runtime_checkable

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from sparkv.core.events import Event, TransferCancelled, TransferFailed
 from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
 from sparkv.policies.tracking import TrackingPolicy
@@ -96,9 +95,8 @@ class _MeetInTheMiddle(TrackingPolicy):
         self.back = ctx.request.num_chunks
         self.retry = []
 
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, (TransferFailed, TransferCancelled)):  # a tuple: checked faster than a union
-            self.retry.append(event.block)
+    def on_fetch_lost(self, block: CellBlock) -> None:
+        self.retry.append(block)
 
     def meeting_allows_compute(self) -> bool:
         return self.front < self.back

@@ -39,11 +39,15 @@ class TrackingPolicy:
         super().__init_subclass__(**kwargs)
         # hooks a class leaves empty are not called (a simulated request calls them hundreds of times)
         cls._reacts = cls.on_event is not TrackingPolicy.on_event
+        cls._loses = cls.on_fetch_lost is not TrackingPolicy.on_fetch_lost
+        # what `update` does nothing with: events without bookkeeping, unless `on_event` wants to see them
+        cls.ignored_events = frozenset() if cls._reacts else _NO_BOOKKEEPING
         cls._cancels = cls.maybe_cancel is not TrackingPolicy.maybe_cancel
         cls._computes = cls.next_compute is not TrackingPolicy.next_compute
         cls._fetches = cls.next_fetch is not TrackingPolicy.next_fetch
 
-    _reacts = _cancels = _computes = _fetches = False  # which hooks the class overrides
+    _reacts = _loses = _cancels = _computes = _fetches = False  # which hooks the class overrides
+    ignored_events: frozenset[type] = _NO_BOOKKEEPING  # see `sparkv.policies.base`
 
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
@@ -85,6 +89,8 @@ class TrackingPolicy:
             if isinstance(event, TransferFailed):
                 self.failed_fetches += 1
                 self.link_dead = self.link_dead or self.failed_fetches >= self.max_fetch_failures
+            if self._loses:
+                self.on_fetch_lost(event.block)
         elif isinstance(event, ComputeDone):
             progress.finish(event.block)
             self.computing = None
@@ -124,6 +130,9 @@ class TrackingPolicy:
 
     def on_event(self, event: Event) -> None:
         """React to an event after the bookkeeping."""
+
+    def on_fetch_lost(self, block: CellBlock) -> None:
+        """A fetch of `block` failed or was cancelled: its cells are missing again (after the bookkeeping)."""
 
     def next_fetch(self, now_s: float) -> CellBlock | None:
         return None

@@ -48,7 +48,7 @@ from sparkv.core.replay import PolicyRecorder
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Result, Span, make_span
 from sparkv.cost_models.energy import request_energy_j
-from sparkv.policies.base import Policy, RequestContext
+from sparkv.policies.base import Policy, RequestContext, ignored_events
 from sparkv.sim.server import SimServer
 from sparkv.sim.world import World
 
@@ -87,6 +87,10 @@ class SimRun:
         self.policy_name = policy.name
         self.policy_config = policy.config
         self.recorder = PolicyRecorder(policy) if record else policy  # the log costs ~30% of a run
+        # without a log, events the policy's `update` ignores are not built (see `sparkv.policies.base`)
+        ignored = ignored_events(policy) if not record else frozenset()
+        self.send_samples = BandwidthSample not in ignored
+        self.send_query_done = QueryLayerDone not in ignored
         self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0)
         policy.begin(self.ctx)
         self.progress = RequestProgress(world.request.num_chunks, world.spec.num_layers)
@@ -158,10 +162,12 @@ class SimRun:
 
     # ---- dispatch ----
 
-    def _dispatch(self, event: Event, now: float) -> None:
-        """Feed `event` to the policy and run what it asks for; `now` is the clock (`env.now`)."""
+    def _dispatch(self, event: Event | None, now: float) -> None:
+        """Feed `event` (None: one the policy ignores) to the policy and run what it asks for; `now` is the
+        clock (`env.now`)."""
         policy = self.recorder
-        policy.update(event)
+        if event is not None:
+            policy.update(event)
         if not self.compute_busy and self.progress.query_layer_ready():
             self._start_query_layer(self.progress.query_layers_done, now)
         commands = policy.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
@@ -266,10 +272,11 @@ class SimRun:
         self.cells_streamed += (block.chunk_hi - block.chunk_lo) * (block.layer_hi - block.layer_lo)  # num_cells
         self.progress.finish(block)
         self.transfer = None
-        data_end = t.payload_end_s
-        sampled = self._sampled_bytes(t) if t.sampled_s > t.data_start_s else 0  # no sample in flight: 0
-        window = data_end - t.sampled_s
-        self.recorder.update(BandwidthSample(data_end, n_bytes - sampled, window if window > 1e-9 else 1e-9))
+        if self.send_samples:  # the payload's last stretch (since the last in-flight sample, if any)
+            data_end = t.payload_end_s
+            sampled = self._sampled_bytes(t) if t.sampled_s > t.data_start_s else 0  # no sample in flight: 0
+            window = data_end - t.sampled_s
+            self.recorder.update(BandwidthSample(data_end, n_bytes - sampled, window if window > 1e-9 else 1e-9))
         self._dispatch(TransferDone(now, block, n_bytes, now - t.start_s), now)
 
     def _received(self, t: _Transfer | None) -> int:
@@ -329,7 +336,7 @@ class SimRun:
             self._after(self._compute_duration(self.world.costs.first_token_s), lambda _ev: self._first_token(now))
             return
         self.compute_busy = False
-        self._dispatch(QueryLayerDone(now, layer, now - start), now)
+        self._dispatch(QueryLayerDone(now, layer, now - start) if self.send_query_done else None, now)
 
     def _first_token(self, start: float) -> None:
         self.spans.append(Span("compute", "first_token", start, self.env.now))
