@@ -36,8 +36,9 @@ class CostTable:
     bandwidth_prior_bps: float  # link goodput expected before any sample, bytes/s
     link_efficiency: float = 1.0  # goodput / trace rate (protocol headers, ACK clocking)
     # Per-block answers, computed once (the table is read-only by convention; simulators ask again and again):
-    _compute_s: dict[CellBlock, float] = field(init=False, repr=False, default_factory=dict)
-    _block_bytes: dict[CellBlock, int] = field(init=False, repr=False, default_factory=dict)
+    # caches by `CellBlock.key`
+    _compute_s: dict[tuple[int, int, int, int], float] = field(init=False, repr=False, default_factory=dict)
+    _block_bytes: dict[tuple[int, int, int, int], int] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.compute_cell_s.shape != self.cell_bytes.shape or self.compute_cell_s.ndim != 2:
@@ -60,17 +61,17 @@ class CostTable:
 
     def compute_s(self, block: CellBlock) -> float:
         """Predicted seconds to compute `block` as one command."""
-        seconds = self._compute_s.get(block)
+        seconds = self._compute_s.get(block.key)
         if seconds is None:
             cells = self.compute_cell_s[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi]
-            seconds = self._compute_s[block] = float(cells.sum()) + self.compute_launch_s
+            seconds = self._compute_s[block.key] = float(cells.sum()) + self.compute_launch_s
         return seconds
 
     def block_bytes(self, block: CellBlock) -> int:
-        n = self._block_bytes.get(block)
+        n = self._block_bytes.get(block.key)
         if n is None:
             cells = self.cell_bytes[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi]
-            n = self._block_bytes[block] = int(cells.sum())
+            n = self._block_bytes[block.key] = int(cells.sum())
         return n
 
     def fetch_s(self, block: CellBlock, bandwidth_bps: float) -> float:

@@ -25,8 +25,9 @@ class CellState(IntEnum):
     PRESENT = 3
 
 
-_MASKS: dict[tuple[int, int], dict[CellBlock, int]] = {}  # per grid shape: block -> its cells' mask
-_EARLIER: dict[tuple[int, int], dict[CellBlock, int]] = {}  # per grid shape: block -> its layers of earlier chunks
+_Key = tuple[int, int, int, int]  # `CellBlock.key`
+_MASKS: dict[tuple[int, int], dict[_Key, int]] = {}  # per grid shape: block key -> its cells' mask
+_EARLIER: dict[tuple[int, int], dict[_Key, int]] = {}  # per grid shape: block key -> its layers of earlier chunks
 _COLUMNS: dict[tuple[int, int], list[int]] = {}  # per grid shape: layer -> the mask of its cells
 
 
@@ -69,11 +70,11 @@ class RequestProgress:
 
     def _mask(self, block: CellBlock, what: str) -> int:
         """The mask of `block`'s cells; a ValueError naming `what` if it leaves the grid."""
-        mask = self._masks.get(block)
+        mask = self._masks.get(block.key)
         if mask is None:  # cached only once checked: a cached block lies inside the grid
             if block.chunk_hi > self.num_chunks or block.layer_hi > self.num_layers:
                 raise ValueError(f"{what} {block} outside grid {self.num_chunks} x {self.num_layers}")
-            mask = self._masks[block] = _block_mask(self.num_chunks, self.num_layers, block)
+            mask = self._masks[block.key] = _block_mask(self.num_chunks, self.num_layers, block)
         return mask
 
     # ---- views (built on demand: the hot paths never need them) ----
@@ -134,7 +135,7 @@ class RequestProgress:
 
     def check_compute(self, block: CellBlock) -> None:
         """Cells may be missing, or present (streamed earlier: recomputed to regain hidden states)."""
-        mask = self._masks.get(block) or self._mask(block, "compute")
+        mask = self._masks.get(block.key) or self._mask(block, "compute")
         busy = (self._fetching | self._computing) & mask
         if busy:
             raise self._state_error("compute", block, busy)
@@ -147,10 +148,10 @@ class RequestProgress:
                     f"so it can only continue at layer {prefix[c]}"
                 )
         if c_lo > 0:  # layers [lo, hi) of every earlier chunk present
-            earlier = self._earlier.get(block)
+            earlier = self._earlier.get(block.key)
             if earlier is None:  # the block's layers in one chunk, times a bit at each earlier chunk
                 first_chunks = self._columns[0] & ((1 << (c_lo * self.num_layers)) - 1)
-                earlier = self._earlier[block] = ((1 << block.layer_hi) - (1 << lo)) * first_chunks
+                earlier = self._earlier[block.key] = ((1 << block.layer_hi) - (1 << lo)) * first_chunks
             if earlier & ~self._present:
                 prefix = self.present_prefix
                 layer = next(x for x in range(lo, block.layer_hi) if prefix[x] < c_lo)
@@ -165,7 +166,7 @@ class RequestProgress:
     # (each looks its block's mask up itself: `_mask` is called only for a block not seen yet)
 
     def start_fetch(self, block: CellBlock) -> None:
-        mask = self._masks.get(block) or self._mask(block, "fetch")
+        mask = self._masks.get(block.key) or self._mask(block, "fetch")
         if self._started & mask:
             self.check_fetch(block)  # says which cell
         self._started |= mask
@@ -174,7 +175,7 @@ class RequestProgress:
 
     def start_compute(self, block: CellBlock) -> None:
         self.check_compute(block)
-        mask = self._masks[block]
+        mask = self._masks[block.key]
         new = mask & ~self._present  # recomputed cells stay present
         self._computing |= new
         self._started |= new
@@ -195,7 +196,7 @@ class RequestProgress:
 
     def finish(self, block: CellBlock) -> None:
         """A transfer or compute finished: its cells are present (recomputed ones stay present)."""
-        mask = self._masks.get(block) or self._mask(block, "finish")
+        mask = self._masks.get(block.key) or self._mask(block, "finish")
         if self._started & mask != mask:
             c, layer = _lowest_cell(mask & ~self._started, self.num_layers)
             raise ValueError(f"finish {block}: cell ({c}, {layer}) was never started")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,17 @@ class CellBlock:
     chunk_hi: int
     layer_lo: int
     layer_hi: int
+    if TYPE_CHECKING:  # set in __post_init__, not a field (so not in asdict, repr or comparisons)
+        key: tuple[int, int, int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         if not (0 <= self.chunk_lo < self.chunk_hi and 0 <= self.layer_lo < self.layer_hi):
             raise ValueError(f"empty or negative CellBlock {self}")
-        # the hash, computed once: blocks key the cost tables and the grid's masks, looked up per event
-        object.__setattr__(self, "_hash", hash((self.chunk_lo, self.chunk_hi, self.layer_lo, self.layer_hi)))
+        # `key`, the four bounds as a tuple: tables looked up per simulated event key on it, since a tuple
+        # hashes in C where `hash(block)` calls Python; and the block's own hash, computed once
+        key = (self.chunk_lo, self.chunk_hi, self.layer_lo, self.layer_hi)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined]
