@@ -148,12 +148,16 @@ class _CellByCell:
             raise ValueError("outside grid")
         return block.cells()
 
-    def start_fetch(self, block: CellBlock) -> None:
+    def _move(self, block: CellBlock, before: CellState, after: CellState) -> None:
+        """Every cell of `block` must be `before`; all become `after`."""
         cells = self._cells(block)
-        if any(self.cells[c][x] != CellState.MISSING for c, x in cells):
-            raise ValueError("not missing")
+        if any(self.cells[c][x] != before for c, x in cells):
+            raise ValueError(f"not {before.name}")
         for c, x in cells:
-            self.cells[c][x] = CellState.FETCHING
+            self.cells[c][x] = after
+
+    def start_fetch(self, block: CellBlock) -> None:
+        self._move(block, CellState.MISSING, CellState.FETCHING)
 
     def start_compute(self, block: CellBlock) -> None:
         cells = self._cells(block)
@@ -171,11 +175,7 @@ class _CellByCell:
             self.computed_prefix[c] = block.layer_hi
 
     def abort_fetch(self, block: CellBlock) -> None:
-        cells = self._cells(block)
-        if any(self.cells[c][x] != CellState.FETCHING for c, x in cells):
-            raise ValueError("not fetching")
-        for c, x in cells:
-            self.cells[c][x] = CellState.MISSING
+        self._move(block, CellState.FETCHING, CellState.MISSING)
 
     def finish(self, block: CellBlock) -> None:
         cells = self._cells(block)
