@@ -364,7 +364,7 @@ class SimRun:
     def run(self) -> Result:
         # the run stops at the first token, or at the deadline (both by SimPy's own StopSimulation)
         self._after(self.max_time_s, StopSimulation.callback)
-        self._dispatch(RequestStarted(0.0), self.env.now)
+        self._dispatch(RequestStarted(0.0), 0.0)  # (env.now is the int 0 here)
         if self.tick_s:
             self._after(self.tick_s, self._tick)
         self.env.run(until=self.finished)
