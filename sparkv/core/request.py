@@ -16,10 +16,10 @@ class Request:
     request_id: str = "r0"
 
     def __post_init__(self) -> None:
-        for field in ("context_tokens", "query_tokens", "chunk_tokens"):
-            value = getattr(self, field)
+        for name in ("context_tokens", "query_tokens", "chunk_tokens"):
+            value = getattr(self, name)
             if value <= 0:
-                raise ValueError(f"Request.{field} must be positive, got {value}")
+                raise ValueError(f"Request.{name} must be positive, got {value}")
 
     @property
     def num_chunks(self) -> int:
