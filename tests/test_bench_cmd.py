@@ -12,7 +12,7 @@ def test_bench_sim_prints_rates_and_the_stepping_ratio(capsys: pytest.CaptureFix
                  "--policy", "stream", "--policy", "local"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "median req/s" in out and "requests timed" in out and "ratio" in out
+    assert "median req/s" in out and "requests timed" in out and "ratio" in out and "machine reference" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["stream"], ["local"])}
     assert set(rows) == {"stream", "local"} and all(int(r[-1]) == 6 for r in rows.values())  # 3 requests x 2 repeats
 

@@ -15,6 +15,22 @@ from sparkv.sim import build_world, simulate
 from sparkv.traces import integral_vs_stepping
 
 DEFAULT_TRACE = ("traces", "mahimahi_lte_us", "Verizon-LTE-short.down")
+REFERENCE_N = 200_000  # integers summed by the machine reference (about 10 ms of pure Python)
+
+
+def reference_rate() -> float:
+    """The machine's speed right now: runs per second of a fixed pure-Python loop (best of three).
+
+    Printed beside the rates, so that a repeat timed while a shared machine ran slow shows as such.
+    """
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(REFERENCE_N):
+            total += i * i
+        best = min(best, time.perf_counter() - t0)
+    return 1.0 / best
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +67,9 @@ def bench_sim(args: argparse.Namespace) -> int:
         simulate(world, make_policy(name), record=False)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in names}
     counts = dict.fromkeys(names, 0)
+    reference: list[float] = []
     for _ in range(args.repeats):  # policies take turns, so a slow minute of the machine hits them all alike
+        reference.append(reference_rate())
         for name in names:
             t0 = time.perf_counter()
             deadline = t0 + args.max_seconds
@@ -66,6 +84,11 @@ def bench_sim(args: argparse.Namespace) -> int:
     print(format_table(rows, [("policy", "policy", ""), ("rate", "median req/s", ".0f"),
                               ("min", "min req/s", ".0f"), ("max", "max req/s", ".0f"),
                               ("requests", "requests timed", "d")]))  # fmt: skip
+    print(
+        f"machine reference (a fixed pure-Python loop of {REFERENCE_N} additions, before each repeat): "
+        f"median {statistics.median(reference):.0f} loops/s, min {min(reference):.0f}, max {max(reference):.0f}; "
+        "a slow repeat of the machine shows here too"
+    )
     # the link alone: a stream-only request's transfers (one per layer) by integral vs 1 ms stepping
     layer_bytes = float(world.costs.cell_bytes[:, 0].sum() / scenario.link.efficiency)
     link = integral_vs_stepping(world.trace, world.spec.num_layers, layer_bytes, step_s=0.001)
