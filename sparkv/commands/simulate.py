@@ -15,6 +15,7 @@ from sparkv.commands.common import (
     policy_maker,
     scenario_from_args,
 )
+from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.policies import POLICIES
 from sparkv.sim import SimulationStalled, build_world, simulate
@@ -36,10 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_policy_config_arg(p)
     p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)})")
     p.add_argument("--out", type=Path, help="folder for result JSON, timeline CSV and a Gantt PNG")
+    p.add_argument("--max-sim-s", type=float, default=3600.0,
+                   help="simulated seconds a request may take before it counts as not finished (default 3600)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.max_sim_s > 0:
+        raise UserError(f"--max-sim-s must be > 0, got {args.max_sim_s}")
     scenario = scenario_from_args(args)
     names = args.policy or list(POLICIES)
     make = policy_maker(args)
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     stalled: list[str] = []
     for name in names:
         try:
-            results.append(simulate(world, make_for_world(make, name, world)))
+            results.append(simulate(world, make_for_world(make, name, world), max_time_s=args.max_sim_s))
         except SimulationStalled as exc:
             stalled.append(str(exc))
     req = world.request

@@ -375,7 +375,12 @@ class SimRun:
     def _stall_reason(self) -> str:
         missing = len(self.progress.missing_cells())
         got = self.world.trace.bytes_between(self._trace_t(0.0), self._trace_t(self.max_time_s))
-        why = "the link delivered no bytes" if got <= 0 else "the policy left cells unscheduled"
+        if self.compute_busy or (self.transfer is not None and got > 0):  # still working: it only needs longer
+            why = "work was still running at that point, so the request needs longer (a larger time limit)"
+        elif got <= 0:
+            why = "the link delivered no bytes"
+        else:
+            why = "the policy left cells unscheduled"
         return (
             f"policy {self.policy_name} did not reach the first token within {self.max_time_s:.0f} s "
             f"simulated ({missing} cells still missing): {why}"
