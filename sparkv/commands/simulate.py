@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table([r.summary() for r in results], COLUMNS))
     for line in stalled:
         print(f"did not finish: {line}")
+    if any("needs longer" in line for line in stalled):
+        print(f"(--max-sim-s raises the limit of {args.max_sim_s:g} s simulated per request)")
     if args.out:
         write_outputs(results, args.out)
         print(f"wrote {args.out}/")
