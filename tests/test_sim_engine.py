@@ -252,8 +252,15 @@ def test_zero_bandwidth_stream_only_stalls_with_reason() -> None:
     # a trace that is zero for the whole simulated horizon
     horizon = steps([(5000.0, 0.0), (1.0, RATE)])
     dead = World(w.scenario, w.request, w.spec, horizon, w.profile, w.costs, w.radio, None)
-    with pytest.raises(SimulationStalled, match="no bytes"):
+    with pytest.raises(SimulationStalled, match="no bytes") as stalled:
         simulate(dead, make_policy("stream"), max_time_s=100.0)
+    assert not stalled.value.needs_longer
+
+
+def test_a_request_cut_off_while_computing_needs_longer() -> None:
+    with pytest.raises(SimulationStalled, match="needs longer") as stalled:
+        simulate(make_world(), make_policy("local"), max_time_s=0.1)  # 12 cells of 0.05 s each
+    assert stalled.value.needs_longer
 
 
 def test_energy_components_are_positive_and_sum() -> None:

@@ -15,7 +15,7 @@ from sparkv.sim import build_world, simulate
 from sparkv.traces import integral_vs_stepping
 
 DEFAULT_TRACE = ("traces", "mahimahi_lte_us", "Verizon-LTE-short.down")
-REFERENCE_N = 200_000  # integers summed by the machine reference (about 10 ms of pure Python)
+REFERENCE_N = 200_000  # integers summed by the machine reference (10 to 20 ms of pure Python on this VM)
 
 
 def reference_rate() -> float:

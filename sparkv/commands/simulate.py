@@ -18,7 +18,7 @@ from sparkv.commands.common import (
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.policies import POLICIES
-from sparkv.sim import SimulationStalled, build_world, simulate
+from sparkv.sim import DEFAULT_MAX_TIME_S, SimulationStalled, build_world, simulate
 
 COLUMNS = [
     ("policy", "policy", ""),
@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_policy_config_arg(p)
     p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)})")
     p.add_argument("--out", type=Path, help="folder for result JSON, timeline CSV and a Gantt PNG")
-    p.add_argument("--max-sim-s", type=float, default=3600.0,
-                   help="simulated seconds a request may take before it counts as not finished (default 3600)")
+    p.add_argument("--max-sim-s", type=float, default=DEFAULT_MAX_TIME_S,
+                   help=f"simulated seconds a request may take before it counts as not finished "
+                        f"(default {DEFAULT_MAX_TIME_S:g})")
     p.set_defaults(func=run)
 
 
@@ -52,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
         make(name)  # fail early on an unknown name
     world = build_world(scenario)
     results: list[Result] = []
-    stalled: list[str] = []
+    stalled: list[SimulationStalled] = []
     for name in names:
         try:
             results.append(simulate(world, make_for_world(make, name, world), max_time_s=args.max_sim_s))
         except SimulationStalled as exc:
-            stalled.append(str(exc))
+            stalled.append(exc)
     req = world.request
     print(
         f"simulated: {world.spec.name}, {req.context_tokens} context tokens in {req.num_chunks} chunks of "
@@ -66,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if results:
         print(format_table([r.summary() for r in results], COLUMNS))
-    for line in stalled:
-        print(f"did not finish: {line}")
-    if any("needs longer" in line for line in stalled):
+    for exc in stalled:
+        print(f"did not finish: {exc}")
+    if any(exc.needs_longer for exc in stalled):
         print(f"(--max-sim-s raises the limit of {args.max_sim_s:g} s simulated per request)")
     if args.out:
         write_outputs(results, args.out)

@@ -52,9 +52,16 @@ from sparkv.policies.base import Policy, RequestContext, ignored_events
 from sparkv.sim.server import SimServer
 from sparkv.sim.world import World
 
+DEFAULT_MAX_TIME_S = 3600.0  # simulated seconds a request may take before it counts as not finished
+
 
 class SimulationStalled(UserError):
-    """The request could not finish: the policy waits forever or the link delivers nothing."""
+    """The request could not finish: it needed longer than allowed, the policy waits forever, or the link
+    delivers nothing. `needs_longer` tells the first case apart (a larger time limit would finish it)."""
+
+    def __init__(self, message: str, needs_longer: bool = False) -> None:
+        super().__init__(message)
+        self.needs_longer = needs_longer
 
 
 _IDLE = {  # idle lanes by (link idle, compute idle)
@@ -81,7 +88,9 @@ class _Transfer:
 class SimRun:
     """One simulated request under one policy; `run()` returns its `Result`."""
 
-    def __init__(self, world: World, policy: Policy, max_time_s: float = 3600.0, record: bool = True) -> None:
+    def __init__(
+        self, world: World, policy: Policy, max_time_s: float = DEFAULT_MAX_TIME_S, record: bool = True
+    ) -> None:
         self.world = world
         self.env = simpy.Environment()
         self.policy_name = policy.name
@@ -369,13 +378,21 @@ class SimRun:
             self._after(self.tick_s, self._tick)
         self.env.run(until=self.finished)
         if not self.finished.triggered:
-            raise SimulationStalled(self._stall_reason())
+            raise SimulationStalled(self._stall_reason(), needs_longer=self._still_working())
         return self._result()
+
+    def _still_working(self) -> bool:
+        """At the deadline, work was running (compute, or a transfer over a link that delivers): the request
+        only needs longer."""
+        if self.compute_busy:
+            return True
+        delivers = self.trace.bytes_between(self._trace_t(0.0), self._trace_t(self.max_time_s)) > 0
+        return self.transfer is not None and delivers
 
     def _stall_reason(self) -> str:
         missing = len(self.progress.missing_cells())
         got = self.world.trace.bytes_between(self._trace_t(0.0), self._trace_t(self.max_time_s))
-        if self.compute_busy or (self.transfer is not None and got > 0):  # still working: it only needs longer
+        if self._still_working():
             why = "work was still running at that point, so the request needs longer (a larger time limit)"
         elif got <= 0:
             why = "the link delivered no bytes"
@@ -431,6 +448,6 @@ def _call(step: Callable[[], None]) -> Any:
     yield  # a generator, so SimPy can start it
 
 
-def simulate(world: World, policy: Policy, max_time_s: float = 3600.0, record: bool = True) -> Result:
+def simulate(world: World, policy: Policy, max_time_s: float = DEFAULT_MAX_TIME_S, record: bool = True) -> Result:
     """Run one request of `world` under `policy` in the SimPy model; `record` keeps the policy log."""
     return SimRun(world, policy, max_time_s, record).run()
