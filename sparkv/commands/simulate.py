@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if results:
         print(format_table([r.summary() for r in results], COLUMNS))
-    for exc in stalled:
-        print(f"did not finish: {exc}")
-    if any(exc.needs_longer for exc in stalled):
+    for stall in stalled:
+        print(f"did not finish: {stall}")
+    if any(stall.needs_longer for stall in stalled):
         print(f"(--max-sim-s raises the limit of {args.max_sim_s:g} s simulated per request)")
     if args.out:
         write_outputs(results, args.out)
