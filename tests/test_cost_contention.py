@@ -9,13 +9,13 @@ import pytest
 from sparkv.cost_models.profiles import load_profile
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("sparkv.executor.link") is None, reason="executor link not built"
+    importlib.util.find_spec("sparkv.executor.net.link") is None, reason="executor link not built"
 )
 
 
 def test_probe_times_both_modes_over_a_real_pacing_link() -> None:
-    from sparkv.cost_models.contention import apply_slowdown, measure_receive_slowdown
-    from sparkv.executor.models import tiny_model
+    from sparkv.executor.model.models import tiny_model
+    from sparkv.profiling.contention import apply_slowdown, measure_receive_slowdown
 
     loaded = tiny_model(num_layers=4, hidden_size=64)
     ticks: list[str] = []
@@ -32,8 +32,8 @@ def test_probe_times_both_modes_over_a_real_pacing_link() -> None:
 
 
 def test_bad_layer_count_is_refused() -> None:
-    from sparkv.cost_models.contention import measure_receive_slowdown
-    from sparkv.executor.models import tiny_model
+    from sparkv.executor.model.models import tiny_model
+    from sparkv.profiling.contention import measure_receive_slowdown
 
     with pytest.raises(ValueError):
         measure_receive_slowdown(tiny_model(num_layers=2, hidden_size=32), layers=3)

@@ -7,8 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from sparkv.cost_models.link_calibration import apply_calibration, calibrate_link, fit_link
+from sparkv.cost_models.link_calibration import apply_calibration, fit_link
 from sparkv.cost_models.profiles import load_profile
+from sparkv.profiling.link_calibration import calibrate_link
 
 RATE = 2_000_000.0  # bytes/s
 RTT, OVERHEAD, EFF = 0.03, 0.004, 0.9
@@ -50,9 +51,9 @@ def test_bad_calibration_input() -> None:
         fit_link([(1000, 0.1), (2000, 0.2)], 0.0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sparkv.executor.link") is None, reason="executor link not built")
+@pytest.mark.skipif(importlib.util.find_spec("sparkv.executor.net.link") is None, reason="executor link not built")
 def test_real_pacing_link_fits_its_rate() -> None:
-    from sparkv.cost_models.link_real import real_fetcher
+    from sparkv.profiling.link_real import real_fetcher
 
     # 40 Mbit/s, about a second in all: slow enough that the loopback's CPU time is not what sets the
     # rate, even on a busy 2-core machine (at 320 Mbit/s a loaded machine delivered 0.7x)

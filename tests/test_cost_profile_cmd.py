@@ -13,7 +13,7 @@ from sparkv.cost_models.compute import FittedCompute, TableCompute
 from sparkv.cost_models.profiles import load_profile
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("sparkv.executor.prefill") is None, reason="the executor's prefill is not built"
+    importlib.util.find_spec("sparkv.executor.model.prefill") is None, reason="the executor's prefill is not built"
 )
 
 

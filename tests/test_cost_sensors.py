@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sparkv.cost_models import sensors
-from sparkv.cost_models.sensors import EnergySensor, parse_tegrastats_line, rapl_sensor, total_power_w
+from sparkv.executor import sensors
+from sparkv.executor.sensors import EnergySensor, parse_tegrastats_line, rapl_sensor, total_power_w
 
 ORIN = (
     "11-23-2026 10:00:00 RAM 2448/30536MB (lfb 7x4MB) CPU [2%@729,1%@729] EMC_FREQ 0%@2133 GR3D_FREQ 0%@[305] "

@@ -12,10 +12,10 @@ import torch
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock, Request
 from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
-from sparkv.executor.kvstore import KVStore, build_kv_store
-from sparkv.executor.models import LoadedModel, tiny_model
-from sparkv.executor.prefill import LayerwisePrefill, full_prefill_reference
-from sparkv.executor.protocol import CorruptFrame, DeadlineExceeded
+from sparkv.executor.model.kvstore import KVStore, build_kv_store
+from sparkv.executor.model.models import LoadedModel, tiny_model
+from sparkv.executor.model.prefill import LayerwisePrefill, full_prefill_reference
+from sparkv.executor.net.protocol import CorruptFrame, DeadlineExceeded
 from sparkv.policies import BASELINES, make_policy
 from sparkv.policies.base import RequestContext
 

@@ -11,9 +11,9 @@ import torch
 
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
-from sparkv.executor.kvstore import KVStore, build_kv_store, context_key, kv_file, token_ids_sha256
-from sparkv.executor.models import tiny_model
-from sparkv.executor.prefill import reference_kv
+from sparkv.executor.model.kvstore import KVStore, build_kv_store, context_key, kv_file, token_ids_sha256
+from sparkv.executor.model.models import tiny_model
+from sparkv.executor.model.prefill import reference_kv
 
 CONTEXT = torch.arange(3, 53)  # 50 tokens
 

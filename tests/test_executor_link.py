@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from sparkv.core.request import CellBlock
-from sparkv.executor import link as link_mod
-from sparkv.executor import netns
-from sparkv.executor.client import KVClient, ServerGone
-from sparkv.executor.link import Link, NetnsLink, PacingLink, make_link
-from sparkv.executor.net_codecs import get_codec
-from sparkv.executor.net_pacing import BUCKET_S, Pacer, _pace_until
-from sparkv.executor.net_store import make_synthetic_store
-from sparkv.executor.protocol import DeadlineExceeded
+from sparkv.executor.net import link as link_mod
+from sparkv.executor.net import netns
+from sparkv.executor.net.client import KVClient, ServerGone
+from sparkv.executor.net.codecs import get_codec
+from sparkv.executor.net.link import Link, NetnsLink, PacingLink, make_link
+from sparkv.executor.net.pacing import BUCKET_S, Pacer, _pace_until
+from sparkv.executor.net.protocol import DeadlineExceeded
+from sparkv.executor.net.store import make_synthetic_store
 from sparkv.traces.synthetic import constant, steps
 
 KEY, S = "11223344aabbccdd", 256  # 8 chunks x 4 layers, 256 KiB per cell

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sparkv.core.errors import UserError
-from sparkv.executor.models import load_model, tiny_model, tiny_model_dir
+from sparkv.executor.model.models import load_model, tiny_model, tiny_model_dir
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkv.core.request import CellBlock
-from sparkv.executor.kvstore import KVStore, build_kv_store
-from sparkv.executor.models import LoadedModel, load_model, tiny_model
-from sparkv.executor.prefill import LayerwisePrefill, full_prefill_reference
+from sparkv.executor.model.kvstore import KVStore, build_kv_store
+from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
+from sparkv.executor.model.prefill import LayerwisePrefill, full_prefill_reference
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V) [kv_heads, tokens, head_dim]
 ATOL = 1e-4

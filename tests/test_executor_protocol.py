@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkv.core.request import CellBlock
-from sparkv.executor import protocol as P
-from sparkv.executor.client import _decode_cell
-from sparkv.executor.net_codecs import RawCodec
-from sparkv.executor.net_io import FrameReader, Woken, make_wake_pair, ring, send_all
+from sparkv.executor.net import protocol as P
+from sparkv.executor.net.client import _decode_cell
+from sparkv.executor.net.codecs import RawCodec
+from sparkv.executor.net.io import FrameReader, Woken, make_wake_pair, ring, send_all
 
 u64 = st.integers(0, 2**64 - 1)
 u32 = st.integers(0, 2**32 - 1)

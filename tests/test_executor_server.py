@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from sparkv.core.request import CellBlock
-from sparkv.executor import protocol as P
-from sparkv.executor.client import CellPayload, CorruptFrame, DeadlineExceeded, KVClient, ServerError, ServerGone
-from sparkv.executor.net_io import FrameReader
-from sparkv.executor.net_store import make_synthetic_store
-from sparkv.executor.server import ServerHandle, start_server
+from sparkv.executor.net import protocol as P
+from sparkv.executor.net.client import CellPayload, CorruptFrame, DeadlineExceeded, KVClient, ServerError, ServerGone
+from sparkv.executor.net.io import FrameReader
+from sparkv.executor.net.server import ServerHandle, start_server
+from sparkv.executor.net.store import make_synthetic_store
 from sparkv.traces.synthetic import constant
 
 KEY, BIG = "00aa11bb22cc33dd", "big0big1"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sparkv.core.costs import CostTable
-from sparkv.executor.models import load_model, tiny_model_dir
-from sparkv.executor.prefill import LayerwisePrefill
-from sparkv.executor.speed import DeviceSpeed, RunSpeed, availability_spec, probe_speed
+from sparkv.executor.model.models import load_model, tiny_model_dir
+from sparkv.executor.model.prefill import LayerwisePrefill
+from sparkv.executor.model.speed import DeviceSpeed, RunSpeed, availability_spec, probe_speed
 from sparkv.traces import get_trace
 
 

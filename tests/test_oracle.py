@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sparkv.analysis.evaluate import fluid_bound, oracle_options
+from sparkv.analysis.evaluate import fluid_bound
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.policies import make_policy
 from sparkv.policies.bounds import fluid_bound_s
+from sparkv.policies.oracle import oracle_options
 from sparkv.policies.planner_model import ConstantLink
 from sparkv.sim import build_world, simulate
 

@@ -7,11 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
+from sparkv.analysis.planner_exact import exact_plan, model_instance, planner_plan, random_instance
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.policies import make_policy
 from sparkv.policies.oracle import count_monotone, monotone_vectors
 from sparkv.policies.planner import Planner
-from sparkv.policies.planner_exact import exact_plan, model_instance, planner_plan, random_instance
 from sparkv.policies.planner_model import ComputeSpeed, ConstantLink, Evaluator, Snapshot
 from sparkv.sim import build_world, simulate
 

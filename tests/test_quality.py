@@ -32,8 +32,8 @@ from sparkv.cli import main
 from sparkv.commands.quality import meets_target, summarise
 from sparkv.core.errors import UserError
 from sparkv.cost_models.codecs import get_codec
-from sparkv.executor.models import LoadedModel, tiny_model
-from sparkv.executor.prefill import full_prefill_reference, reference_kv
+from sparkv.executor.model.models import LoadedModel, tiny_model
+from sparkv.executor.model.prefill import full_prefill_reference, reference_kv
 
 
 @cache

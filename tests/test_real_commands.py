@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparkv.cli import main
-from sparkv.executor.models import tiny_model_dir
+from sparkv.executor.model.models import tiny_model_dir
 
 COMMON = ["--device", "analytic-cpu-2core", "--context-tokens", "192", "--chunk-tokens", "64",
           "--link", "pacing", "--document", "builtin"]  # fmt: skip

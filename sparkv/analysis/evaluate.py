@@ -25,6 +25,7 @@ from sparkv.policies import make_policy
 from sparkv.policies.base import RequestContext
 from sparkv.policies.bounds import fluid_bound_s
 from sparkv.policies.controller import SparKVConfig
+from sparkv.policies.oracle import oracle_options
 from sparkv.policies.planner_model import ComputeSpeed, ForecastLink
 from sparkv.sim import SimulationStalled, World, build_world, simulate
 from sparkv.traces import Trace, get_trace, is_spec
@@ -54,19 +55,6 @@ def default_traces() -> list[str]:
     """The real traces under ../shared/traces if present, else synthetic families."""
     root = shared_path("traces")
     return expand_traces([str(root)]) if root else list(SYNTHETIC)
-
-
-def oracle_options(world: World) -> dict[str, Any]:
-    """make_policy("oracle", **options): the world's scaled trace and link arithmetic, its device availability."""
-    link = world.scenario.link
-    return {
-        "forecast": world.trace,
-        "offset_s": link.trace_offset_s,
-        "efficiency": link.efficiency,
-        "pre_s": link.per_transfer_s + link.rtt_s,
-        "post_s": world.profile.install_fixed_s,
-        "availability": world.availability,
-    }
 
 
 def world_link(world: World) -> ForecastLink:

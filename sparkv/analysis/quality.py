@@ -24,7 +24,7 @@ from torch import Tensor
 
 from sparkv.core.errors import UserError
 from sparkv.cost_models.codecs import KVCodec
-from sparkv.executor.models import LoadedModel
+from sparkv.executor.model.models import LoadedModel
 
 KV = list[tuple[Tensor, Tensor]]  # per layer (K, V) [num_kv_heads, tokens, head_dim]
 TASKS = {"quality": "exam", "scientific_qa": "f1", "multidoc_qa": "f1"}  # LEval file -> scoring
@@ -236,7 +236,7 @@ def compare_codecs(
     on_run: Callable[[], object] | None = None,
 ) -> tuple[list[Generation], dict[str, tuple[CodecCost, list[Generation]]]]:
     """Lossless generations per query, and per codec its cost and generations; `on_run` after each."""
-    from sparkv.executor.prefill import reference_kv
+    from sparkv.executor.model.prefill import reference_kv
 
     def run(kv: KV, q: Tensor) -> Generation:
         gen = generate_on_kv(loaded, kv, q, new_tokens, eos_ids)

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sparkv.analysis.backends import Backend, SerialBackend
+from sparkv.analysis.inputs import cached_spec, cached_trace
 from sparkv.analysis.tables import result_row, scenario_columns
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
-from sparkv.core.model import ModelSpec, resolve_model_spec
+from sparkv.core.model import resolve_model_spec
 from sparkv.policies import Policy, make_policy
-from sparkv.traces import Trace, get_trace
 from sparkv.traces.expand import expand_traces
 
 LINK_FIELDS = tuple(f.name for f in fields(LinkConfig))
@@ -160,16 +160,6 @@ def policy_factory(name: str) -> tuple[str, dict[str, Any]]:
 
 
 @lru_cache(maxsize=64)
-def _trace(name: str) -> Trace:
-    return get_trace(name)  # once per worker process
-
-
-@lru_cache(maxsize=16)
-def _spec(name: str) -> ModelSpec:
-    return resolve_model_spec(name)
-
-
-@lru_cache(maxsize=64)
 def _policy_options(name: str) -> tuple[str, dict[str, Any]]:
     return policy_factory(name)
 
@@ -178,7 +168,7 @@ def make_named_policy(name: str, world: Any = None) -> Policy:
     """A fresh policy for a sweep's policy value (name or config file); the oracle gets the world's future."""
     registered, options = _policy_options(name)
     if registered == "oracle" and world is not None and "forecast" not in options:
-        from sparkv.analysis.evaluate import oracle_options
+        from sparkv.policies.oracle import oracle_options
 
         options = {**oracle_options(world), **options}
     return make_policy(registered, **options)
@@ -190,7 +180,7 @@ def run_point(scenario: Scenario, policy: str, keep: str | None = None, world: A
 
     label = policy if not policy.endswith(".json") else f"{_policy_options(policy)[0]}:{Path(policy).stem}"
     try:
-        world = world or build_world(scenario, _trace(scenario.trace), _spec(scenario.model))
+        world = world or build_world(scenario, cached_trace(scenario.trace), cached_spec(scenario.model))
         result = simulate(world, make_named_policy(policy, world), record=False)
     except SimulationStalled as exc:
         return _failed_row(scenario, label, "stalled", str(exc))
@@ -214,8 +204,8 @@ def scenario_key(scenario: Scenario) -> str:
 
 def _failed_row(scenario: Scenario, policy: str, status: str, error: str) -> dict[str, Any]:
     try:
-        mean = _trace(scenario.trace).mean_bps * scenario.link.bandwidth_scale * 8 / 1e6
-        name = _trace(scenario.trace).name
+        mean = cached_trace(scenario.trace).mean_bps * scenario.link.bandwidth_scale * 8 / 1e6
+        name = cached_trace(scenario.trace).name
     except (UserError, ValueError):
         mean, name = math.nan, scenario.trace
     row = {**scenario_columns(scenario), "policy": policy, "world": "sim", "trace_name": name,
@@ -234,7 +224,7 @@ def run_batch(task: dict[str, Any]) -> list[dict[str, Any]]:
         key = scenario_key(scenario)
         if last[0] != key:
             try:
-                last = (key, build_world(scenario, _trace(scenario.trace), _spec(scenario.model)))
+                last = (key, build_world(scenario, cached_trace(scenario.trace), cached_spec(scenario.model)))
             except (UserError, ValueError):
                 last = (key, None)  # run_point records the error
         row = run_point(scenario, point["policy"], task.get("keep"), last[1])

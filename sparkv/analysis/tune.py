@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sparkv.analysis.backends import Backend, SerialBackend
+from sparkv.analysis.inputs import cached_spec, cached_trace
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.policies import POLICIES, Policy, make_policy
@@ -280,7 +281,6 @@ def _unused(_u: Any) -> float:  # differential_evolution needs a callable; `batc
 @typing.no_type_check
 def run_configs(task: dict[str, Any]) -> list[tuple[int, int, float, float]]:
     """Worker entry: simulate (config, scenario) pairs; stalls give (inf, nan)."""
-    from sparkv.analysis.sweep import _spec, _trace
     from sparkv.sim import SimulationStalled, build_world, simulate
 
     out, worlds = [], {}
@@ -288,7 +288,7 @@ def run_configs(task: dict[str, Any]) -> list[tuple[int, int, float, float]]:
         key = json.dumps(scen, sort_keys=True)
         if key not in worlds:
             s = Scenario.from_dict(scen)
-            worlds[key] = build_world(s, _trace(s.trace), _spec(s.model))
+            worlds[key] = build_world(s, cached_trace(s.trace), cached_spec(s.model))
         policy: Policy = make_policy(task["policy"], config=config_from_dict(task["cls"], config))
         try:
             r = simulate(worlds[key], policy, record=False)

@@ -176,7 +176,7 @@ def _probed_run(
     session: RealSession, make: Callable[[str], Policy], name: str, tolerance: float, attempts: int
 ) -> Result:
     """One real run between two speed probes, measured again while the probes disagree."""
-    from sparkv.executor.speed import RunSpeed
+    from sparkv.executor.model.speed import RunSpeed
 
     for attempt in range(1, attempts + 1):
         before = session.probe_speed()

@@ -13,7 +13,7 @@ from sparkv.core.errors import UserError
 from sparkv.policies import Policy, make_policy
 
 if TYPE_CHECKING:
-    from sparkv.sim.world import World
+    from sparkv.engine.world import World
 
 
 def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = None) -> None:
@@ -102,6 +102,6 @@ def make_for_world(make: Callable[[str], Policy], name: str, world: World) -> Po
     device availability): without them it would plan on the mean bandwidth like any other policy."""
     if name != "oracle":
         return make(name)
-    from sparkv.analysis.evaluate import oracle_options
+    from sparkv.policies.oracle import oracle_options
 
     return make_policy(name, **oracle_options(world))

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     planning = bench_planning(max(1, args.bench_repeats), device=cfg.base["device"])
     planner_check = None
     if args.planner_check:
-        from sparkv.policies.planner_exact import study
+        from sparkv.analysis.planner_exact import study
 
         planner_check = [study(args.planner_check, seed=1, chunks=5, groups=6, monotone=False),
                          study(args.planner_check, seed=2, chunks=8, groups=8, monotone=True)]  # fmt: skip

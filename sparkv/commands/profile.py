@@ -47,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkv.cost_models.profile_build import QUICK, run_profile, summary_lines
-    from sparkv.cost_models.profiler import ProfileConfig
     from sparkv.cost_models.profiles import load_profile
+    from sparkv.profiling.profile_build import QUICK, run_profile, summary_lines
+    from sparkv.profiling.profiler import ProfileConfig
 
     if args.update and not args.link:
         raise UserError("--update needs --link (it adds a link calibration to an existing profile)")
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfile:
-    from sparkv.cost_models.link_calibration import apply_calibration, calibrate_link
-    from sparkv.cost_models.link_real import real_fetcher
+    from sparkv.cost_models.link_calibration import apply_calibration
+    from sparkv.profiling.link_calibration import calibrate_link
+    from sparkv.profiling.link_real import real_fetcher
 
     rate_bps = args.link_rate_mbps * 1e6 / 8
     with real_fetcher(args.link, rate_bps) as (fetch, rtt_s):
@@ -104,8 +105,8 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
     profile = apply_calibration(profile, cal, kind=args.link)
     if args.no_contention:
         return profile
-    from sparkv.cost_models.contention import apply_slowdown, measure_receive_slowdown
-    from sparkv.executor.models import load_model
+    from sparkv.executor.model.models import load_model
+    from sparkv.profiling.contention import apply_slowdown, measure_receive_slowdown
 
     loaded = load_model(str(profile.measurements.get("config", {}).get("model", "smollm2")))
     slow = measure_receive_slowdown(loaded, args.link, rate_bps)

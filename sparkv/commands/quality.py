@@ -114,7 +114,7 @@ def quality(args: argparse.Namespace) -> int:
     import torch
 
     from sparkv.analysis.quality import run_quality
-    from sparkv.executor.models import load_model
+    from sparkv.executor.model.models import load_model
 
     config = config_from_args(args)
     loaded = load_model(config.model, device="cpu", dtype="float32")

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_document(spec: str, context_tokens: int) -> tuple[str, str, str]:
     """(context, question, reference answer) of the built-in document or one LEval record."""
     if spec == "builtin":
-        from sparkv.executor.document import TOKENS_PER_ENTRY, station_logbook
+        from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
 
         doc = station_logbook(entries=max(8, int(context_tokens / TOKENS_PER_ENTRY)))
         return doc.text, doc.question, doc.answer
@@ -73,7 +73,7 @@ def load_document(spec: str, context_tokens: int) -> tuple[str, str, str]:
 
 def auto_scale(scenario: Scenario) -> float:
     """Bandwidth scale at which streaming everything takes as long as computing everything (predicted)."""
-    from sparkv.sim.world import build_world
+    from sparkv.engine.world import build_world
 
     world = build_world(scenario)
     compute_s = float(world.costs.compute_cell_s.sum())

@@ -19,6 +19,7 @@ from scipy.optimize import nnls
 
 from sparkv.cost_models.compute import FittedCompute, TableCompute
 from sparkv.cost_models.fit_table import TableFit, fit_table
+from sparkv.cost_models.samples import Sample
 
 BASE_TERMS = ("fixed", "per_token", "per_attn")
 EXTRA_TERMS = ("per_past", "per_sq")
@@ -30,20 +31,6 @@ CANDIDATE_FORMS: tuple[tuple[str, ...], ...] = (
     (*BASE_TERMS, "per_sq"),
     ALL_TERMS,
 )
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One timed compute command."""
-
-    new_tokens: int  # n: tokens of the chunk
-    past_tokens: int  # tokens before the chunk
-    layers: int  # consecutive layers in the command
-    seconds: float  # median measured wall time
-
-    def __post_init__(self) -> None:
-        if self.new_tokens <= 0 or self.layers <= 0 or self.past_tokens < 0 or self.seconds <= 0:
-            raise ValueError(f"bad compute sample {self}")
 
 
 def layer_features(n: float, past: float, terms: Sequence[str]) -> list[float]:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import nnls
 
 from sparkv.cost_models.compute import FittedCompute, TableCompute
-
-if TYPE_CHECKING:
-    from sparkv.cost_models.fit import Sample
+from sparkv.cost_models.samples import Sample
 
 
 @dataclass(frozen=True)

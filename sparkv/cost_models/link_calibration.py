@@ -1,4 +1,4 @@
-"""Calibrating the link model against a real link.
+"""Fitting the link model to transfers timed over a real link (`sparkv.profiling.link_calibration` times them).
 
 The simulator's transfer takes  rtt + per_transfer + bytes / (rate x efficiency)  (plus installation,
 which the profiler measures separately). Given a way to run a transfer of N bytes at a known, steady
@@ -17,7 +17,7 @@ simulator's wireless link has no such burst, so it is reported (`burst_bytes`) b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,8 +25,6 @@ import numpy as np
 
 from sparkv.cost_models.fit import error_summary
 from sparkv.cost_models.profiles import DeviceProfile
-
-DEFAULT_SIZES = (4_096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304)
 
 
 @dataclass(frozen=True)
@@ -98,35 +96,6 @@ def fit_link(samples: Sequence[tuple[int, float]], rate_bps: float, rtt_s: float
         rel_error=error_summary(np.abs(pred - t) / t),
         samples=[(int(x), float(y)) for x, y in zip(b, t, strict=True)],
     )
-
-
-def calibrate_link(
-    fetch: Callable[[int], float],
-    rate_bps: float,
-    rtt_s: float = 0.0,
-    sizes: Sequence[int] = DEFAULT_SIZES,
-    repeats: int = 5,
-    warmup: int = 1,
-    tick: Callable[[int], None] | None = None,
-) -> LinkCalibration:
-    """Time `fetch(n)` for every size (`repeats` times each, after `warmup` untimed calls), fit the line.
-
-    `fetch` must transfer n payload bytes over the link under test at the steady rate `rate_bps` and
-    return the elapsed seconds from request to last byte (e.g. a `KVClient` fetch against a server
-    behind the pacing or netns link). Sizes are interleaved so drift affects all sizes alike.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fetch(int(sizes[0]))
-    times: dict[int, list[float]] = {int(n): [] for n in sizes}
-    for _ in range(repeats):
-        for n in sizes:
-            times[int(n)].append(float(fetch(int(n))))
-            if tick:
-                tick(int(n))
-    medians = [(n, float(np.median(v))) for n, v in times.items()]
-    return fit_link(medians, rate_bps, rtt_s)
 
 
 def apply_calibration(profile: DeviceProfile, calibration: LinkCalibration, kind: str = "") -> DeviceProfile:

@@ -1,7 +1,8 @@
-"""The real world: model loading, layer-wise prefill, the KV store and server, the link, the driver.
+"""The real world: `model/` (loading, layer-wise prefill, KV files) and `net/` (KV server, client, link);
+the driver and session that run a request on them.
 
-Submodules import torch; this package itself does not, so `sparkv.executor.kvstore`'s readers (the KV
-server) and the CLI stay cheap to import. The main names are re-exported lazily.
+`model/` imports torch; `net/` and this package itself do not, so the KV server and the CLI stay cheap to
+import. The main names are re-exported lazily.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LoadedModel": "models",
-    "load_model": "models",
-    "tiny_model": "models",
-    "tiny_model_dir": "models",
-    "LayerwisePrefill": "prefill",
-    "full_prefill_reference": "prefill",
-    "KVStore": "kvstore",
-    "KVStoreInfo": "kvstore",
-    "build_kv_store": "kvstore",
-    "context_key": "kvstore",
+    "LoadedModel": "model.models",
+    "load_model": "model.models",
+    "tiny_model": "model.models",
+    "tiny_model_dir": "model.models",
+    "LayerwisePrefill": "model.prefill",
+    "full_prefill_reference": "model.prefill",
+    "KVStore": "model.kvstore",
+    "KVStoreInfo": "model.kvstore",
+    "build_kv_store": "model.kvstore",
+    "context_key": "model.kvstore",
 }
 
 __all__ = sorted(_EXPORTS)

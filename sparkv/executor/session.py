@@ -19,15 +19,15 @@ from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Result
 from sparkv.cost_models.energy import request_energy_j
-from sparkv.cost_models.sensors import EnergySensor, measure_energy, open_sensor
+from sparkv.engine.world import World, build_world
 from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
-from sparkv.executor.kvstore import KVStoreInfo, build_kv_store
-from sparkv.executor.model_smollm2 import SMOLLM2_NAMES, cache_root
-from sparkv.executor.models import LoadedModel, load_model
-from sparkv.executor.prefill import LayerwisePrefill
-from sparkv.executor.speed import DeviceSpeed, availability_spec, probe_speed
+from sparkv.executor.model.kvstore import KVStoreInfo, build_kv_store
+from sparkv.executor.model.models import LoadedModel, load_model
+from sparkv.executor.model.prefill import LayerwisePrefill
+from sparkv.executor.model.smollm2 import SMOLLM2_NAMES, cache_root
+from sparkv.executor.model.speed import DeviceSpeed, availability_spec, probe_speed
+from sparkv.executor.sensors import EnergySensor, measure_energy, open_sensor
 from sparkv.policies.base import Policy, RequestContext
-from sparkv.sim.world import World, build_world
 from sparkv.traces import Trace, get_trace
 
 
@@ -107,7 +107,7 @@ class RealSession:
         return t if offset == 0 else t.slice(offset, offset + t.duration_s)
 
     def open(self) -> RealSession:
-        from sparkv.executor.link import make_link
+        from sparkv.executor.net.link import make_link
 
         self._link = make_link(self.link_kind, self._played_trace(), self.store_root).__enter__()
         if self.sensor is None:
@@ -152,7 +152,7 @@ class RealSession:
     # ---- device speed ----
 
     def probe_speed(self, sweeps: int = 2) -> DeviceSpeed:
-        """The device's compute speed now relative to the profile (see `sparkv.executor.speed`), on this
+        """The device's compute speed now relative to the profile (see `sparkv.executor.model.speed`), on this
         session's context; the probe's cache is allocated once and reused."""
         if self._probe is None:
             self._probe = LayerwisePrefill(self.loaded, self.prompt.context_ids, self.prompt.query_ids,
@@ -170,7 +170,7 @@ class RealSession:
     def run(self, policy: Policy, max_new_tokens: int = 16, config: DriverConfig | None = None) -> Result:
         if self._link is None:
             raise RuntimeError("RealSession.run needs an open session (use it as a context manager)")
-        from sparkv.executor.client import KVClient
+        from sparkv.executor.net.client import KVClient
 
         link = self._link
         client = KVClient(link.server.host, link.server.port)

@@ -5,8 +5,7 @@ request's offset and the link's efficiency and fixed delays) and the true comput
 table, optionally on a device shared over time), so its predicted timeline is the simulated one. It
 searches harder than SparKV: several planning granularities and transfer sizes, local search over
 every chunk, and exhaustive search over monotone k vectors where that is small. It re-plans only
-when a transfer fails. Build its options from a simulated world with
-`sparkv.analysis.evaluate.oracle_options(world)`.
+when a transfer fails. Build its options from a world (simulated or real) with `oracle_options(world)`.
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from itertools import combinations
-from typing import Any
+from typing import Any, Protocol
 
+from sparkv.core.config import Scenario
 from sparkv.core.costs import BandwidthForecast
 from sparkv.core.events import Command, Compute, Event, Resource, TransferCancelled, TransferFailed
 from sparkv.core.request import CellBlock
@@ -25,6 +25,40 @@ from sparkv.policies.planner_model import ComputeSpeed, ConstantLink, Evaluator,
 from sparkv.policies.tracking import TrackingPolicy
 
 EXHAUSTIVE_MAX = 3000  # monotone k vectors scored exhaustively up to this many
+
+
+class _InstallCosts(Protocol):
+    @property
+    def install_fixed_s(self) -> float: ...  # per transfer, receive side
+
+
+class OracleWorld(Protocol):
+    """The parts of a world (`sparkv.engine.world.World`) the oracle's options come from."""
+
+    @property
+    def scenario(self) -> Scenario: ...
+
+    @property
+    def trace(self) -> BandwidthForecast: ...  # scaled by the scenario's bandwidth scale; bytes/s
+
+    @property
+    def profile(self) -> _InstallCosts: ...
+
+    @property
+    def availability(self) -> BandwidthForecast | None: ...  # fraction of the device available, 0..1
+
+
+def oracle_options(world: OracleWorld) -> dict[str, Any]:
+    """make_policy("oracle", **options): the world's scaled trace and link arithmetic, its device availability."""
+    link = world.scenario.link
+    return {
+        "forecast": world.trace,
+        "offset_s": link.trace_offset_s,
+        "efficiency": link.efficiency,
+        "pre_s": link.per_transfer_s + link.rtt_s,
+        "post_s": world.profile.install_fixed_s,
+        "availability": world.availability,
+    }
 
 
 class OraclePolicy(TrackingPolicy):

@@ -48,9 +48,9 @@ from sparkv.core.replay import PolicyRecorder
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Result, Span, make_span
 from sparkv.cost_models.energy import request_energy_j
+from sparkv.engine.world import World
 from sparkv.policies.base import Policy, RequestContext, ignored_events
 from sparkv.sim.server import SimServer
-from sparkv.sim.world import World
 
 DEFAULT_MAX_TIME_S = 3600.0  # simulated seconds a request may take before it counts as not finished
 

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-from sparkv.executor.protocol import (
+from sparkv.executor.net.protocol import (
     HEADER,
     MAX_FRAME_BYTES,
     DeadlineExceeded,

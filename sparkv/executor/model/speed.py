@@ -22,7 +22,7 @@ import torch
 
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
-from sparkv.executor.prefill import LayerwisePrefill
+from sparkv.executor.model.prefill import LayerwisePrefill
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
-"""The KV server: a separate OS process serving KV cells of stored contexts over TCP (sparkv.executor.protocol).
+"""The KV server: a separate OS process serving KV cells of stored contexts over TCP (sparkv.executor.net.protocol).
 
-Run as `python -m sparkv.executor.server --root DIR [--host H] [--port P] [--trace FILE] [--fault ...]`;
+Run as `python -m sparkv.executor.net.server --root DIR [--host H] [--port P] [--trace FILE] [--fault ...]`;
 it prints `PORT <n>` on stdout once listening and reads control lines on stdin (`clock <t0>`: trace
 time 0 is perf_counter instant t0, acknowledged with a `CLOCK` line; `stop`); stdin closing (its parent
-died) stops it too. Start it from Python with `start_server` (sparkv.executor.net_launch).
+died) stops it too. Start it from Python with `start_server` (sparkv.executor.net.launch).
 
 Each connection gets a reader thread (FETCH, CANCEL, PING) and a worker thread that streams the cells
 of its FETCHes in order, each as a CELL header and PIECE frames, checking for a CANCEL before every
 piece. Bad requests get an ERROR frame; malformed or oversized frames get an ERROR frame and the
 connection is closed; other clients are unaffected. With `--trace` every piece waits for the trace
-to carry it (sender-side pacing, sparkv.executor.net_pacing). Faults for tests: `die-after-bytes=N`
+to carry it (sender-side pacing, sparkv.executor.net.pacing). Faults for tests: `die-after-bytes=N`
 (the process exits after sending N bytes in all) and `corrupt-cell=c,l` (one payload byte flipped after
 the crc was computed).
 
@@ -34,12 +34,12 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparkv.executor import protocol as P
-from sparkv.executor.net_codecs import get_codec
-from sparkv.executor.net_io import FrameReader, limit_unsent, send_all
-from sparkv.executor.net_launch import ServerHandle, start_server
-from sparkv.executor.net_pacing import Pacer, _pace_until, load_trace_arg
-from sparkv.executor.net_store import RequestRefused, StoreCache
+from sparkv.executor.net import protocol as P
+from sparkv.executor.net.codecs import get_codec
+from sparkv.executor.net.io import FrameReader, limit_unsent, send_all
+from sparkv.executor.net.launch import ServerHandle, start_server
+from sparkv.executor.net.pacing import Pacer, _pace_until, load_trace_arg
+from sparkv.executor.net.store import RequestRefused, StoreCache
 
 __all__ = ["Faults", "KVServer", "ServerHandle", "main", "start_server"]
 
@@ -303,7 +303,7 @@ def _control_loop(server: KVServer) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sparkv.executor.server", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sparkv.executor.net.server", description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="folder holding one KV store directory per context key")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0: any free port (printed as 'PORT <n>')")

@@ -15,7 +15,10 @@ from tqdm import tqdm
 
 from sparkv.cost_models.energy import ComputePower
 from sparkv.cost_models.fit import FitReport, error_summary, select_and_fit
-from sparkv.cost_models.profiler import (
+from sparkv.cost_models.profiles import DeviceProfile
+from sparkv.cost_models.timing import load_state, machine_info
+from sparkv.executor.sensors import measure_energy, open_sensor
+from sparkv.profiling.profiler import (
     Measured,
     ProfileConfig,
     config_dict,
@@ -24,9 +27,6 @@ from sparkv.cost_models.profiler import (
     measure_query,
     plan_points,
 )
-from sparkv.cost_models.profiles import DeviceProfile
-from sparkv.cost_models.sensors import measure_energy, open_sensor
-from sparkv.cost_models.timing import load_state, machine_info
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 QUICK = ProfileConfig(
@@ -86,7 +86,7 @@ def measure_power(loaded: Any, device: str, threads: int, burst: Callable[[], ob
 def _load(cfg: ProfileConfig, loaded: Any) -> Any:
     if loaded is not None:
         return loaded
-    from sparkv.executor.models import load_model, tiny_model
+    from sparkv.executor.model.models import load_model, tiny_model
 
     if cfg.model == "tiny":
         return tiny_model(num_layers=4, hidden_size=64, device=cfg.device, dtype=cfg.dtype)
@@ -155,7 +155,7 @@ def run_profile(
         date=info["date"],
         valid_for=(
             f"{model} ({loaded.model_id}) at {spec.dtype} on this {kind} with {threads} torch threads; attention as "
-            "sparkv.executor.prefill_layers runs it (SDPA with an explicit boolean causal mask); chunks "
+            "sparkv.executor.model.prefill_layers runs it (SDPA with an explicit boolean causal mask); chunks "
             f"{min(cfg.chunk_sizes)}-{max(cfg.chunk_sizes)} tokens (measured at "
             f"{', '.join(map(str, cfg.chunk_sizes))}; other sizes interpolated), context up to {cfg.max_context}"
         ),

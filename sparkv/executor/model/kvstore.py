@@ -33,8 +33,8 @@ import torch
 
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
-from sparkv.executor.models import LoadedModel
-from sparkv.executor.prefill_reference import reference_kv
+from sparkv.executor.model.models import LoadedModel
+from sparkv.executor.model.prefill_reference import reference_kv
 
 FORMAT_VERSION = 1
 _STORED_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "float32"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparkv.executor.models import LoadedModel
+from sparkv.executor.model.models import LoadedModel
 
 
 def _dynamic_cache() -> object:

@@ -5,7 +5,7 @@ Two kinds, recorded as `Link.kind`:
 - "netns-tbf" (`NetnsLink`): the server runs inside its own network namespace; a tc token-bucket
   filter on its veth egress is re-rated every `step_s` (default 0.1 s) to the trace's mean rate over
   that step (`tc qdisc change`), by a background thread. Real TCP over a real shaper.
-  The veth caps its packets at a few TCP segments (sparkv.executor.netns explains why: a GSO packet
+  The veth caps its packets at a few TCP segments (sparkv.executor.net.netns explains why: a GSO packet
   larger than the burst of a slower step wedges tbf). When the link fails, the client's error quotes
   `describe_shaper` (player thread, last setting, tc counters) and the server's last log lines.
 - "pacing" (`PacingLink`): the server, on loopback, paces its own sends to the trace (sparkv.executor.
@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sparkv.executor.net_launch import ServerHandle, start_server
-from sparkv.executor.net_pacing import TraceLike
-from sparkv.executor.netns import (
+from sparkv.executor.net.launch import ServerHandle, start_server
+from sparkv.executor.net.netns import (
     LATENCY_S,
     MIN_RATE_BPS,
     Netns,
@@ -40,6 +39,7 @@ from sparkv.executor.netns import (
     set_tbf,
     tbf_status,
 )
+from sparkv.executor.net.pacing import TraceLike
 
 log = logging.getLogger(__name__)
 STEP_S = 0.1  # the netns link re-rates its shaper at most this often

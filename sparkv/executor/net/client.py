@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparkv.core.request import CellBlock
-from sparkv.executor import protocol as P
-from sparkv.executor.net_codecs import get_codec
-from sparkv.executor.net_io import FrameReader, Woken, drain_wake, make_wake_pair, ring, send_all
-from sparkv.executor.net_launch import describe_server
-from sparkv.executor.protocol import CorruptFrame, DeadlineExceeded, PeerGone, ServerError, ServerGone
+from sparkv.executor.net import protocol as P
+from sparkv.executor.net.codecs import get_codec
+from sparkv.executor.net.io import FrameReader, Woken, drain_wake, make_wake_pair, ring, send_all
+from sparkv.executor.net.launch import describe_server
+from sparkv.executor.net.protocol import CorruptFrame, DeadlineExceeded, PeerGone, ServerError, ServerGone
 
 __all__ = ["CellPayload", "CorruptFrame", "DeadlineExceeded", "KVClient", "ServerError", "ServerGone"]
 

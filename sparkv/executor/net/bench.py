@@ -1,5 +1,5 @@
 """Measure the KV link: loopback throughput, goodput through each link kind vs the configured rate, and
-how long a cancel takes to end a fetch. `python -m sparkv.executor.net_bench [--json FILE]`.
+how long a cancel takes to end a fetch. `python -m sparkv.executor.net.bench [--json FILE]`.
 
 Numbers are medians over repeats on this machine, side by side in one run; the raw samples go to --json.
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sparkv.core.request import CellBlock
-from sparkv.executor.client import KVClient
-from sparkv.executor.link import Link, make_link
-from sparkv.executor.net_launch import start_server
-from sparkv.executor.net_store import make_synthetic_store
-from sparkv.executor.netns import NetnsUnavailable
+from sparkv.executor.net.client import KVClient
+from sparkv.executor.net.launch import start_server
+from sparkv.executor.net.link import Link, make_link
+from sparkv.executor.net.netns import NetnsUnavailable
+from sparkv.executor.net.store import make_synthetic_store
 
 KEY, S = "bench0000000000", 512  # 16 chunks x 8 layers; one cell (K+V, float32) is 1 MiB
 RATES_BPS = (125e3, 1e6, 5e6, 20e6)
@@ -87,7 +87,7 @@ def _med(xs: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sparkv.executor.net_bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sparkv.executor.net.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0, help="about how long each shaped transfer lasts")
     ap.add_argument("--kinds", default="pacing,netns")

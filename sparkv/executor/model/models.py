@@ -1,7 +1,7 @@
 """Loading the Hugging Face causal LM the real executor runs: SmolLM2, any local model directory, or a
 tiny random-weight model for tests.
 
-Supported families are those `sparkv.executor.prefill_layers` can run layer by layer: Llama, Qwen2,
+Supported families are those `sparkv.executor.model.prefill_layers` can run layer by layer: Llama, Qwen2,
 Mistral (including SmolLM2, a Llama) and GPT-2.
 """
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
-from sparkv.executor.model_smollm2 import SMOLLM2_NAME, SMOLLM2_NAMES, ensure_smollm2
+from sparkv.executor.model.smollm2 import SMOLLM2_NAME, SMOLLM2_NAMES, ensure_smollm2
 
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "gpt2")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

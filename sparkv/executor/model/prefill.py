@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from sparkv.core.request import CellBlock, Request
-from sparkv.executor.models import LoadedModel
-from sparkv.executor.prefill_layers import layer_math, layer_step
-from sparkv.executor.prefill_reference import full_prefill_reference, reference_kv
+from sparkv.executor.model.models import LoadedModel
+from sparkv.executor.model.prefill_layers import layer_math, layer_step
+from sparkv.executor.model.prefill_reference import full_prefill_reference, reference_kv
 
 __all__ = ["LayerwisePrefill", "full_prefill_reference", "reference_kv"]
 

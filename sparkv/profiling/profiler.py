@@ -9,8 +9,8 @@ Three kinds of measurement, all through the executor's `LayerwisePrefill` (the c
 - install: decode one cell's K and V with each codec and copy them into the cache.
 - query: the query's prefill per layer over the full context, and the first token.
 
-This is the one module of `cost_models` that drives the executor (it measures it); the import is
-inside the functions so that importing `sparkv.cost_models` never loads torch.
+It drives the executor (it measures it); the import is inside the functions so that importing
+`sparkv.profiling` never loads torch.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _prefill_with_past(loaded: Any, n: int, chunks: int, query_tokens: int, seed
     """A LayerwisePrefill of `chunks` chunks of n tokens, every cell installed (zeros)."""
     import torch
 
-    from sparkv.executor.prefill import LayerwisePrefill
+    from sparkv.executor.model.prefill import LayerwisePrefill
 
     gen = torch.Generator().manual_seed(seed)
     vocab = loaded.spec.vocab_size

@@ -1,4 +1,4 @@
-"""A `fetch(n_bytes) -> seconds` over the real KV server and link, for `calibrate_link`.
+"""A `fetch(n_bytes) -> seconds` over the real KV server and link, for `link_calibration.calibrate_link`.
 
 Starts the executor's KV server on a synthetic store behind a link of the given kind ("pacing" or
 "netns") playing a constant rate, and fetches one cell sized to the requested bytes (raw float32
@@ -26,10 +26,10 @@ def real_fetcher(kind: str, rate_bps: float, pings: int = 20) -> Iterator[tuple[
     CONTEXT tokens); rtt_s is the median round trip of `pings` pings through the same link."""
     from sparkv.core.errors import UserError
     from sparkv.core.request import CellBlock
-    from sparkv.executor.client import KVClient
-    from sparkv.executor.link import make_link
-    from sparkv.executor.net_store import make_synthetic_store
-    from sparkv.executor.netns import NetnsUnavailable
+    from sparkv.executor.net.client import KVClient
+    from sparkv.executor.net.link import make_link
+    from sparkv.executor.net.netns import NetnsUnavailable
+    from sparkv.executor.net.store import make_synthetic_store
     from sparkv.traces.synthetic import constant
 
     with tempfile.TemporaryDirectory(prefix="sparkv-linkcal-") as tmp:

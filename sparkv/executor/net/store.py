@@ -1,4 +1,4 @@
-"""The KV server's read side of the on-disk KV stores (format in sparkv.executor.kvstore), without torch.
+"""The KV server's read side of the on-disk KV stores (format in sparkv.executor.model.kvstore), without torch.
 
 A root folder holds one directory per context, named by its hex key; each holds meta.json and per layer
 k_{layer:03d}.npy / v_{layer:03d}.npy, arrays [num_kv_heads, context_tokens, head_dim], memory-mapped
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from sparkv.core.request import CellBlock
-from sparkv.executor.protocol import E_BAD_REQUEST, E_INTERNAL, E_OUT_OF_RANGE, E_UNKNOWN_CONTEXT
+from sparkv.executor.net.protocol import E_BAD_REQUEST, E_INTERNAL, E_OUT_OF_RANGE, E_UNKNOWN_CONTEXT
 
 KEY_RE = re.compile(r"^[0-9A-Za-z_-]{1,128}$")  # store names; no dots or slashes, so no path escapes
 
 
 class RequestRefused(Exception):
-    """A request the server answers with an ERROR frame (code from sparkv.executor.protocol)."""
+    """A request the server answers with an ERROR frame (code from sparkv.executor.net.protocol)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)

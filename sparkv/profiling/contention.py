@@ -120,10 +120,10 @@ def measure_receive_slowdown(
     tick: Callable[[str], None] = lambda _: None,
 ) -> ReceiveSlowdown:
     """Time `rounds` x (alone, receiving) sweeps of compute commands over chunk `past_chunks`'s layers."""
-    from sparkv.cost_models.profiler import _prefill_with_past
-    from sparkv.executor.client import KVClient
-    from sparkv.executor.link import make_link
-    from sparkv.executor.net_store import make_synthetic_store
+    from sparkv.executor.net.client import KVClient
+    from sparkv.executor.net.link import make_link
+    from sparkv.executor.net.store import make_synthetic_store
+    from sparkv.profiling.profiler import _prefill_with_past
     from sparkv.traces.synthetic import constant
 
     spec = loaded.spec

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparkv.executor.net_pacing import trace_to_json
+from sparkv.executor.net.pacing import trace_to_json
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -154,7 +154,7 @@ def start_server(
     faults: tuple[str, ...] | list[str] = (),
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> ServerHandle:
-    """Start `python -m sparkv.executor.server` and wait (bounded) for it to report its port.
+    """Start `python -m sparkv.executor.net.server` and wait (bounded) for it to report its port.
 
     pacing_trace: None (send as fast as the socket takes it), a trace file path, or a trace object with
     times_s/rates_bps/duration_s (sparkv.traces.Trace), which is handed over as JSON.
@@ -165,7 +165,7 @@ def start_server(
     if not root.is_dir():
         raise ValueError(f"store root {root} is not a directory")
     workdir = Path(tempfile.mkdtemp(prefix="sparkv-server-"))
-    cmd = [sys.executable, "-m", "sparkv.executor.server", "--root", str(root.resolve()),
+    cmd = [sys.executable, "-m", "sparkv.executor.net.server", "--root", str(root.resolve()),
            "--host", host, "--port", str(port)]
     if pacing_trace is not None:
         if isinstance(pacing_trace, str | Path):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sparkv.executor.protocol import PIECE_BYTES
+from sparkv.executor.net.protocol import PIECE_BYTES
 
 MIN_PIECE_BYTES = 1024
 PIECE_WINDOW_S = 0.01  # a paced piece carries about this much time of the current rate
