@@ -7,6 +7,7 @@ Imports are read with `ast`, not by importing, so a function-level import cannot
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -261,11 +262,17 @@ def test_the_network_half_imports_no_torch() -> None:
     assert "sparkv.executor.net.server" in mods and "sparkv.executor.net.client" in mods
     code = (
         "import importlib, sys\n"
+        "import sparkv\n"
+        f"assert sparkv.__file__ == {str(PACKAGE_ROOT / '__init__.py')!r}, sparkv.__file__\n"
         f"for m in {mods!r}: importlib.import_module(m)\n"
         "from sparkv.executor.net.codecs import get_codec\n"
         "get_codec('raw'); get_codec('fp16'); get_codec('int8'); get_codec('int4-rot+zstd')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    # The same checkout as this test's, whatever the installed package is.
+    path = os.pathsep.join([str(PACKAGE_ROOT.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"the network half imported {out.stdout.strip()}"
