@@ -6,6 +6,7 @@ import pytest
 
 from sparkv.analysis.evaluate import fluid_bound
 from sparkv.core.config import LinkConfig, Scenario
+from sparkv.core.errors import UserError
 from sparkv.policies import make_policy
 from sparkv.policies.bounds import fluid_bound_s
 from sparkv.policies.oracle import oracle_options
@@ -41,8 +42,13 @@ def test_oracle_beats_sparkv_and_the_bound_beats_everyone(trace: str) -> None:
 
 def test_oracle_without_a_forecast_plans_on_the_prior() -> None:
     w = world("const:5mbps,600s")
-    result = simulate(w, make_policy("oracle"))
+    result = simulate(w, make_policy("oracle", forecast=None))
     assert result.ttft_s == pytest.approx(result.config["policy"]["stats"]["predicted_ttft_s"], rel=1e-6)
+
+
+def test_an_oracle_without_a_forecast_is_refused() -> None:
+    with pytest.raises(UserError, match="future bandwidth"):
+        make_policy("oracle")
 
 
 def test_fluid_bound_falls_with_bandwidth_and_is_tight_at_the_extremes() -> None:

@@ -25,7 +25,7 @@ from sparkv.analysis.tables import result_row, scenario_columns
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.model import resolve_model_spec
-from sparkv.policies import Policy, make_policy
+from sparkv.policies import Policy, check_policy, make_policy
 from sparkv.traces.expand import expand_traces
 
 LINK_FIELDS = tuple(f.name for f in fields(LinkConfig))
@@ -155,7 +155,7 @@ def policy_factory(name: str) -> tuple[str, dict[str, Any]]:
 
         loaded = load_policy_config(name)
         return loaded.policy, loaded.options
-    make_policy(name)
+    check_policy(name)
     return name, {}
 
 

@@ -6,19 +6,16 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sparkv.core.config import Scenario
+from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
 from sparkv.policies import Policy, make_policy
-
-if TYPE_CHECKING:
-    from sparkv.engine.world import World
 
 
 def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = None) -> None:
     d = defaults or Scenario()
-    p.add_argument("--config", type=Path, help="scenario JSON (as saved in a result's config); flags override it")
+    p.add_argument("--config", type=Path, help="scenario TOML or JSON (a result's config works too); flags override it")
     p.add_argument("--trace", help=f"trace file or synthetic spec such as lte:seed=1 (default {d.trace})")
     p.add_argument("--model", help=f"built-in model spec or Hugging Face model directory (default {d.model})")
     p.add_argument("--device", help=f"device profile name or JSON path (default {d.device})")
@@ -33,15 +30,45 @@ def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = No
     p.add_argument("--seed", type=int, help="random seed (default 0)")
 
 
+def read_scenario_file(path: Path) -> dict[str, Any]:
+    """Scenario fields from a TOML or JSON file: the fields themselves, or a `scenario` table inside (as a
+    sweep spec's or a saved Result's `config` holds it). TOML if the name ends in .toml, else JSON."""
+    try:
+        text = Path(path).read_text()
+        if Path(path).suffix.lower() == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read scenario {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"scenario {path}: expected a table of scenario fields")
+    config = data.get("config")
+    found = data.get("scenario", config.get("scenario", data) if isinstance(config, dict) else data)
+    if not isinstance(found, dict):
+        raise UserError(f"scenario {path}: 'scenario' must be a table of fields")
+    return nest_link_fields(found)
+
+
+def nest_link_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Scenario fields with link fields (rtt_s, radio, ...; rtt_ms too) given flat moved under `link`."""
+    out = dict(data)
+    link = dict(out.pop("link", None) or {})
+    if "rtt_ms" in out:
+        link["rtt_s"] = float(out.pop("rtt_ms")) / 1e3
+    for name in LinkConfig.__dataclass_fields__:
+        if name in out:
+            link[name] = out.pop(name)
+    return {**out, "link": link} if link else out
+
+
 def scenario_from_args(args: argparse.Namespace, defaults: Scenario | None = None) -> Scenario:
     """The scenario named by `--config` (or the defaults), with any flags applied on top."""
     base = defaults or Scenario()
     if getattr(args, "config", None):
-        try:
-            data: dict[str, Any] = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read scenario {args.config}: {exc}") from exc
-        data = data.get("scenario", data.get("config", {}).get("scenario", data))
+        data = read_scenario_file(args.config)
         try:
             base = Scenario.from_dict(data)
         except (TypeError, ValueError) as exc:
@@ -82,6 +109,17 @@ def add_policy_config_arg(p: argparse.ArgumentParser) -> None:
                    help="a policy config JSON (as `sparkv tune` writes) for the policy it names")  # fmt: skip
 
 
+def policy_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{policy name: options} from `--policy-config` (for the policy that file names), or {}."""
+    path = getattr(args, "policy_config", None)
+    if path is None:
+        return {}
+    from sparkv.analysis.tune import load_policy_config
+
+    configured = load_policy_config(path)
+    return {configured.policy: dict(configured.options)}
+
+
 def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
     """make_policy, with the options of `--policy-config` for the policy that file names."""
     path = getattr(args, "policy_config", None)
@@ -95,13 +133,3 @@ def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
         return make_policy(name, **configured.options) if name == configured.policy else make_policy(name)
 
     return make
-
-
-def make_for_world(make: Callable[[str], Policy], name: str, world: World) -> Policy:
-    """`make(name)`, except that the oracle is handed the world's future (its trace, link arithmetic and
-    device availability): without them it would plan on the mean bandwidth like any other policy."""
-    if name != "oracle":
-        return make(name)
-    from sparkv.policies.oracle import oracle_options
-
-    return make_policy(name, **oracle_options(world))

@@ -23,7 +23,7 @@ from sparkv.commands.common import format_table
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import builtin_profile_names
-from sparkv.policies import make_policy
+from sparkv.policies import check_policy
 from sparkv.policies.controller import SparKVConfig
 from sparkv.traces.expand import expand_traces
 
@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     traces = expand_traces(args.trace) if args.trace else default_traces()
     names = args.policy or list(POLICY_ORDER)
     for name in names:
-        make_policy(name)  # fail early on an unknown name
+        check_policy(name)  # fail early on an unknown name
     base = Scenario(model=args.model, device=args.device or default_device(), codec=args.codec,
                     chunk_tokens=args.chunk_tokens)  # fmt: skip
     if args.rtt_ms is not None:

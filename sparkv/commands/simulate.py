@@ -11,14 +11,13 @@ from sparkv.commands.common import (
     add_policy_config_arg,
     add_scenario_args,
     format_table,
-    make_for_world,
-    policy_maker,
+    policy_options,
     scenario_from_args,
 )
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.policies import POLICIES
-from sparkv.sim import DEFAULT_MAX_TIME_S, SimulationStalled, build_world, simulate
+from sparkv.sim import DEFAULT_MAX_TIME_S
 
 COLUMNS = [
     ("policy", "policy", ""),
@@ -44,37 +43,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparkv import api
+
     if not args.max_sim_s > 0:
         raise UserError(f"--max-sim-s must be > 0, got {args.max_sim_s}")
     scenario = scenario_from_args(args)
     names = args.policy or list(POLICIES)
-    make = policy_maker(args)
-    for name in names:
-        make(name)  # fail early on an unknown name
-    world = build_world(scenario)
-    results: list[Result] = []
-    stalled: list[SimulationStalled] = []
-    for name in names:
-        try:
-            results.append(simulate(world, make_for_world(make, name, world), max_time_s=args.max_sim_s))
-        except SimulationStalled as exc:
-            stalled.append(exc)
-    req = world.request
+    outcome = api.simulate(scenario, names, max_sim_s=args.max_sim_s, policy_options=policy_options(args),
+                           warn=False)  # fmt: skip
+    world, req = outcome.world, outcome.world.request
     print(
         f"simulated: {world.spec.name}, {req.context_tokens} context tokens in {req.num_chunks} chunks of "
-        f"{req.chunk_tokens}, trace {world.trace.name} (mean {world.trace.mean_bps * 8 / 1e6:.2f} Mbit/s), "
-        f"device {world.profile.name}, codec {scenario.codec}"
+        f"{req.chunk_tokens}, trace {world.trace.name} ({world.trace.duration_s:.1f} s, looping; mean "
+        f"{world.trace.mean_bps * 8 / 1e6:.2f} Mbit/s), device {world.profile.name}, codec {scenario.codec}"
     )
-    if results:
-        print(format_table([r.summary() for r in results], COLUMNS))
-    for stall in stalled:
-        print(f"did not finish: {stall}")
-    if any(stall.needs_longer for stall in stalled):
+    if outcome.results:
+        print(format_table([r.summary() for r in outcome.results], COLUMNS))
+    for name, why in outcome.stalled.items():
+        print(f"did not finish [{name}]: {why}")
+    if outcome.needs_longer:
         print(f"(--max-sim-s raises the limit of {args.max_sim_s:g} s simulated per request)")
+    for note in outcome.notes:
+        print(f"note: {note}")
     if args.out:
-        write_outputs(results, args.out)
+        write_outputs(outcome.results, args.out)
         print(f"wrote {args.out}/")
-    return 2 if stalled else 0
+    return 2 if outcome.stalled else 0
 
 
 def write_outputs(results: list[Result], out: Path) -> None:

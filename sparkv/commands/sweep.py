@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from sparkv.analysis.backends import BACKENDS, default_jobs, make_backend
-from sparkv.analysis.sweep import SweepSpec, expand, load_spec, provenance, run_sweep
-from sparkv.analysis.tables import SUMMARY_COLUMNS, summarise, write_csv, write_parquet
-from sparkv.commands.common import format_table
+from sparkv.analysis.backends import BACKENDS, default_jobs
+from sparkv.analysis.sweep import SweepSpec, expand, load_spec
+from sparkv.analysis.tables import SUMMARY_COLUMNS, summarise
+from sparkv.commands.common import format_table, read_scenario_file
 from sparkv.core.errors import UserError
 
 # flag -> (axis, converter); every flag takes comma lists and may be repeated.
@@ -49,16 +47,16 @@ HELP = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="what-if sweep in the simulator (grid or list), in parallel, to one table")
     p.add_argument("--spec", type=Path, help="sweep file (JSON or TOML: mode, base, axes); flags replace its axes")
-    p.add_argument("--config", type=Path, help="base scenario JSON (as saved in a result's config)")
+    p.add_argument("--config", type=Path, help="base scenario, TOML or JSON (a result's config works too)")
     p.add_argument("--trace", action="append", help="trace file, folder, glob or synthetic spec; repeatable "
                    "(not comma-split: specs contain commas)")  # fmt: skip
     for name in AXIS_FLAGS:
         flag = "--" + name.removesuffix("_s").replace("_", "-")
         p.add_argument(flag, dest=name, action="append", help=HELP.get(name, name.replace("_", " ")) + "; comma list")
     p.add_argument("--mode", choices=("grid", "list"), help="grid: cartesian product (default); list: zip the axes")
-    p.add_argument("--backend", choices=BACKENDS, default="local", help="local processes (default) or ray")
+    p.add_argument("--backend", choices=BACKENDS, help="local processes (default) or ray (--ray-address implies it)")
     p.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="parallel workers (default: CPU count)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--ray-address", help="join this Ray cluster with --backend ray (default: start a local one)")
     p.add_argument("--out", type=Path, default=Path("sweep-out"), help="output folder (default sweep-out)")
     p.add_argument("--keep-results", action="store_true", help="also save every Result JSON under OUT/results/")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and the axes, run nothing")
@@ -81,12 +79,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     axes = dict(spec.axes)
     base = dict(spec.base)
     if args.config:
-        try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read scenario {args.config}: {exc}") from exc
-        data = data.get("scenario", data.get("config", {}).get("scenario", data))
-        base = {**data, **base}
+        base = {**read_scenario_file(args.config), **base}
     if args.trace:
         axes["trace"] = list(args.trace)
     for name, (axis, convert) in AXIS_FLAGS.items():
@@ -99,35 +92,47 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     return SweepSpec(axes, args.mode or spec.mode, base)
 
 
+def backend_from_args(args: argparse.Namespace) -> str:
+    """--backend, with --ray-address implying ray (and refused beside an explicit --backend local)."""
+    if args.ray_address is not None:
+        if args.backend not in (None, "ray"):
+            raise UserError(f"--ray-address joins a Ray cluster: it needs --backend ray, not --backend {args.backend}")
+        return "ray"
+    return str(args.backend or "local")
+
+
 def run(args: argparse.Namespace) -> int:
+    from sparkv import api
+
     spec = spec_from_args(args)
+    backend = backend_from_args(args)
     points = expand(spec)
-    sizes = ", ".join(f"{k} x{len(v)}" for k, v in spec.axes.items())
-    print(f"sweep: {len(points)} runs ({spec.mode}: {sizes or 'defaults'})")
+    sizes = ", ".join(f"{k} x{n}" for k, n in axis_sizes(spec, points).items())
+    print(f"sweep: {len(points)} runs ({spec.mode}: {sizes or 'defaults'})"
+          + (f", backend ray at {args.ray_address}" if args.ray_address else ""))  # fmt: skip
     if args.dry_run:
         return 0
-    backend = make_backend(args.backend, args.jobs, args.ray_address, preload=["sparkv.analysis.sweep"])
-    start = time.perf_counter()
-    try:
-        rows = run_sweep(points, backend, args.out / "results" if args.keep_results else None,
-                         progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
-    finally:
-        backend.close()
-    wall_s = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(rows, args.out / "results.csv")
-    parquet = write_parquet(rows, args.out / "results.parquet")
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "stalled", "error")}
-    traces = list(dict.fromkeys(p["scenario"]["trace"] for p in points))
-    meta = {"kind": "sweep", "spec": spec.to_dict(), "traces": traces, "runs": len(rows), "status": counts,
-            "backend": backend.name, "workers": backend.workers, "wall_s": wall_s, "argv": sys.argv[1:],
-            **provenance()}  # fmt: skip
-    (args.out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str))
-    print(format_table(summarise(rows), SUMMARY_COLUMNS))
-    print(f"{len(rows)} runs in {wall_s:.1f} s ({len(rows) / wall_s:.0f} runs/s, {backend.name} x{backend.workers}); "
-          f"ok {counts['ok']}, stalled {counts['stalled']}, error {counts['error']}")  # fmt: skip
-    errors = sorted({r["error"] for r in rows if r["status"] == "error"})
+    outcome = api.sweep(spec=spec, jobs=args.jobs, backend=backend, ray_address=args.ray_address,
+                        keep_results=args.out / "results" if args.keep_results else None,
+                        progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
+    written = api.save_sweep(outcome, args.out, sys.argv[1:])
+    counts = outcome.counts()
+    print(format_table(summarise(outcome.rows), SUMMARY_COLUMNS))
+    wall_s = outcome.wall_s
+    print(f"{len(outcome.rows)} runs in {wall_s:.1f} s ({len(outcome.rows) / wall_s:.0f} runs/s, {outcome.backend} "
+          f"x{outcome.workers}); ok {counts['ok']}, stalled {counts['stalled']}, error {counts['error']}")  # fmt: skip
+    for note in outcome.notes:
+        print(f"note: {note}")
+    errors = sorted({r["error"] for r in outcome.rows if r["status"] == "error"})
     for line in errors[:5]:
         print(f"error: {line}")
-    print(f"wrote {csv_path}" + (f", {parquet}" if parquet else "") + f", {args.out / 'sweep.json'}")
+    print("wrote " + ", ".join(str(p) for p in written.values()))
     return 1 if errors else 0
+
+
+def axis_sizes(spec: SweepSpec, points: list[dict[str, Any]]) -> dict[str, int]:
+    """Distinct values per axis as run (a trace folder or glob counts as the files it expands to)."""
+    sizes = {k: len(v) for k, v in spec.axes.items()}
+    if "trace" in sizes:
+        sizes["trace"] = len({p["scenario"]["trace"] for p in points})
+    return sizes

@@ -23,12 +23,21 @@ POLICIES: dict[str, Callable[..., Policy]] = {
 BASELINES = ("local", "stream", "cake", "static")
 
 
-def make_policy(name: str, **options: Any) -> Policy:
-    """A fresh policy object by name."""
-    factory = POLICIES.get(name)
-    if factory is None:
+def check_policy(name: str) -> None:
+    """UserError unless `name` is a registered policy."""
+    if name not in POLICIES:
         raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted(POLICIES))}")
-    return factory(**options)
 
 
-__all__ = ["BASELINES", "POLICIES", "Policy", "RequestContext", "make_policy"]
+def make_policy(name: str, **options: Any) -> Policy:
+    """A fresh policy object by name. The oracle must be given its `forecast` (the future bandwidth; None
+    explicitly to plan on the cost table's mean): without one it would silently know only the mean."""
+    check_policy(name)
+    if name == "oracle" and "forecast" not in options:
+        raise UserError("the oracle plans on the future bandwidth: give it forecast=TRACE "
+                        "(sparkv.api.make_policy('oracle', world) uses the world's), or forecast=None to plan "
+                        "on the mean bandwidth knowingly")  # fmt: skip
+    return POLICIES[name](**options)
+
+
+__all__ = ["BASELINES", "POLICIES", "Policy", "RequestContext", "check_policy", "make_policy"]

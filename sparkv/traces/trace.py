@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,6 +28,9 @@ class Trace:
     duration_s: float  # length of one loop; the trace repeats after it
     name: str = "trace"  # short label for tables and plots
     source: str = ""  # file path or generator description
+    # what loading decided, for tables and checks: "column" (the rate column read), "gaps" (what was done
+    # about missing seconds), "loop" ("repeat", or "error": a request must not outlive the trace)
+    info: Mapping[str, str] = field(default_factory=dict)
     # Derived in __post_init__ (Python lists for fast scalar bisect):
     _t: list[float] = field(init=False, repr=False)  # breakpoints
     _r: list[float] = field(init=False, repr=False)  # rates
@@ -184,7 +187,7 @@ class Trace:
         rates = np.concatenate(([self.rate_at(t0_s)], self.rates_bps[idx[keep]]))
         ok = np.concatenate(([True], np.diff(cuts) > 0))  # drop cuts that rounding made coincide
         src = f"{self.source}[{t0_s:g}:{t1_s:g}]"
-        return Trace(cuts[ok], rates[ok], t1_s - t0_s, self.name, src)
+        return Trace(cuts[ok], rates[ok], t1_s - t0_s, self.name, src, self.info)
 
     def concat(self, other: Trace) -> Trace:
         """This trace followed by `other` (one loop of each)."""
@@ -200,7 +203,7 @@ class Trace:
         cum = self.cum_bytes(edges)
         cum[-1] = self.loop_bytes
         rates = np.maximum(np.diff(cum), 0.0) / np.diff(edges)
-        return Trace(edges[:-1], rates, self.duration_s, self.name, f"{self.source} @{dt_s:g}s")
+        return Trace(edges[:-1], rates, self.duration_s, self.name, f"{self.source} @{dt_s:g}s", self.info)
 
 
 def concat(traces: Sequence[Trace], name: str | None = None) -> Trace:
