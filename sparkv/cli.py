@@ -23,6 +23,7 @@ _COMMANDS = (
     "report",
     "quality",
     "bench",
+    "decode",
 )
 
 

@@ -69,6 +69,7 @@ class Result:
     faults: list[str] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)  # policy calls, for replay
     extra: dict[str, Any] = field(default_factory=dict)  # link used, generated text, measured energy...
+    decode: dict[str, Any] | None = None  # the decode phase, if any (`sparkv.core.decode.DecodeSummary.to_dict`)
 
     @property
     def energy_total_j(self) -> float:
