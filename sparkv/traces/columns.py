@@ -12,11 +12,15 @@ parser; the format-specific loaders in `loaders.py` are thin wrappers over `load
   until the next timestamp (rows with a missing rate are dropped, so the rate before them holds); the
   last holds for the median interval between timestamps. Times are shifted so the trace starts at 0.
   A time unit containing `%` is a `strptime` pattern (e.g. `%Y.%m.%d_%H.%M.%S`).
+- Gaps (a time step over 1.5 x the median step, or a missing rate) follow `gaps`: `fill` (the above:
+  the rate before holds), `outage` (0 bytes/s for the missing time) or `error` (UserError naming it).
+  The trace's `info` says which column was read and what was done about gaps.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from sparkv.core.errors import UserError
 from sparkv.traces.trace import Trace
 from sparkv.traces.units import rate_unit_factor, time_unit_factor
 
+GAP_MODES = ("fill", "outage", "error")
 MISSING = frozenset({"", "-", "nan", "na", "n/a", "null", "none"})
 Column = int | str
 
@@ -115,9 +120,12 @@ def load_columns(
     interval_s: float = 1.0,
     delimiter: str | None = None,
     name: str | None = None,
+    gaps: str = "fill",
 ) -> Trace:
     """A trace from a table: `rate_col` in `rate_unit`; times from `time_col` or every `interval_s`."""
     p = Path(path)
+    if gaps not in GAP_MODES:
+        raise UserError(f"{p}: gaps must be one of {', '.join(GAP_MODES)}, got {gaps!r}")
     try:
         factor = rate_unit_factor(rate_unit)
         if time_col is not None and "%" not in time_unit:
@@ -135,15 +143,18 @@ def load_columns(
         raise UserError(f"{p}: only a header line, expected trace samples after it")
     ri = resolve_column(rate_col, header, p, "rate")
     ti = None if time_col is None else resolve_column(time_col, header, p, "time")
-    rate_label = repr(header[ri]) if header is not None and ri < len(header) else f"#{ri}"
+    column = header[ri] if header is not None and ri < len(header) else f"#{ri}"
+    rate_label = repr(column) if header is not None else column
     need = max(ri, ti if ti is not None else 0) + 1
     times: list[float] = []
     rates: list[float | None] = []
+    linenos: list[int] = []
     for lineno, text in rows:
         fields = split_fields(text, delim)
         if len(fields) < need:
             raise UserError(f"{p}:{lineno}: expected at least {need} fields, got {len(fields)}: {text!r}")
         rates.append(_parse_rate(fields[ri], factor, p, lineno, rate_label))
+        linenos.append(lineno)
         if ti is not None:
             t = _parse_time(fields[ti], time_unit, p, lineno)
             if times and t < times[-1]:
@@ -151,25 +162,42 @@ def load_columns(
             times.append(t)
     label = name if name is not None else p.name
     if ti is None:
-        return Trace.from_samples(_hold_missing(rates, p), interval_s, label, str(p))
-    return _timed_trace(times, rates, interval_s, p, label)
+        samples, note = _hold_missing(rates, linenos, p, gaps, interval_s)
+        trace = Trace.from_samples(samples, interval_s, label, str(p))
+    else:
+        trace, note = _timed_trace(times, rates, interval_s, p, label, gaps)
+    return replace(trace, info={"column": column, "gaps": note})
 
 
-def _hold_missing(rates: list[float | None], path: Path) -> list[float]:
-    """Missing samples take the previous rate (leading ones the first present one)."""
+def _hold_missing(rates: list[float | None], linenos: list[int], path: Path, gaps: str,
+                  interval_s: float) -> tuple[list[float], str]:  # fmt: skip
+    """Missing samples take the previous rate (leading ones the first present one), or 0 for `outage`."""
     present = [r for r in rates if r is not None]
     if not present:
         raise UserError(f"{path}: every rate sample is missing")
+    missing = [n for n, r in zip(linenos, rates, strict=True) if r is None]
+    if missing and gaps == "error":
+        raise UserError(f"{path}:{missing[0]}: missing rate ({len(missing)} row(s) in all); "
+                        f"'{path}?gaps=fill' holds the rate before, 'gaps=outage' makes them 0")  # fmt: skip
     out: list[float] = []
     last = present[0]
     for r in rates:
-        last = r if r is not None else last
+        last = r if r is not None else (0.0 if gaps == "outage" else last)
         out.append(last)
-    return out
+    return out, _gap_note(len(missing), len(missing) * interval_s, gaps)
 
 
-def _timed_trace(times: list[float], rates: list[float | None], interval_s: float, path: Path, name: str) -> Trace:
-    """Average rows sharing a timestamp, drop missing rates, hold each rate to the next timestamp."""
+def _gap_note(count: int, seconds: float, gaps: str) -> str:
+    if count == 0:
+        return "none"
+    done = "held at the rate before" if gaps == "fill" else "as outage (0 B/s)"
+    return f"{count} gap(s), {seconds:g} s {done}"
+
+
+def _timed_trace(times: list[float], rates: list[float | None], interval_s: float, path: Path, name: str,
+                 gaps: str = "fill") -> tuple[Trace, str]:  # fmt: skip
+    """Average rows sharing a timestamp, drop missing rates, hold each rate to the next timestamp (or, for
+    `gaps="outage"`, for one usual step, then 0 until the next timestamp)."""
     t = np.asarray(times, dtype=np.float64)
     have = np.array([r is not None for r in rates])
     if not have.any():
@@ -183,4 +211,17 @@ def _timed_trace(times: list[float], rates: list[float | None], interval_s: floa
     rel = uniq - times[0]  # start at the file's first timestamp, even if that row's rate is missing
     rel[0] = 0.0  # leading rows with missing rates take the first present rate
     duration = float(uniq[-1] - times[0]) + last_hold
-    return Trace(rel, means, duration, name, str(path))
+    steps = np.diff(rel)
+    jumps = np.flatnonzero(steps > 1.5 * last_hold) if uniq.size > 1 else np.array([], dtype=np.int64)
+    missing_s = float((steps[jumps] - last_hold).sum()) if jumps.size else 0.0
+    if jumps.size and gaps == "error":
+        i = int(jumps[0])
+        raise UserError(
+            f"{path}: {jumps.size} gap(s) in the time column, {missing_s:g} s in all; the first after "
+            f"{rel[i]:g} s (time {uniq[i]:g} then {uniq[i + 1]:g}); '?gaps=fill' holds the rate before a gap, "
+            "'?gaps=outage' makes it 0"
+        )
+    if jumps.size and gaps == "outage":
+        rel = np.insert(rel, jumps + 1, rel[jumps] + last_hold)
+        means = np.insert(means, jumps + 1, 0.0)
+    return Trace(rel, means, duration, name, str(path)), _gap_note(int(jumps.size), missing_s, gaps)

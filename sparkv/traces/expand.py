@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sparkv.core.errors import UserError
+from sparkv.traces.options import join_trace_arg, split_trace_arg
 from sparkv.traces.specs import is_spec
 
 _DOC_FILES = ("readme", "license", "copying", "upstream")  # files in trace folders that are not traces
@@ -14,21 +15,29 @@ _DOC_FILES = ("readme", "license", "copying", "upstream")  # files in trace fold
 
 def expand_traces(values: Iterable[str]) -> list[str]:
     """Synthetic specs as given; files; folders recursively, sorted, skipping documentation and the uplink
-    half of mahimahi up/down pairs; globs. In the order given, without repeats; UserError if none is found."""
+    half of mahimahi up/down pairs; globs. Loader options after `?` (`sparkv.traces.options`) go with every
+    file a folder or glob expands to. In the order given, without repeats; UserError if none is found."""
+    given = [str(v) for v in values]
     out: list[str] = []
-    for value in map(str, values):
-        path = Path(value)
-        if is_spec(value) or path.is_file():
+    for value in given:
+        if is_spec(value) or Path(value).is_file():
             out.append(value)
-        elif path.is_dir():
+            continue
+        text, options = split_trace_arg(value)
+        path = Path(text)
+        if path.is_file():
+            out.append(value)
+            continue
+        if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_doc(p))
-            out.extend(str(p) for p in files if not (p.suffix == ".up" and p.with_suffix(".down").exists()))
-        elif any(ch in value for ch in "*?["):
-            out.extend(sorted(p for p in glob.glob(value, recursive=True) if Path(p).is_file()))
+            found = [str(p) for p in files if not (p.suffix == ".up" and p.with_suffix(".down").exists())]
+        elif any(ch in text for ch in "*?["):
+            found = sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file())
         else:
             raise UserError(f"trace {value!r}: no such file, folder or glob match, and not a synthetic spec")
+        out.extend(join_trace_arg(p, options) for p in found)
     if not out:
-        raise UserError(f"no traces found in {list(values)}")
+        raise UserError(f"no traces found in {given}")
     return list(dict.fromkeys(out))
 
 

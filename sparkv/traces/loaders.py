@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from sparkv.core.errors import UserError
-from sparkv.traces.columns import Column, is_number, load_columns, read_lines, split_fields
+from sparkv.traces.columns import Column, is_number, load_columns, read_lines, resolve_column, split_fields
 from sparkv.traces.trace import Trace
 from sparkv.traces.units import rate_unit_factor
 
@@ -69,9 +69,9 @@ def load_mahimahi(path: str | Path, window_s: float = 0.1, name: str | None = No
     return Trace(starts, rates, duration_s, name if name is not None else p.name, str(p))
 
 
-def load_pensieve(path: str | Path, name: str | None = None) -> Trace:
+def load_pensieve(path: str | Path, name: str | None = None, gaps: str = "fill") -> Trace:
     """Pensieve "cooked" traces: whitespace-separated `<time_s> <Mbit/s>` lines."""
-    return load_columns(path, rate_col=1, rate_unit="Mbps", time_col=0, time_unit="s", name=name)
+    return load_columns(path, rate_col=1, rate_unit="Mbps", time_col=0, time_unit="s", name=name, gaps=gaps)
 
 
 def load_nyu_mets(path: str | Path, name: str | None = None) -> Trace:
@@ -93,29 +93,43 @@ def load_nyu_mets(path: str | Path, name: str | None = None) -> Trace:
     return Trace.from_samples(rates, 1.0, name if name is not None else p.name, str(p))
 
 
-def load_5gophers(path: str | Path, rate_col: Column | None = None, name: str | None = None) -> Trace:
-    """5Gophers CSV, one row per second. `rate_col` picks a carrier column (`Verizon` is enough)."""
+def load_5gophers(path: str | Path, rate_col: Column | None = None, name: str | None = None,
+                  gaps: str = "fill") -> Trace:  # fmt: skip
+    """5Gophers CSV, one row per second numbered by `seq_num` (a jump in it is a gap, see `gaps`).
+    `rate_col` picks a carrier column (`Verizon` is enough); the name then says which."""
     p = Path(path)
     header = split_fields(read_lines(p)[0][1], ",")
     candidates = [h for h in header if h.lower().endswith("throughput_mbps")]
     if rate_col is None:
         if len(candidates) != 1:
+            carriers = ", ".join(h[: -len("_throughput_mbps")] or h for h in candidates) or "none"
             raise UserError(
-                f"{p}: {len(candidates)} throughput columns ({', '.join(candidates) or 'none'}); "
-                "choose one with rate_col (--rate-col)"
+                f"{p}: {len(candidates)} throughput columns (carriers {carriers}); choose one as "
+                f"'{p}?carrier={candidates[0][: -len('_throughput_mbps')].lower() if candidates else 'NAME'}'"
             )
         rate_col = candidates[0]
     elif isinstance(rate_col, str) and rate_col.lower() not in (h.lower() for h in header):
         short = [h for h in candidates if h.lower() == f"{rate_col.lower()}_throughput_mbps"]
-        rate_col = short[0] if short else rate_col
-    return load_columns(p, rate_col=rate_col, rate_unit="Mbps", interval_s=1.0, delimiter=",", name=name)
+        if not short:
+            carriers = ", ".join(h[: -len("_throughput_mbps")] for h in candidates if h.lower() != "throughput_mbps")
+            raise UserError(f"{p}: no carrier or column {rate_col!r}; carriers: {carriers or 'none'}; "
+                            f"columns: {', '.join(header)}")  # fmt: skip
+        rate_col = short[0]
+    if name is None and len(candidates) > 1:
+        chosen = header[resolve_column(rate_col, header, p, "rate")]
+        name = f"{p.name}[{chosen.removesuffix('_throughput_mbps').removesuffix('_THROUGHPUT_MBPS')}]"
+    seq = "seq_num" if "seq_num" in (h.lower() for h in header) else None
+    return load_columns(p, rate_col=rate_col, rate_unit="Mbps", time_col=seq, time_unit="s", interval_s=1.0,
+                        delimiter=",", name=name, gaps=gaps)  # fmt: skip
 
 
-def load_gnettrack(path: str | Path, rate_col: Column = "DL_bitrate", name: str | None = None) -> Trace:
-    """G-NetTrack Pro CSV (kbit/s). Repeated seconds are averaged; gaps and `-` hold the previous rate."""
+def load_gnettrack(path: str | Path, rate_col: Column = "DL_bitrate", name: str | None = None,
+                   gaps: str = "fill") -> Trace:  # fmt: skip
+    """G-NetTrack Pro CSV (kbit/s). Repeated seconds are averaged; gaps and `-` follow `gaps` (default: hold
+    the previous rate)."""
     return load_columns(
         path, rate_col=rate_col, rate_unit="kbps", time_col="Timestamp", time_unit=GNETTRACK_TIME,
-        interval_s=1.0, delimiter=",", name=name,
+        interval_s=1.0, delimiter=",", name=name, gaps=gaps,
     )  # fmt: skip
 
 
@@ -137,11 +151,11 @@ _ALIASES = {
 FORMATS: tuple[str, ...] = tuple(_LOADERS)
 _OPTIONS = {
     "mahimahi": {"window_s"},
-    "pensieve": set(),
-    "5gophers": {"rate_col"},
-    "gnettrack": {"rate_col"},
+    "pensieve": {"gaps"},
+    "5gophers": {"rate_col", "gaps"},
+    "gnettrack": {"rate_col", "gaps"},
     "nyu-mets": set(),
-    "columns": {"rate_col", "rate_unit", "time_col", "time_unit", "interval_s", "delimiter"},
+    "columns": {"rate_col", "rate_unit", "time_col", "time_unit", "interval_s", "delimiter", "gaps"},
 }
 
 # Self-describing headers for `columns` auto-detection: lower-cased column name -> unit.
@@ -196,7 +210,7 @@ def detect(path: str | Path) -> tuple[str, dict[str, Any]]:
         raise UserError(
             f"{p}:{first_no}: header {_clip(first)} matches no known format; expected G-NetTrack (Timestamp, "
             "DL_bitrate), 5Gophers (throughput_mbps) or a time column plus one rate column named with its "
-            "unit (e.g. time_s,bytes_per_second); or pass format 'columns' with rate_col and rate_unit"
+            f"unit (e.g. time_s,bytes_per_second); or name them: '{p}?format=columns&rate_col=NAME&rate_unit=Mbps'"
         )
     tests = (
         ("mahimahi", lambda s: bool(_INT_LINE.match(s))),
@@ -211,7 +225,8 @@ def detect(path: str | Path) -> tuple[str, dict[str, Any]]:
             return fmt, {}
     raise UserError(
         f"{p}:{first_no}: cannot tell the format from {_clip(first)}; expected a mahimahi ms timestamp, "
-        "'<time_s> <Mbit/s>', '<value>,<unit>/sec' or a header line; or pass format 'columns'"
+        "'<time_s> <Mbit/s>', '<value>,<unit>/sec' or a header line; or name the columns, e.g. "
+        f"'{p}?format=columns&time_col=0&rate_col=1&rate_unit=B/s'"
     )
 
 
@@ -229,11 +244,31 @@ def load_trace(path: str | Path, fmt: str = "auto", name: str | None = None, **o
     if fmt not in _LOADERS:
         raise UserError(f"{path}: unknown trace format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     given = {k: v for k, v in opts.items() if v is not None}
+    if "gaps" not in _OPTIONS[fmt]:
+        given.pop("gaps", None)  # no gaps in this format (mahimahi: a silent stretch is already an outage)
     extra = set(given) - _OPTIONS[fmt]
     if extra:
         allowed = ", ".join(sorted(_OPTIONS[fmt])) or "none"
         raise UserError(f"{path}: option(s) {', '.join(sorted(extra))} do not apply to {fmt} (allowed: {allowed})")
     merged = {**implied, **given}
     if fmt == "columns" and not {"rate_col", "rate_unit"} <= set(merged):
-        raise UserError(f"{path}: format 'columns' needs rate_col and rate_unit (--rate-col, --rate-unit)")
+        raise UserError(f"{path}: format 'columns' needs rate_col and rate_unit: "
+                        f"'{path}?format=columns&rate_col=1&rate_unit=Mbps'")  # fmt: skip
     return _LOADERS[fmt](path, name=name, **merged)
+
+
+def accepted_options(path: str | Path, fmt: str = "auto") -> set[str]:
+    """Option names (as in `sparkv.traces.options`) that mean something for this file read as `fmt`:
+    the format's loader options, `carrier` beside `rate_col`, and format, gaps and loop. A 5Gophers file
+    with a single throughput column takes no column choice."""
+    fmt = _ALIASES.get(fmt.lower(), fmt.lower())
+    if fmt == "auto":
+        fmt = detect(path)[0]
+    names = set(_OPTIONS.get(fmt, set())) | {"format", "gaps", "loop"}
+    if fmt == "5gophers":
+        header = split_fields(read_lines(Path(path))[0][1], ",")
+        if sum(h.lower().endswith("throughput_mbps") for h in header) <= 1:
+            names.discard("rate_col")
+    if "rate_col" in names:
+        names.add("carrier")
+    return names

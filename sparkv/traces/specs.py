@@ -27,6 +27,7 @@ from typing import Any
 from sparkv.core.errors import UserError
 from sparkv.traces import synthetic
 from sparkv.traces.loaders import load_trace
+from sparkv.traces.options import join_trace_arg, loader_options, split_trace_arg
 from sparkv.traces.trace import Trace
 from sparkv.traces.units import parse_duration, parse_rate
 
@@ -60,6 +61,16 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def _with_info(trace: Trace, fmt: str, loop: str, path: str | None = None) -> Trace:
+    """The trace with the format it was read as and its loop mode recorded in `info`."""
+    from dataclasses import replace
+
+    from sparkv.traces.loaders import detect_format
+
+    used = detect_format(path or trace.source) if fmt == "auto" else fmt
+    return replace(trace, info={**trace.info, "format": used, "loop": loop})
 
 
 def is_spec(text: str) -> bool:
@@ -123,11 +134,19 @@ def _build(spec: str, kind: str, body: str) -> Trace:
 
 
 def get_trace(name: str | Path, fmt: str = "auto", **opts: Any) -> Trace:
-    """A trace from a file path (loaded with `fmt` and `opts`) or a synthetic spec string."""
+    """A trace from a file path, with `?KEY=VALUE&...` loader options (grammar in `sparkv.traces.options`;
+    they override `fmt` and `opts`), or a synthetic spec string."""
     text = str(name)
     if Path(text).exists():
-        return load_trace(text, fmt, **opts)
+        return _with_info(load_trace(text, fmt, **opts), fmt, "repeat")
+    path, options = split_trace_arg(text)
+    if options and Path(path).exists():
+        file_fmt, file_opts, loop = loader_options(text, options)
+        fmt = file_fmt if "format" in options else fmt
+        return _with_info(load_trace(path, fmt, **{**opts, **file_opts}), fmt, loop, path)
     if is_spec(text):
         return by_name(text)
+    if options:
+        raise UserError(f"{path}: no such trace file (options {join_trace_arg('', options)[1:]!r} given)")
     kinds = ", ".join(f"{k}:" for k in SPEC_KINDS)
     raise UserError(f"{text}: no such trace file, and not a synthetic trace spec ({kinds})")

@@ -69,31 +69,11 @@ def time_weighted_percentiles(trace: Trace, percentiles: Sequence[float]) -> lis
     return out
 
 
-def plot_traces(traces: Sequence[Trace], png_path: str | Path, max_loops: int = 1) -> Path:
-    """Step plot of each trace's rate (Mbit/s) against time (s), saved as a PNG; returns the path."""
-    import matplotlib
+def plot_traces(traces: Sequence[Trace], png_path: str | Path, title: str | None = None) -> Path:
+    """One panel per trace (see `sparkv.traces.plot`), saved as a PNG; returns the path."""
+    from sparkv.traces.plot import plot_trace_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not traces:
-        raise ValueError("plot_traces needs at least one trace")
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for tr in traces:
-        loops = range(max(1, max_loops))
-        t = np.concatenate([tr.times_s + k * tr.duration_s for k in loops] + [[max_loops * tr.duration_s]])
-        r = np.concatenate([tr.rates_bps for _ in loops] + [tr.rates_bps[-1:]]) / BPS_PER_MBIT
-        ax.step(t, r, where="post", label=f"{tr.name} (mean {tr.mean_bps / BPS_PER_MBIT:.2f} Mbit/s)", lw=0.8)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("bandwidth (Mbit/s)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(png_path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return plot_trace_panels(traces, png_path, title)
 
 
 def trace_stats(trace: Trace, outage_threshold_bps: float = OUTAGE_THRESHOLD_BPS) -> TraceStats:
