@@ -12,8 +12,9 @@ from sparkv.traces.loaders import (
     load_pensieve,
     load_trace,
 )
+from sparkv.traces.plot import plot_trace_panels, plot_traces
 from sparkv.traces.specs import SPEC_KINDS, by_name, get_trace, is_spec
-from sparkv.traces.stats import TraceStats, plot_traces, trace_stats
+from sparkv.traces.stats import TraceStats, trace_stats
 from sparkv.traces.synthetic import constant, fitted, gilbert_elliott, lte_like, steps
 from sparkv.traces.trace import Trace, concat
 from sparkv.traces.units import parse_duration, parse_rate
@@ -42,6 +43,7 @@ __all__ = [
     "lte_like",
     "parse_duration",
     "parse_rate",
+    "plot_trace_panels",
     "plot_traces",
     "steps",
     "trace_stats",

@@ -73,3 +73,8 @@ def plot_trace_panels(traces: Sequence[Trace], png_path: str | Path, title: str 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_traces(traces: Sequence[Trace], png_path: str | Path, title: str | None = None) -> Path:
+    """The same as `plot_trace_panels`."""
+    return plot_trace_panels(traces, png_path, title)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -67,13 +66,6 @@ def time_weighted_percentiles(trace: Trace, percentiles: Sequence[float]) -> lis
         i = int(np.searchsorted(cum, p / 100.0 * cum[-1], side="left"))
         out.append(float(rates[min(i, rates.size - 1)]))
     return out
-
-
-def plot_traces(traces: Sequence[Trace], png_path: str | Path, title: str | None = None) -> Path:
-    """One panel per trace (see `sparkv.traces.plot`), saved as a PNG; returns the path."""
-    from sparkv.traces.plot import plot_trace_panels
-
-    return plot_trace_panels(traces, png_path, title)
 
 
 def trace_stats(trace: Trace, outage_threshold_bps: float = OUTAGE_THRESHOLD_BPS) -> TraceStats:
