@@ -16,6 +16,7 @@ from typing import Any
 
 from sparkv.commands.bench import reference_rate
 from sparkv.commands.common import format_table
+from sparkv.commands.decode_real import add_real_args, print_validation, run_real, validate
 from sparkv.core.decode import DecodeScenario, DecodeSummary
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
@@ -95,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"decode policy, repeatable (default all: {', '.join(DECODE_POLICIES)})")
     p.add_argument("--out", type=Path, help="folder for one Result JSON per policy and a summary")
     p.add_argument("--bench", action="store_true", help="time the simulator: layer-steps per second per policy")
+    add_real_args(p)
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     names = args.policy or list(DECODE_POLICIES)
     for name in names:
         make_decode_policy(name)  # an unknown name fails before any work
+    if args.validate or args.real:
+        return run_real_world(args, scenario, names)
     world = build_decode_world(scenario)
     if args.bench:
         return bench(world, names)
@@ -126,6 +130,23 @@ def run(args: argparse.Namespace) -> int:
                    f"{world.compute.kind} decode compute"))  # fmt: skip
     print(format_table([summary_row(r) for r in results], COLUMNS))
     print("read hidden: 1 - (compute waiting for reads) / (storage busy); sim times are modelled")
+    if args.out:
+        write_results(results, args.out)
+    return 0
+
+
+def run_real_world(args: argparse.Namespace, scenario: DecodeScenario, names: list[str]) -> int:
+    if args.validate:
+        results, rows = validate(args, scenario, names)
+        print(format_table([summary_row(r) for r in results], COLUMNS))
+        print_validation(rows)
+        if args.out:
+            write_results(results, args.out)
+            (args.out / "decode-validation.json").write_text(json.dumps(rows, indent=1))
+        return 0
+    results = run_real(args, scenario, names)
+    print(format_table([summary_row(r) for r in results], COLUMNS))
+    print("real: every time measured (O_DIRECT reads through the reader threads, compute on this CPU)")
     if args.out:
         write_results(results, args.out)
     return 0

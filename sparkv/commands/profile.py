@@ -43,10 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-contention", action="store_true",
                    help="with --link: skip measuring how much slower compute runs while cells arrive")
+    p.add_argument("--disk", type=Path, metavar="PATH",
+                   help="measure O_DIRECT reads of the disk holding PATH into a storage profile (--out)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.disk:
+        from sparkv.profiling.disk import disk_command
+
+        return disk_command(args.disk, args.out)
     from sparkv.cost_models.profiles import load_profile
     from sparkv.profiling.profile_build import QUICK, run_profile, summary_lines
     from sparkv.profiling.profiler import ProfileConfig

@@ -22,6 +22,7 @@ class DecodeCompute:
     per_scored_token_s: float  # scoring one token's low-rank metadata (next layer's selection)
     per_exact_token_s: float  # exact attention scores of one token (the oracle's reference scores)
     step_fixed_s: float  # embedding, final norm, LM head and sampling, once per step
+    append_layer_s: float = 0.0  # writing one appended group of one layer (0: from the storage profile)
     kind: str = "derived"  # "derived" from a prefill compute model, or "calibrated" on real decode layers
     source: str = ""
 

@@ -53,9 +53,10 @@ def build_decode_world(
     compute: DecodeCompute | None = None,
     scores: ScoreTrace | None = None,
     storage: StorageProfile | None = None,
+    spec: ModelSpec | None = None,
 ) -> DecodeWorld:
     """Resolve every name in the scenario; pass objects to reuse ones measured or loaded already."""
-    spec = resolve_model_spec(scenario.model)
+    spec = spec or resolve_model_spec(scenario.model)
     geo = decode_geometry(spec, scenario)
     storage = storage or load_storage(scenario.storage)
     if compute is None:
@@ -132,7 +133,8 @@ def run_decode_sim(
                 engine.layer_done(step, layer, c0, env.now, stall_s=c0 - ready)
             end_s = compute.step_fixed_s
             if engine.appends_at_step_end:
-                end_s += storage.write_s(slot * num_layers)
+                append = compute.append_layer_s or storage.write_s(slot)
+                end_s += append * num_layers
             yield env.timeout(end_s)
             engine.step_end(step, env.now)
 

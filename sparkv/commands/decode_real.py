@@ -1,0 +1,133 @@
+"""`sparkv decode --real` and `--validate`: the decode policies on the real model and disk, and the simulator
+replaying each real run's score trace with a compute model fitted to separate calibration runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparkv.analysis.decode_validate import compare_runs, fit_decode_compute
+from sparkv.commands.common import format_table
+from sparkv.core.decode import DecodeScenario
+from sparkv.core.errors import UserError
+from sparkv.core.result import Result
+from sparkv.cost_models.storage import load_storage
+from sparkv.executor.model.decode_run import RealDecodeSetup, prepare_real_decode, run_real_decode, spec_for_disk
+from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
+from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
+from sparkv.policies.decode import make_decode_policy
+from sparkv.sim.decode import build_decode_world, simulate_decode
+
+CALIB_TOKENS = 2048  # tokens of the calibration text for the key projections
+
+
+def add_real_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--real", action="store_true", help="run the policies on the real model, KV files on disk")
+    p.add_argument("--validate", action="store_true",
+                   help="real runs, then the simulator replaying each run's scores: step-time error, same decisions")
+    p.add_argument("--hf-model", default="smollm2", help="model for --real: smollm2, tiny, or a HF directory")
+    p.add_argument("--kv-dir", type=Path, default=Path("sparkv-kv"),
+                   help="folder for the KV files (on a disk: O_DIRECT; default ./sparkv-kv)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for real decode (default 1)")
+    p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")  # fmt: skip
+
+
+def _loaded(name: str) -> LoadedModel:
+    if name == "tiny":
+        return tiny_model("llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2)
+    return load_model(name)
+
+
+def _tokens(loaded: LoadedModel, count: int, seed: int) -> torch.Tensor:
+    """`count` tokens of the built-in logbook (seeded), or random ids for a model without a tokenizer."""
+    if loaded.tokenizer is None:
+        return torch.randint(0, loaded.spec.vocab_size, (count,), generator=torch.Generator().manual_seed(seed))
+    doc = station_logbook(entries=int(count / TOKENS_PER_ENTRY * 1.2) + 10, seed=seed)
+    ids = loaded.encode(doc.text, max_tokens=count)
+    if int(ids.shape[0]) < count:
+        raise UserError(f"the built-in document gives {int(ids.shape[0])} tokens, fewer than {count}")
+    return ids
+
+
+def prepare(args: argparse.Namespace, scenario: DecodeScenario) -> RealDecodeSetup:
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    loaded = _loaded(args.hf_model)
+    ids = _tokens(loaded, scenario.context_tokens, scenario.seed)
+    calib = _tokens(loaded, min(CALIB_TOKENS, scenario.context_tokens), scenario.seed + 1000)
+    t0 = time.perf_counter()
+    setup = prepare_real_decode(loaded, ids, calib, scenario, args.kv_dir)
+    print(f"real decode: {loaded.model_id}, {scenario.context_tokens} tokens prefilled, KV written to "
+          f"{args.kv_dir} and keys projected to rank {scenario.rank} in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    return setup
+
+
+def run_real(args: argparse.Namespace, scenario: DecodeScenario, names: list[str]) -> list[Result]:
+    setup = prepare(args, scenario)
+    results = []
+    try:
+        for name in names:
+            result, _, _, _ = run_real_decode(setup, make_decode_policy(name))
+            results.append(result)
+    finally:
+        setup.files.close()
+    return results
+
+
+def validate(
+    args: argparse.Namespace, scenario: DecodeScenario, names: list[str]
+) -> tuple[list[Result], list[dict[str, Any]]]:
+    """Calibration runs (short), then a real run per policy and its replay in the simulator."""
+    setup = prepare(args, scenario)
+    storage = load_storage(scenario.storage)
+    try:
+        calib_sc = scenario.with_(steps=max(2, min(args.calib_steps, scenario.steps)))
+        calib_setup = RealDecodeSetup(**{**setup.__dict__, "scenario": calib_sc})
+        runs = []
+        for name in names:
+            policy = make_decode_policy(name)
+            _, _, engine, _ = run_real_decode(calib_setup, policy, log=True)
+            runs.append((policy.score_kind, name, engine))
+        compute = fit_decode_compute(runs, scenario.rank)
+        print(f"decode compute fitted on {len(runs)} calibration runs of {calib_sc.steps} steps: "
+              f"{json.dumps({k: v for k, v in compute.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
+        reals, sims, rows = [], [], []
+        for name in names:
+            real, trace, _, _ = run_real_decode(setup, make_decode_policy(name))
+            world = build_decode_world(scenario, compute=compute, scores=trace, storage=storage,
+                                       spec=spec_for_disk(setup.loaded))  # fmt: skip
+            sim = simulate_decode(world, make_decode_policy(name))
+            reals.append(real)
+            sims.append(sim)
+            rows.append(compare_runs(real, sim))
+    finally:
+        setup.files.close()
+    return reals + sims, rows
+
+
+VALIDATE_COLUMNS = [
+    ("policy", "policy", ""),
+    ("real_median_ms", "real median ms", ".2f"),
+    ("sim_median_ms", "sim median ms", ".2f"),
+    ("median_err", "median err", ".3f"),
+    ("real_p90_ms", "real p90 ms", ".2f"),
+    ("sim_p90_ms", "sim p90 ms", ".2f"),
+    ("p90_err", "p90 err", ".3f"),
+    ("err_median", "per-step err median", ".3f"),
+    ("err_p90", "per-step err p90", ".3f"),
+    ("real_hidden", "real read hidden", ".2f"),
+    ("bytes_match", "bytes equal", ""),
+    ("hits_match", "hits equal", ""),
+]
+
+
+def print_validation(rows: list[dict[str, Any]]) -> None:
+    print(format_table(rows, VALIDATE_COLUMNS))
+    print("median/p90 err: |sim - real| / real of the step-time median and p90; per-step err: the same per step, "
+          "then its median and p90; bytes/hits equal: every step's bytes read and reuse hits identical")  # fmt: skip

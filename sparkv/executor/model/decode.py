@@ -1,0 +1,238 @@
+"""Decode-time sparse attention on a real Llama-architecture model, with KVSwap's low-rank key metadata.
+
+`build_cache` prefills a context layer by layer, writes its K/V to per-layer files (`kvfile`), and projects
+the post-RoPE keys (all KV heads concatenated per token) onto rank r: U_l holds the top-r left singular
+vectors of the keys of a calibration text, and the metadata Z_l = K_l U_l stays in memory.
+
+`SparseDecoder` then runs one token through the layers attending only to the groups the policy chose (held
+in a `SlotPool`) plus the tail group and the current token. `predicted_scores` builds layer l's query from
+the hidden state entering layer l-1 (one layer ahead; layer 0 from the embedding), averages it per GQA
+group, and scores every token against Z_l: one score per token for all heads; a group scores its max.
+`exact_scores` is the reference: the attention mass of each group under the layer's true query.
+Shapes: KV key/value heads, H query heads, hd head dim, T tokens; batch 1 is left out.
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparkv.core.errors import UserError
+from sparkv.executor.model.kvfile import KVFiles, KVLayout, aligned_buffer
+from sparkv.executor.model.models import LoadedModel
+from sparkv.executor.model.prefill_layers import LLAMA_LIKE, LlamaMath, layer_step
+
+PREFILL_CHUNK = 512
+
+
+class SlotPool:
+    """One layer's resident groups in page-aligned memory: group -> slot, reads land in their slots."""
+
+    def __init__(self, layout: KVLayout, capacity: int = 16) -> None:
+        self.layout = layout
+        self.slot_of: dict[int, int] = {}
+        self.free: list[int] = []
+        self.capacity = 0
+        self.buf: mmap.mmap = aligned_buffer(0)
+        self._alloc(max(1, capacity))
+
+    def _alloc(self, capacity: int) -> None:
+        old = self.buf if self.capacity else None
+        lay = self.layout
+        self.buf = aligned_buffer(capacity * lay.slot_bytes)
+        rows = torch.frombuffer(self.buf, dtype=torch.float16, count=capacity * lay.slot_bytes // 2)
+        self.tensor = rows.view(capacity, lay.slot_bytes // 2)[:, : lay.group_bytes // 2].view(
+            capacity, 2, lay.group_tokens, lay.kv_heads, lay.head_dim
+        )  # [slots, 2, G, KV, hd]
+        start = 0 if old is None else self.capacity
+        if old is not None:
+            self.buf[: len(old)] = old[:]
+        self.capacity = capacity
+        self.free.extend(range(capacity - 1, start - 1, -1))
+
+    def retain(self, groups: set[int]) -> None:
+        """Free every slot whose group is not in `groups`."""
+        for g in [g for g in self.slot_of if g not in groups]:
+            self.free.append(self.slot_of.pop(g))
+
+    def reserve(self, new_groups: int) -> None:
+        """Room for `new_groups` more without growing (views handed out earlier stay valid only until a growth)."""
+        while len(self.free) < new_groups:
+            self._alloc(self.capacity * 2)
+
+    def view(self, group: int) -> memoryview:
+        """A slot for `group` (allocated if new), as the bytes a read fills."""
+        slot = self.slot_of.get(group)
+        if slot is None:
+            if not self.free:
+                self._alloc(self.capacity * 2)
+            slot = self.free.pop()
+            self.slot_of[group] = slot
+        size = self.layout.slot_bytes
+        return memoryview(self.buf)[slot * size : (slot + 1) * size]
+
+    def put(self, group: int, kv: Tensor) -> None:
+        """Place a group's K/V ([2, G, KV, hd]) directly (a group appended at the end of a step)."""
+        self.view(group)
+        self.tensor[self.slot_of[group]] = kv.to(torch.float16)
+
+    def gather(self, groups: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """K, V of `groups` as float32 [KV, n*G, hd]."""
+        if not groups:
+            lay = self.layout
+            empty = torch.zeros(lay.kv_heads, 0, lay.head_dim)
+            return empty, empty
+        idx = torch.tensor([self.slot_of[g] for g in groups])
+        kv = self.tensor.index_select(0, idx).float()  # [n, 2, G, KV, hd]
+        n, _, g, heads, hd = kv.shape
+        k = kv[:, 0].reshape(n * g, heads, hd).transpose(0, 1)
+        v = kv[:, 1].reshape(n * g, heads, hd).transpose(0, 1)
+        return k, v
+
+
+@dataclass
+class CacheBuild:
+    """What `build_cache` leaves in memory besides the files."""
+
+    projections: list[Tensor]  # U_l [KV*hd, r] per layer
+    metadata: list[Tensor]  # Z_l [capacity tokens, r] per layer (rows beyond the written tokens unused)
+    keys: list[Tensor]  # exact post-RoPE keys [KV, capacity tokens, hd] per layer, for reference scores
+    tail_k: list[Tensor]  # [KV, tail, hd] per layer: context tokens after the last full group
+    tail_v: list[Tensor]
+    last_hidden: Tensor  # [D]: hidden state of the last context token after the final layer
+
+
+def _check_family(loaded: LoadedModel) -> LlamaMath:
+    if loaded.model_type not in LLAMA_LIKE:
+        raise UserError(f"sparse decode supports {', '.join(LLAMA_LIKE)} models, not {loaded.model_type!r}")
+    return LlamaMath(loaded.model)
+
+
+@torch.inference_mode()
+def prefill_keys(loaded: LoadedModel, ids: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Layer-wise prefill of ids [T]: (K per layer [KV, T, hd], V per layer, last hidden [D])."""
+    math = _check_family(loaded)
+    spec = loaded.spec
+    total = int(ids.shape[0])
+    ks = [torch.zeros(spec.num_kv_heads, total, spec.head_dim) for _ in range(spec.num_layers)]
+    vs = [torch.zeros(spec.num_kv_heads, total, spec.head_dim) for _ in range(spec.num_layers)]
+    last = torch.zeros(spec.hidden_size)
+    for start in range(0, total, PREFILL_CHUNK):
+        x = math.embed(ids[start : start + PREFILL_CHUNK], start)
+        for layer in range(spec.num_layers):
+            x = layer_step(math, layer, x, start, ks[layer], vs[layer])
+        last = x[-1]
+    return ks, vs, last
+
+
+def calibrate_projections(keys: list[Tensor], rank: int) -> list[Tensor]:
+    """U_l: top-`rank` left singular vectors of each layer's keys (all KV heads concatenated per token)."""
+    out = []
+    for k in keys:
+        cat = k.transpose(0, 1).reshape(k.shape[1], -1)  # [T, KV*hd]
+        if rank > cat.shape[1]:
+            raise UserError(f"rank {rank} exceeds the key width {cat.shape[1]} (KV heads x head dim)")
+        u, _, _ = torch.linalg.svd(cat.T.double(), full_matrices=False)
+        out.append(u[:, :rank].float().contiguous())
+    return out
+
+
+@torch.inference_mode()
+def build_cache(
+    loaded: LoadedModel, ids: Tensor, files: KVFiles, projections: list[Tensor], reserve_tokens: int
+) -> CacheBuild:
+    """Prefill `ids`, write every full group to `files`, project the keys; room for `reserve_tokens` more."""
+    lay = files.layout
+    ks, vs, last = prefill_keys(loaded, ids)
+    total = int(ids.shape[0])
+    full = total // lay.group_tokens
+    cap = total + reserve_tokens
+    metadata, keys, tail_k, tail_v = [], [], [], []
+    for layer, (k, v) in enumerate(zip(ks, vs, strict=True)):
+        g, heads, hd = lay.group_tokens, lay.kv_heads, lay.head_dim
+        body = torch.stack([k[:, : full * g], v[:, : full * g]])  # [2, KV, full*G, hd]
+        groups = body.view(2, heads, full, g, hd).permute(2, 0, 3, 1, 4)  # [full, 2, G, KV, hd]
+        files.write_groups(layer, 0, groups.to(torch.float16).numpy())
+        z = torch.zeros(cap, projections[layer].shape[1])
+        z[:total] = k.transpose(0, 1).reshape(total, -1) @ projections[layer]
+        metadata.append(z)
+        kk = torch.zeros(heads, cap, hd)
+        kk[:, :total] = k.to(torch.float16).float()
+        keys.append(kk)
+        tail_k.append(k[:, full * g :].clone())
+        tail_v.append(v[:, full * g :].clone())
+    files.save_layout()
+    return CacheBuild(projections, metadata, keys, tail_k, tail_v, last)
+
+
+class SparseDecoder:
+    """One token at a time through every layer, attending to selected groups + tail + current token."""
+
+    def __init__(self, loaded: LoadedModel, layout: KVLayout, cache: CacheBuild) -> None:
+        self.math = _check_family(loaded)
+        self.loaded, self.layout, self.cache = loaded, layout, cache
+        spec = loaded.spec
+        self.heads, self.kv_heads, self.head_dim = spec.num_attention_heads, spec.num_kv_heads, spec.head_dim
+        self.tail_k = [t.clone() for t in cache.tail_k]  # [KV, t, hd]
+        self.tail_v = [t.clone() for t in cache.tail_v]
+
+    # ---- scores ----
+
+    def _query(self, layer: int, x: Tensor, pos: int) -> Tensor:
+        q, _, _ = self.math.qkv(layer, x, pos)  # [H, 1, hd]
+        return q
+
+    def predicted_scores(self, layer: int, x: Tensor, pos: int, full_groups: int) -> np.ndarray:
+        """Group scores of `layer` from the hidden state x [1, D] entering the previous layer (or the embedding)."""
+        q = self._query(layer, x, pos)[:, 0]  # [H, hd]
+        q = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim).mean(dim=1)  # [KV, hd]
+        w = self.cache.projections[layer].T @ q.reshape(-1)  # [r]
+        g = self.layout.group_tokens
+        tokens = self.cache.metadata[layer][: full_groups * g] @ w  # [T]
+        return tokens.view(full_groups, g).amax(dim=1).numpy().astype(np.float32)
+
+    def exact_scores(self, layer: int, q: Tensor, full_groups: int) -> np.ndarray:
+        """Attention mass per group under q [H, 1, hd] (softmax over the full groups, summed over heads)."""
+        g = self.layout.group_tokens
+        k = self.cache.keys[layer][:, : full_groups * g]  # [KV, T, hd]
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=0)  # [H, T, hd]
+        logits = (k @ q[:, 0, :, None])[..., 0] * self.math.scaling(layer)  # [H, T]
+        mass = torch.softmax(logits, dim=-1).sum(dim=0)  # [T]
+        return mass.view(full_groups, g).sum(dim=1).numpy().astype(np.float32)
+
+    # ---- one layer ----
+
+    def layer(self, layer: int, x: Tensor, pos: int, pool: SlotPool, attend: tuple[int, ...]) -> Tensor:
+        """x [1, D] through `layer`, attending to `attend` (in the pool), the tail and the current token."""
+        q, k_new, v_new = self.math.qkv(layer, x, pos)  # [H, 1, hd], [KV, 1, hd]
+        k_sel, v_sel = pool.gather(attend)
+        k_new16, v_new16 = k_new.to(torch.float16).float(), v_new.to(torch.float16).float()
+        self.tail_k[layer] = torch.cat([self.tail_k[layer], k_new16], dim=1)
+        self.tail_v[layer] = torch.cat([self.tail_v[layer], v_new16], dim=1)
+        k = torch.cat([k_sel, self.tail_k[layer]], dim=1)  # [KV, T', hd]
+        v = torch.cat([v_sel, self.tail_v[layer]], dim=1)
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.math.scaling(layer),
+                                             enable_gqa=self.heads != self.kv_heads)  # fmt: skip
+        return self.math.finish(layer, x, out[0].transpose(0, 1).reshape(1, -1))
+
+    def take_full_tail(self, layer: int) -> Tensor:
+        """The filled tail of `layer` as one group [2, G, KV, hd]; the tail empties."""
+        k, v = self.tail_k[layer], self.tail_v[layer]
+        group = torch.stack([k, v]).permute(0, 2, 1, 3).contiguous()  # [2, G, KV, hd]
+        self.tail_k[layer], self.tail_v[layer] = k[:, :0], v[:, :0]
+        return group
+
+    def append_metadata(self, layer: int, group: int, kv: Tensor) -> None:
+        """Project a new group's keys into the metadata, and keep the exact keys for reference scores."""
+        g = self.layout.group_tokens
+        keys = kv[0].float()  # [G, KV, hd]
+        self.cache.metadata[layer][group * g : (group + 1) * g] = keys.reshape(g, -1) @ self.cache.projections[layer]
+        self.cache.keys[layer][:, group * g : (group + 1) * g] = keys.transpose(0, 1)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.math.head(x)[0]
