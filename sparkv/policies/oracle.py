@@ -1,35 +1,51 @@
-"""The oracle: the planner with perfect information, the bound every policy is measured against.
+"""The oracle: a policy with perfect information, the bound every policy is measured against.
 
-It knows the whole future link (a `BandwidthForecast`, e.g. the scenario's scaled trace, with the
-request's offset and the link's efficiency and fixed delays) and the true compute costs (the cost
-table, optionally on a device shared over time), so its predicted timeline is the simulated one. It
-searches harder than SparKV: several planning granularities and transfer sizes, local search over
-every chunk, and exhaustive search over monotone k vectors where that is small. It re-plans only
-when a transfer fails. Build its options from a world (simulated or real) with `oracle_options(world)`.
+It is told the whole future (`foresight.Foresight`: the scaled trace with the request's offset, the
+link's efficiency, round trip and server service, installation costs, the receive slowdown, the
+device's availability, the KV server's other clients and the compute noise, the last two drawn from
+the scenario's seed like the simulator draws them) and the true compute costs, so it models
+everything the simulator models. It searches (`oracle_search.OracleSearch`) over the planner's plans
+at several granularities and transfer sizes (the planner's timeline with the slowdown, the future link
+and the availability), the baselines' schedules, and local moves around the best, and scores every
+candidate by replaying it with the simulator's own arithmetic (`oracle_replay.Replayer`): its
+predicted TTFT is the simulated one, and it runs the best schedule it found. It re-plans only when a
+transfer fails (never in the simulator), on the planner's timeline. Build its options from a
+world (simulated or real) with `oracle_options(world)`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import combinations
 from typing import Any, Protocol
 
 from sparkv.core.config import Scenario
-from sparkv.core.costs import BandwidthForecast
+from sparkv.core.costs import BandwidthForecast, CostTable
 from sparkv.core.events import Command, Compute, Event, Resource, TransferCancelled, TransferFailed
 from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
+from sparkv.policies.foresight import Foresight
+from sparkv.policies.oracle_replay import Replayer
+from sparkv.policies.oracle_search import (
+    EXHAUSTIVE_MAX,
+    OracleSearch,
+    count_monotone,
+    exhaustive_monotone,
+    monotone_vectors,
+)
 from sparkv.policies.planner import Plan, Planner
 from sparkv.policies.planner_model import ComputeSpeed, ConstantLink, Evaluator, ForecastLink, LinkModel, Snapshot
 from sparkv.policies.tracking import TrackingPolicy
 
-EXHAUSTIVE_MAX = 3000  # monotone k vectors scored exhaustively up to this many
+REFINE_REPLAYS = 150  # replays the local search around the best candidates may spend
 
 
-class _InstallCosts(Protocol):
+class _Profile(Protocol):
     @property
     def install_fixed_s(self) -> float: ...  # per transfer, receive side
+
+    @property
+    def link(self) -> dict[str, Any]: ...  # link calibration; "compute_slowdown": the receive path's cost
 
 
 class OracleWorld(Protocol):
@@ -42,23 +58,28 @@ class OracleWorld(Protocol):
     def trace(self) -> BandwidthForecast: ...  # scaled by the scenario's bandwidth scale; bytes/s
 
     @property
-    def profile(self) -> _InstallCosts: ...
+    def profile(self) -> _Profile: ...
 
     @property
     def availability(self) -> BandwidthForecast | None: ...  # fraction of the device available, 0..1
 
 
+def foresight_of(world: OracleWorld) -> Foresight:
+    """Everything the simulator does in `world` that a policy cannot see, as the simulator reads it: the
+    scaled trace, the link's constants, the profile's fixed installation cost and receive slowdown, the
+    device's availability, the server's other clients and the compute noise (with the scenario's seed)."""
+    scenario = world.scenario
+    link = scenario.link
+    return Foresight(
+        world.trace, link.trace_offset_s, link.efficiency, link.per_transfer_s, link.rtt_s,
+        world.profile.install_fixed_s, float(world.profile.link.get("compute_slowdown", 1.0)), world.availability,
+        link.server_concurrency, link.server_background_rps, scenario.compute_noise, scenario.seed,
+    )  # fmt: skip
+
+
 def oracle_options(world: OracleWorld) -> dict[str, Any]:
-    """make_policy("oracle", **options): the world's scaled trace and link arithmetic, its device availability."""
-    link = world.scenario.link
-    return {
-        "forecast": world.trace,
-        "offset_s": link.trace_offset_s,
-        "efficiency": link.efficiency,
-        "pre_s": link.per_transfer_s + link.rtt_s,
-        "post_s": world.profile.install_fixed_s,
-        "availability": world.availability,
-    }
+    """make_policy("oracle", **options): the world's whole future (`foresight_of`)."""
+    return {"foresight": foresight_of(world)}
 
 
 class OraclePolicy(TrackingPolicy):
@@ -66,6 +87,7 @@ class OraclePolicy(TrackingPolicy):
 
     def __init__(
         self,
+        foresight: Foresight | None = None,
         forecast: BandwidthForecast | None = None,
         offset_s: float = 0.0,
         efficiency: float = 1.0,
@@ -75,36 +97,74 @@ class OraclePolicy(TrackingPolicy):
         groups: tuple[int, ...] = (1, 3),
         transfer_targets_s: tuple[float, ...] = (2.0, 8.0, math.inf),
         window: int = 6,
+        refine_replays: int = REFINE_REPLAYS,
     ) -> None:
+        """`foresight` says everything; without it, `forecast`... `availability` give the link and the
+        device alone (an idle server, no slowdown, no noise), and without a forecast the oracle plans on
+        the cost table's bandwidth prior as if it were exact."""
         super().__init__()
+        if foresight is not None and forecast is not None:
+            raise ValueError("give the oracle either a foresight or a forecast, not both")
+        self.foresight = foresight
         self.forecast, self.offset_s, self.efficiency = forecast, offset_s, efficiency
         self.pre_s, self.post_s, self.availability = pre_s, post_s, availability
         self.groups, self.targets, self.window = groups, transfer_targets_s, window
+        self.refine_replays = refine_replays
         self.compute_q: deque[CellBlock] = deque()
         self.link_q: deque[CellBlock] = deque()
         self.stats: dict[str, Any] = {}
         self.compute_start_s = 0.0
 
-    def _link(self, ctx: RequestContext) -> LinkModel:
-        costs = ctx.costs
-        if self.forecast is None:  # no forecast given: the cost table's prior, as if it were exact
-            return ConstantLink(costs.bandwidth_prior_bps, costs.transfer_fixed_s, costs.install_s_per_byte)
+    def _foresight(self, costs: CostTable) -> Foresight | None:
+        if self.foresight is not None or self.forecast is None:
+            return self.foresight
         pre = costs.transfer_fixed_s - self.post_s if self.pre_s is None else self.pre_s
-        return ForecastLink(self.forecast, self.offset_s, self.efficiency, pre, self.post_s, costs.install_s_per_byte)
+        # an idle server: only the sum service + round trip matters, so it all counts as service
+        return Foresight(self.forecast, self.offset_s, self.efficiency, service_s=pre, rtt_s=0.0,
+                         install_fixed_s=self.post_s, availability=self.availability)  # fmt: skip
+
+    def _models(self, costs: CostTable) -> tuple[LinkModel, ComputeSpeed]:
+        fs = self._foresight(costs)
+        if fs is None:  # no forecast given: the cost table's prior, as if it were exact
+            prior = ConstantLink(costs.bandwidth_prior_bps, costs.transfer_fixed_s, costs.install_s_per_byte)
+            return prior, ComputeSpeed(1.0, self.availability)
+        server = fs.server() if fs.contended else None
+        link = ForecastLink(fs.forecast, fs.offset_s, fs.efficiency, fs.first_byte_s, fs.install_fixed_s,
+                            costs.install_s_per_byte, server, fs.rtt_s)  # fmt: skip
+        return link, ComputeSpeed(1.0, fs.availability, fs.receive_slowdown)
 
     def on_begin(self, ctx: RequestContext) -> None:
-        snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
-        self._replan(snap)
-        self.stats["predicted_ttft_s"] = self.plan.prediction.ttft_s
-        self.stats["plan_k"] = list(self.plan.k)
+        costs = ctx.costs
+        fs = self._foresight(costs)
+        if fs is None or ctx.start_s != 0.0:
+            snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
+            self._replan(snap)
+            self.stats["predicted_ttft_s"] = self.plan.prediction.ttft_s
+            self.stats["plan_k"] = list(self.plan.k)
+            self.stats["source"] = "planner"
+            return
+        link, speed = self._models(costs)
+        rate = max(costs.bandwidth_prior_bps, 1.0)
+        search = OracleSearch(costs, Replayer(costs, fs), link, speed, self.groups,
+                              tuple(t * rate for t in self.targets), self.window, self.refine_replays)  # fmt: skip
+        best = search.best()
+        self.compute_q, self.link_q = deque(best.schedule.compute), deque(best.schedule.link)
+        self.stats.update(best.stats)
+        self.stats.update(predicted_ttft_s=best.replayed.ttft_s, cells_computed=best.cells_computed,
+                          group_layers=best.group, transfer_bytes=best.target_bytes)  # fmt: skip
+        if best.k is not None:
+            self.stats["plan_k"] = list(best.k)
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, TransferFailed | TransferCancelled):
             progress, free = self._progress(), event.t_s
             if self.computing is not None:
                 work = self._context().costs.compute_s(self.computing)
-                free = max(free, ComputeSpeed(1.0, self.availability).end(self.compute_start_s, work))
+                free = max(free, ComputeSpeed(1.0, self._speed_availability()).end(self.compute_start_s, work))
             self._replan(Snapshot.of(progress, event.t_s, event.t_s, None, free, progress.query_layers_done))
+
+    def _speed_availability(self) -> BandwidthForecast | None:
+        return self.foresight.availability if self.foresight is not None else self.availability
 
     def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Command, ...]:
         commands = super().schedule(now_s, idle)
@@ -113,8 +173,9 @@ class OraclePolicy(TrackingPolicy):
         return commands
 
     def _replan(self, snap: Snapshot) -> None:
+        """The planner's best plan from `snap` on its own timeline (a re-plan after a lost transfer)."""
         ctx = self._context()
-        link, speed = self._link(ctx), ComputeSpeed(1.0, self.availability)
+        link, speed = self._models(ctx.costs)
         rate = max(ctx.costs.bandwidth_prior_bps, 1.0)
         best: tuple[Plan, Evaluator, float] | None = None
         for g in self.groups:
@@ -124,7 +185,7 @@ class OraclePolicy(TrackingPolicy):
                 target = target_s * rate
                 plan = planner.plan(snap, link, speed, target)
                 if snap.fetching is None and all(p == 0 for p in snap.prefix):
-                    plan = _exhaustive_monotone(ev, snap, link, speed, target, plan)
+                    plan = exhaustive_monotone(ev, snap, link, speed, target, plan)
                 if best is None or plan.prediction.ttft_s < best[0].prediction.ttft_s - 1e-9:
                     best = (plan, ev, target)
         assert best is not None
@@ -142,32 +203,18 @@ class OraclePolicy(TrackingPolicy):
         return self.link_q.popleft() if self.link_q else None
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "groups": list(self.groups), "stats": dict(self.stats),
-                "forecast": getattr(self.forecast, "name", None), "offset_s": self.offset_s}  # fmt: skip
+        known = self.foresight.describe() if self.foresight is not None else {
+            "forecast": getattr(self.forecast, "name", None), "offset_s": self.offset_s}  # fmt: skip
+        return {"name": self.name, "groups": list(self.groups), "refine_replays": self.refine_replays,
+                "stats": dict(self.stats), **known}  # fmt: skip
 
 
-def monotone_vectors(num_chunks: int, bounds: list[int]) -> list[list[int]]:
-    """Every non-increasing k over the group boundaries (C(C + G, C) of them)."""
-    n, g = num_chunks, len(bounds) - 1
-    out = []
-    for bars in combinations(range(n + g), n):  # stars and bars: n chunks over g + 1 levels
-        levels = [b - i for i, b in enumerate(bars)]  # non-decreasing in [0, g]
-        out.append([bounds[g - x] for x in levels])
-    return out
-
-
-def count_monotone(num_chunks: int, groups: int) -> int:
-    return math.comb(num_chunks + groups, num_chunks)
-
-
-def _exhaustive_monotone(
-    ev: Evaluator, snap: Snapshot, link: LinkModel, speed: ComputeSpeed, target: float, plan: Plan
-) -> Plan:
-    if count_monotone(ev.C, len(ev.bounds) - 1) > EXHAUSTIVE_MAX:
-        return plan
-    best = plan
-    for k in monotone_vectors(ev.C, ev.bounds):
-        pred = ev.predict(k, snap, link, speed, target)
-        if pred.ttft_s < best.prediction.ttft_s - 1e-9:
-            best = Plan(tuple(k), pred, best.evaluations + 1)
-    return best
+__all__ = [
+    "EXHAUSTIVE_MAX",
+    "OraclePolicy",
+    "OracleWorld",
+    "count_monotone",
+    "foresight_of",
+    "monotone_vectors",
+    "oracle_options",
+]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from functools import lru_cache
 
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
@@ -103,8 +104,8 @@ class Evaluator:
         return got
 
     def blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> tuple[list[CellBlock], list[CellBlock]]:
-        comp = [CellBlock.one(c, lo, hi) for c, lo, hi in self.compute_blocks(k, snap)]
-        link = [CellBlock(c0, c1, lo, hi) for c0, c1, lo, hi, _ in self.link_blocks(k, snap, target_bytes)]
+        comp = [_block(c, c + 1, lo, hi) for c, lo, hi in self.compute_blocks(k, snap)]
+        link = [_block(c0, c1, lo, hi) for c0, c1, lo, hi, _ in self.link_blocks(k, snap, target_bytes)]
         return comp, link
 
     # ---- the timeline ----
@@ -129,6 +130,11 @@ class Evaluator:
             ready[lo:hi] = [t] * (hi - lo)
             fetched.append((c0, c1, lo, hi, t))
         link_end = t
+        # the link is busy, back to back, over [busy_lo, busy_hi): work started then runs slower
+        busy_lo = snap.now_s if f is not None else snap.link_free_s
+        busy_hi = link_end if fetched else -_INF
+        slow = speed.receive_slowdown
+        lane = _Lane(speed, busy_lo, busy_hi) if slow != 1.0 and fetched else None
         prefix = snap.prefix
         last = _last_computing(prefix, k, L)
         done = [-_INF] * L  # per layer: when its last computed cell is done
@@ -141,13 +147,23 @@ class Evaluator:
             lo, hi, cum = prefix[c], k[c], self.cum_s[c]
             # run the query layers that are ready before this chunk's commands
             while q < L and last[q] < c and max(ready[q], done[q]) <= t:
-                t = t + qs[q] * scale if plain else speed.end(t, qs[q])
+                if lane is not None:
+                    t = lane.query(t, qs[q], False)
+                else:
+                    t = t + qs[q] * scale if plain else speed.end(t, qs[q])
                 q += 1
             if lo < hi:
                 n_cmds = (hi - 1) // g - lo // g + 1
                 whole = t + (n_cmds * launch + cum[hi] - cum[lo]) * scale
+                if lane is not None and t < busy_hi:  # some commands start while the link is busy
+                    whole = -_INF  # unless every one does, and each is slowed
+                    if t >= busy_lo:
+                        slowed = t + (n_cmds * launch + cum[hi] - cum[lo]) * scale * slow
+                        final = launch + cum[hi] - cum[max(lo, (hi - 1) // g * g)]  # the last command's work
+                        if slowed - final * scale * slow < busy_hi:
+                            whole = slowed
                 quiet = q >= L or last[q] > c or (last[q] < c and max(ready[q], done[q]) > whole)
-                if plain and min_k >= hi and quiet:
+                if plain and min_k >= hi and quiet and whole > -_INF:
                     t = whole  # nothing can interleave: the chunk's commands back to back
                     done[lo:hi] = [t] * (hi - lo)
                 else:
@@ -157,7 +173,7 @@ class Evaluator:
                             if ft > dep[layer]:
                                 dep[layer] = ft
                         fi += 1
-                    t, q = self._chunk(c, lo, hi, k, t, q, ready, done, last, dep if min_k < hi else None, speed)
+                    t, q = self._chunk(c, lo, hi, t, q, ready, done, last, dep if min_k < hi else None, speed, lane)
                     if t == _INF:
                         return Prediction(_INF, link_end, _INF)
             if k[c] < min_k:
@@ -165,20 +181,25 @@ class Evaluator:
         compute_end = t
         while q < L:  # the rest of the query as its layers land
             rq = max(ready[q], done[q])
+            landed = rq > t  # it waits for a transfer: it starts as that transfer ends
             t = max(t, rq)
-            t = t + qs[q] * scale if plain else speed.end(t, qs[q])
+            if lane is not None:
+                t = lane.query(t, qs[q], landed)
+            else:
+                t = t + qs[q] * scale if plain else speed.end(t, qs[q])
             q += 1
         ttft = t + self.first_token_s * scale if plain else speed.end(t, self.first_token_s)
         return Prediction(ttft, link_end, compute_end)
 
     def _chunk(
-        self, c: int, lo: int, hi: int, k: list[int], t: float, q: int, ready: list[float], done: list[float],
-        last: list[int], dep: list[float] | None, speed: ComputeSpeed,
+        self, c: int, lo: int, hi: int, t: float, q: int, ready: list[float], done: list[float],
+        last: list[int], dep: list[float] | None, speed: ComputeSpeed, lane: _Lane | None,
     ) -> tuple[float, int]:  # fmt: skip
         """Chunk c's commands one by one, with query layers and waits for streamed cells in between."""
         g, L, cum, qs, launch = self.group, self.L, self.cum_s[c], self.query_s, self.launch_s
         plain, scale = speed.availability is None, speed.scale
         cur = lo
+        landed = False  # t is the end of a transfer this lane waited for
         while cur < hi:
             nxt = (cur // g + 1) * g
             if nxt > hi:
@@ -187,20 +208,54 @@ class Evaluator:
             if q < L and (last[q] < c or (last[q] == c and q < cur)):
                 rq = ready[q] if ready[q] > done[q] else done[q]
                 if rq <= t:
-                    t = t + qs[q] * scale if plain else speed.end(t, qs[q])
+                    if lane is not None:
+                        t = lane.query(t, qs[q], landed)
+                    else:
+                        t = t + qs[q] * scale if plain else speed.end(t, qs[q])
                     q += 1
+                    landed = False
                     continue
             wait = max(dep[cur:nxt]) if dep is not None else -_INF
             if wait <= t:
                 work = launch + cum[nxt] - cum[cur]
-                t = t + work * scale if plain else speed.end(t, work)
+                if lane is not None:  # the link is busy: some commands are slowed
+                    t = lane.compute(t, work)
+                elif plain:
+                    t = t + work * scale
+                else:
+                    t = speed.end(t, work)
                 done[cur:nxt] = [t] * (nxt - cur)
                 cur = nxt
+                landed = False
                 continue
             t = wait if wait < rq else rq
+            landed = True
             if t == _INF:
                 break
         return t, q
+
+
+class _Lane:
+    """Compute-lane timing while the link is busy over [busy_lo, busy_hi), as the simulator applies the
+    receive slowdown: a compute command started then is slowed (one started as a transfer ends is too,
+    if the next transfer starts with it); a query layer only when a transfer is already in flight, so
+    not one that starts because the transfer it waited for has just landed."""
+
+    __slots__ = ("busy_hi", "busy_lo", "plain", "scale", "slow", "speed")
+
+    def __init__(self, speed: ComputeSpeed, busy_lo: float, busy_hi: float) -> None:
+        self.speed, self.busy_lo, self.busy_hi, self.slow = speed, busy_lo, busy_hi, speed.receive_slowdown
+        self.plain, self.scale = speed.availability is None, speed.scale
+
+    def compute(self, t_s: float, work_s: float) -> float:
+        if self.busy_lo <= t_s < self.busy_hi:
+            work_s *= self.slow
+        return t_s + work_s * self.scale if self.plain else self.speed.end(t_s, work_s)
+
+    def query(self, t_s: float, work_s: float, landed: bool) -> float:
+        if not landed and self.busy_lo <= t_s < self.busy_hi:
+            work_s *= self.slow
+        return t_s + work_s * self.scale if self.plain else self.speed.end(t_s, work_s)
 
 
 def _last_computing(prefix: list[int], k: list[int], L: int) -> list[int]:
@@ -224,6 +279,12 @@ def _last_computing(prefix: list[int], k: list[int], L: int) -> list[int]:
                 if last[layer] < 0:
                     last[layer] = c
     return last
+
+
+@lru_cache(maxsize=65536)
+def _block(chunk_lo: int, chunk_hi: int, layer_lo: int, layer_hi: int) -> CellBlock:
+    """A shared `CellBlock` (immutable): the oracle turns many candidate plans into blocks."""
+    return CellBlock(chunk_lo, chunk_hi, layer_lo, layer_hi)
 
 
 def _first_chunk(block: tuple[int, int, int, int, float]) -> int:

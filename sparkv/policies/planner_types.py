@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sparkv.core.costs import BandwidthForecast
 from sparkv.core.progress import RequestProgress
 from sparkv.core.request import CellBlock
+
+if TYPE_CHECKING:
+    from sparkv.policies.foresight import ServerForecast
 
 _MISSING, _FETCHING = 0, 1
 
@@ -40,19 +43,31 @@ class ForecastLink:
     pre_s: float  # before the first payload byte: server service + round trip
     post_s: float  # after the last payload byte, fixed part of installation
     install_s_per_byte: float
+    # a KV server shared with other clients: the slot is granted as if this were the request's only
+    # transfer (an estimate: its own earlier transfers also delay the others), then its service and
+    # `rtt_s`; `pre_s` is then unused
+    server: ServerForecast | None = None
+    rtt_s: float = 0.0
 
     def transfer_end(self, t_s: float, n_bytes: float) -> float:
-        start = t_s + self.pre_s
+        server = self.server
+        if server is None:
+            start = t_s + self.pre_s
+        else:
+            grant = server.grant_alone_s(t_s)
+            start = (grant + server.service_s if server.service_s > 0 else t_s) + self.rtt_s
         end = self.forecast.time_to_deliver(start + self.offset_s, n_bytes / self.efficiency) - self.offset_s
         return end + n_bytes * self.install_s_per_byte + self.post_s
 
 
 @dataclass(frozen=True)
 class ComputeSpeed:
-    """Wall time of compute work: `scale` x predicted, optionally on a device shared over time."""
+    """Wall time of compute work: `scale` x predicted, optionally on a device shared over time, and
+    `receive_slowdown` x longer for work started while a transfer is in flight (see `Evaluator.predict`)."""
 
     scale: float = 1.0  # measured / predicted
     availability: BandwidthForecast | None = None  # fraction of the device available (as "bytes/s")
+    receive_slowdown: float = 1.0  # the receive path's share of the device, as the simulator applies it
 
     def end(self, t_s: float, work_s: float) -> float:
         if self.availability is None:

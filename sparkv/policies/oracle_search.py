@@ -1,0 +1,173 @@
+"""The oracle's search: candidate schedules from the planner and the baselines, judged by exact replay.
+
+The planner (`planner.Planner` on `planner_model.Evaluator`, with the future link, the device's
+availability and the receive slowdown) proposes a k vector per planning granularity and transfer
+size. Each becomes a `Schedule` by the planner's order rule; the baselines' schedules join them (local
+prefill chunk by chunk, layer-major streaming, and whole chunks computed from the front while whole
+chunks stream from the back, for every meeting point, which is what cake and the static split run).
+Every candidate is replayed with the simulator's arithmetic (`oracle_replay.Replayer`: server
+queueing, noise and the slowdown's exact rule included), and the best few are improved by local
+search on the replay itself, one layer-group move at a time, within a fixed number of replays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from sparkv.core.costs import CostTable
+from sparkv.core.request import CellBlock
+from sparkv.policies.oracle_replay import Replayed, Replayer, Schedule
+from sparkv.policies.planner import Plan, Planner
+from sparkv.policies.planner_model import ComputeSpeed, Evaluator, LinkModel, Snapshot
+
+EXHAUSTIVE_MAX = 3000  # monotone k vectors scored exhaustively (on the planner's timeline) up to this many
+_TIE = 1e-12  # relative: TTFTs closer than this are equal, and the plan computing fewer cells wins
+
+
+def baseline_schedules(num_chunks: int, num_layers: int) -> list[Schedule]:
+    """What local, stream (one layer per transfer), cake and static run, as fixed schedules."""
+    C, L = num_chunks, num_layers
+    whole = [CellBlock.one(c, 0, L) for c in range(C)]
+    layers = tuple(CellBlock(0, C, x, x + 1) for x in range(L))
+    out = [Schedule(tuple(whole), (), "local"), Schedule((), layers, "stream")]
+    for m in range(C):  # chunks [0, m) computed, [m, C) streamed from the back, whole chunks each
+        out.append(Schedule(tuple(whole[:m]), tuple(CellBlock.one(c, 0, L) for c in range(C - 1, m - 1, -1)),
+                            f"meet@{m}"))  # fmt: skip
+    return out
+
+
+@dataclass
+class Found:
+    """The best schedule so far and how it was found."""
+
+    schedule: Schedule
+    replayed: Replayed
+    cells_computed: int
+    k: tuple[int, ...] | None = None  # the planner's k when it came from the planner
+    group: int = 0
+    target_bytes: float = math.inf
+    stats: dict[str, float | int | str] = field(default_factory=dict)
+
+    def beats(self, other: Found | None) -> bool:
+        if other is None:
+            return True
+        a, b = self.replayed.ttft_s, other.replayed.ttft_s
+        if a < b - _TIE * max(b, 1.0):
+            return True
+        return abs(a - b) <= _TIE * max(b, 1.0) and self.cells_computed < other.cells_computed
+
+
+class OracleSearch:
+    """One request's search from a fresh start; `best()` returns the schedule the oracle runs."""
+
+    def __init__(
+        self, costs: CostTable, replayer: Replayer, link: LinkModel, speed: ComputeSpeed,
+        groups: tuple[int, ...], targets_bytes: tuple[float, ...], window: int, refine_replays: int,
+    ) -> None:  # fmt: skip
+        self.costs, self.replayer, self.link, self.speed = costs, replayer, link, speed
+        self.C, self.L = costs.num_chunks, costs.num_layers
+        self.groups, self.targets, self.window = groups, targets_bytes, window
+        self.refine_replays = refine_replays
+        self.snap = Snapshot.fresh(self.C, self.L)
+        self.evaluators = {g: Evaluator(costs, g) for g in groups}
+        self.seen: dict[tuple[object, ...], Found] = {}
+
+    def _from_k(self, k: tuple[int, ...], group: int, target: float) -> Found:
+        key = (k, group, target)
+        got = self.seen.get(key)
+        if got is None:
+            comp, link = self.evaluators[group].blocks(list(k), self.snap, target)
+            schedule = Schedule(tuple(comp), tuple(link), f"planner g={group}")
+            got = Found(schedule, self.replayer.run(schedule), sum(k), k, group, target)
+            self.seen[key] = got
+        return got
+
+    def planner_candidates(self) -> list[Found]:
+        """Per granularity: the planner's plan for each transfer size, and at the size whose plan predicts
+        best, the best non-increasing k where there are few enough to score them all."""
+        out: list[Found] = []
+        for g in self.groups:
+            ev = self.evaluators[g]
+            planner = Planner(ev, window=self.window)
+            plans = [(planner.plan(self.snap, self.link, self.speed, target), target) for target in self.targets]
+            out.extend(self._from_k(plan.k, g, target) for plan, target in plans)
+            plan, target = min(plans, key=lambda p: p[0].prediction.ttft_s)
+            best = exhaustive_monotone(ev, self.snap, self.link, self.speed, target, plan)
+            if best.k != plan.k:
+                out.append(self._from_k(best.k, g, target))
+        return out
+
+    def best(self) -> Found:
+        found = self.planner_candidates()
+        for schedule in baseline_schedules(self.C, self.L):
+            cells = sum(b.num_cells for b in schedule.compute)
+            found.append(Found(schedule, self.replayer.run(schedule), cells))
+        best: Found | None = None
+        for f in found:
+            if f.beats(best):
+                best = f
+        assert best is not None
+        planned = sorted((f for f in found if f.k is not None), key=lambda f: f.replayed.ttft_s)
+        budget = self.refine_replays
+        for start in planned[:2]:
+            if budget <= 0:
+                break
+            improved, used = self._descend(start, budget)
+            budget -= used
+            if improved.beats(best):
+                best = improved
+        best.stats = {"source": best.schedule.label, "candidates": len(found), "replays": self.replayer.runs}
+        return best
+
+    def _descend(self, start: Found, budget: int) -> tuple[Found, int]:
+        """First-improvement local search on replayed TTFT over the planner's one-group moves."""
+        assert start.k is not None
+        ev = self.evaluators[start.group]
+        lo, hi = self.snap.k_bounds()
+        cur, used = start, 0
+        while used < budget:
+            k = list(cur.k or ())
+            m = next((c for c in range(self.C) if k[c] < self.L), self.C - 1)
+            chunks = range(max(0, m - self.window), min(self.C, m + self.window + 1))
+            improved = False
+            for cand in Planner._moves(k, chunks, lo, hi, ev.bounds):
+                if used >= budget:
+                    break
+                key = (tuple(cand), start.group, start.target_bytes)
+                used += key not in self.seen
+                f = self._from_k(tuple(cand), start.group, start.target_bytes)
+                if f.beats(cur):
+                    cur, improved = f, True
+                    break
+            if not improved:
+                break
+        return cur, used
+
+
+def monotone_vectors(num_chunks: int, bounds: list[int]) -> list[list[int]]:
+    """Every non-increasing k over the group boundaries (C(C + G, C) of them)."""
+    n, g = num_chunks, len(bounds) - 1
+    out = []
+    for bars in combinations(range(n + g), n):  # stars and bars: n chunks over g + 1 levels
+        levels = [b - i for i, b in enumerate(bars)]  # non-decreasing in [0, g]
+        out.append([bounds[g - x] for x in levels])
+    return out
+
+
+def count_monotone(num_chunks: int, groups: int) -> int:
+    return math.comb(num_chunks + groups, num_chunks)
+
+
+def exhaustive_monotone(
+    ev: Evaluator, snap: Snapshot, link: LinkModel, speed: ComputeSpeed, target: float, plan: Plan
+) -> Plan:
+    if count_monotone(ev.C, len(ev.bounds) - 1) > EXHAUSTIVE_MAX:
+        return plan
+    best = plan
+    for k in monotone_vectors(ev.C, ev.bounds):
+        pred = ev.predict(k, snap, link, speed, target)
+        if pred.ttft_s < best.prediction.ttft_s - 1e-9:
+            best = Plan(tuple(k), pred, best.evaluations + 1)
+    return best
