@@ -38,6 +38,7 @@ from sparkv.policies.planner_model import ComputeSpeed, ConstantLink, Evaluator,
 from sparkv.policies.tracking import TrackingPolicy
 
 REFINE_REPLAYS = 150  # replays the local search around the best candidates may spend
+SHAKE_MOVES = 300  # random moves per planning granularity on the planner's timeline
 
 
 class _Profile(Protocol):
@@ -98,6 +99,7 @@ class OraclePolicy(TrackingPolicy):
         transfer_targets_s: tuple[float, ...] = (2.0, 8.0, math.inf),
         window: int = 6,
         refine_replays: int = REFINE_REPLAYS,
+        shake_moves: int = SHAKE_MOVES,
     ) -> None:
         """`foresight` says everything; without it, `forecast`... `availability` give the link and the
         device alone (an idle server, no slowdown, no noise), and without a forecast the oracle plans on
@@ -109,7 +111,7 @@ class OraclePolicy(TrackingPolicy):
         self.forecast, self.offset_s, self.efficiency = forecast, offset_s, efficiency
         self.pre_s, self.post_s, self.availability = pre_s, post_s, availability
         self.groups, self.targets, self.window = groups, transfer_targets_s, window
-        self.refine_replays = refine_replays
+        self.refine_replays, self.shake_moves = refine_replays, shake_moves
         self.compute_q: deque[CellBlock] = deque()
         self.link_q: deque[CellBlock] = deque()
         self.stats: dict[str, Any] = {}
@@ -145,8 +147,9 @@ class OraclePolicy(TrackingPolicy):
             return
         link, speed = self._models(costs)
         rate = max(costs.bandwidth_prior_bps, 1.0)
-        search = OracleSearch(costs, Replayer(costs, fs), link, speed, self.groups,
-                              tuple(t * rate for t in self.targets), self.window, self.refine_replays)  # fmt: skip
+        targets = tuple(t * rate for t in self.targets)
+        search = OracleSearch(costs, Replayer(costs, fs), link, speed, self.groups, targets, self.window,
+                              self.refine_replays, self.shake_moves)  # fmt: skip
         best = search.best()
         self.compute_q, self.link_q = deque(best.schedule.compute), deque(best.schedule.link)
         self.stats.update(best.stats)
@@ -206,6 +209,7 @@ class OraclePolicy(TrackingPolicy):
         known = self.foresight.describe() if self.foresight is not None else {
             "forecast": getattr(self.forecast, "name", None), "offset_s": self.offset_s}  # fmt: skip
         return {"name": self.name, "groups": list(self.groups), "refine_replays": self.refine_replays,
+                "shake_moves": self.shake_moves,
                 "stats": dict(self.stats), **known}  # fmt: skip
 
 

@@ -13,8 +13,12 @@ search on the replay itself, one layer-group move at a time, within a fixed numb
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
+
+import numpy as np
 
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
@@ -22,6 +26,9 @@ from sparkv.policies.oracle_replay import Replayed, Replayer, Schedule
 from sparkv.policies.planner import Plan, Planner
 from sparkv.policies.planner_model import ComputeSpeed, Evaluator, LinkModel, Snapshot
 
+SHAKE_SEED = 0  # the random moves are seeded: same request, same plan
+SHAKE_TARGETS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)  # transfer sizes the replayed moves try, s at the prior
+EXHAUSTIVE_REPLAYS = 1000  # replay every (non-increasing k, transfer size) when there are at most this many
 EXHAUSTIVE_MAX = 3000  # monotone k vectors scored exhaustively (on the planner's timeline) up to this many
 _TIE = 1e-12  # relative: TTFTs closer than this are equal, and the plan computing fewer cells wins
 
@@ -65,11 +72,14 @@ class OracleSearch:
     def __init__(
         self, costs: CostTable, replayer: Replayer, link: LinkModel, speed: ComputeSpeed,
         groups: tuple[int, ...], targets_bytes: tuple[float, ...], window: int, refine_replays: int,
+        shake_moves: int = 300,
     ) -> None:  # fmt: skip
+        self.rate = max(costs.bandwidth_prior_bps, 1.0)  # bytes/s the transfer sizes are counted in
         self.costs, self.replayer, self.link, self.speed = costs, replayer, link, speed
         self.C, self.L = costs.num_chunks, costs.num_layers
         self.groups, self.targets, self.window = groups, targets_bytes, window
         self.refine_replays = refine_replays
+        self.shake_moves = shake_moves
         self.snap = Snapshot.fresh(self.C, self.L)
         self.evaluators = {g: Evaluator(costs, g) for g in groups}
         self.seen: dict[tuple[object, ...], Found] = {}
@@ -95,8 +105,12 @@ class OracleSearch:
             out.extend(self._from_k(plan.k, g, target) for plan, target in plans)
             plan, target = min(plans, key=lambda p: p[0].prediction.ttft_s)
             best = exhaustive_monotone(ev, self.snap, self.link, self.speed, target, plan)
-            if best.k != plan.k:
-                out.append(self._from_k(best.k, g, target))
+
+            def predicted(k: tuple[int, ...], target: float, ev: Evaluator = ev) -> float:
+                return ev.predict(list(k), self.snap, self.link, self.speed, target).ttft_s
+
+            k, _ = shake(predicted, best.k, target, (target,), ev.bounds, self.L, self.shake_moves, self.window)
+            out.extend(self._from_k(x, g, t) for x in {best.k, k} for t in self.targets)
         return out
 
     def best(self) -> Found:
@@ -118,6 +132,26 @@ class OracleSearch:
             budget -= used
             if improved.beats(best):
                 best = improved
+        sizes = tuple(sorted({*self.targets, *(self.rate * s for s in SHAKE_TARGETS_S)}))
+        for g in self.groups:  # a small request: every non-increasing k at every transfer size, replayed
+            bounds = self.evaluators[g].bounds
+            if count_monotone(self.C, len(bounds) - 1) * len(sizes) <= EXHAUSTIVE_REPLAYS:
+                for k in monotone_vectors(self.C, bounds):
+                    for size in sizes:
+                        f = self._from_k(tuple(k), g, size)
+                        if f.beats(best):
+                            best = f
+        if budget > 0 and best.k is not None:  # the rest of the budget: random moves, scored by replay
+            group = best.group
+
+            def replayed(k: tuple[int, ...], target: float) -> float:
+                return self._from_k(k, group, target).replayed.ttft_s
+
+            bounds = self.evaluators[group].bounds
+            k, target = shake(replayed, best.k, best.target_bytes, sizes, bounds, self.L, budget, self.window)
+            shaken = self._from_k(k, group, target)
+            if shaken.beats(best):
+                best = shaken
         best.stats = {"source": best.schedule.label, "candidates": len(found), "replays": self.replayer.runs}
         return best
 
@@ -171,3 +205,36 @@ def exhaustive_monotone(
         if pred.ttft_s < best.prediction.ttft_s - 1e-9:
             best = Plan(tuple(k), pred, best.evaluations + 1)
     return best
+
+
+def shake(
+    score: Callable[[tuple[int, ...], float], float], k: tuple[int, ...], target: float, targets: tuple[float, ...],
+    bounds: list[int], num_layers: int, moves: int, window: int,
+) -> tuple[tuple[int, ...], float]:  # fmt: skip
+    """Hill climbing by `moves` random moves of (k, transfer size) scored by `score`: one to three chunks
+    near the cut, each up or down by one to three layer groups, and now and then another transfer size
+    from `targets` (seeded, so the same request gets the same plan). It escapes the local optima of
+    one-group moves, where cells must leave the top layers of early chunks and join the bottom of a
+    later one at once."""
+    rng = np.random.default_rng(SHAKE_SEED)
+    C, top = len(k), len(bounds) - 1
+    level = [bisect_left(bounds, x) for x in k]
+    best = score(k, target)
+    sizes = rng.integers(0 if len(targets) > 1 else 1, 4, moves).tolist()  # chunks moved
+    steps = rng.choice([-3, -2, -1, 1, 2, 3], (moves, 3)).tolist()
+    picks = rng.random((moves, 4)).tolist()  # the last: the transfer size, moved a third of the time
+    for size, step, pick in zip(sizes, steps, picks, strict=True):
+        m = next((c for c in range(C) if bounds[level[c]] < num_layers), C - 1)
+        a, b = max(0, m - window), min(C, m + window + 1)
+        cand, t_cand = list(level), target
+        if len(targets) > 1 and (size == 0 or pick[3] < 1 / 3):
+            t_cand = targets[int(pick[3] * 3 % 1 * len(targets))] if size else targets[int(pick[3] * len(targets))]
+        for j in range(size):
+            c = a + int(pick[j] * (b - a))
+            cand[c] = min(max(cand[c] + step[j], 0), top)
+        if cand == level and t_cand == target:
+            continue
+        t = score(tuple(bounds[x] for x in cand), t_cand)
+        if t < best - 1e-12:
+            best, level, target = t, cand, t_cand
+    return tuple(bounds[x] for x in level), target
