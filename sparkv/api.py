@@ -103,7 +103,7 @@ def make_policy(name: str | Path, world: World | None = None, **options: Any) ->
     """
     registered, configured = _resolve(str(name))
     merged = {**configured, **options}
-    if registered == "oracle" and "forecast" not in merged:
+    if registered == "oracle" and "forecast" not in merged and "foresight" not in merged:
         if world is None:
             raise UserError("the oracle plans on the future bandwidth: pass world=sparkv.build_world(scenario) "
                             "(or forecast=TRACE); without it it would know only the mean")  # fmt: skip

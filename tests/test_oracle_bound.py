@@ -23,7 +23,7 @@ from sparkv.core.paths import shared_path
 from sparkv.cost_models.profiles import load_profile
 from sparkv.policies import make_policy
 from sparkv.policies.bounds import fluid_bound_for
-from sparkv.policies.foresight import Foresight
+from sparkv.policies.oracle import foresight_of, oracle_options
 from sparkv.sim import SimulationStalled, World, build_world, simulate
 from sparkv.traces import Trace, get_trace
 from sparkv.traces.expand import expand_traces
@@ -34,15 +34,6 @@ SCENARIOS = 200
 SLOWDOWNS = (1.0, 1.0, 1.2, 1.5)  # besides the profile's own (cpu-smollm2: 1.058)
 DEVICES = (("smollm2-135m", "cpu-smollm2"), ("smollm2-135m", "analytic-cpu-2core"),
            ("llama-3.2-1b", "jetson-orin-nano-15w"))  # fmt: skip
-
-
-def foresight_of(world: World) -> Foresight:
-    """Everything the simulator will do that a policy cannot see (what `oracle_options` hands the oracle)."""
-    link = world.scenario.link
-    return Foresight(world.trace, link.trace_offset_s, link.efficiency, link.per_transfer_s, link.rtt_s,
-                     world.profile.install_fixed_s, float(world.profile.link.get("compute_slowdown", 1.0)),
-                     world.availability, link.server_concurrency, link.server_background_rps,
-                     world.scenario.compute_noise, world.scenario.seed)  # fmt: skip
 
 
 @lru_cache(maxsize=1)
@@ -161,7 +152,7 @@ def test_oracle_beats_local_on_a_slow_link_with_contention() -> None:
     overlaps it, and local prefill wins; an oracle that ignored the slowdown streamed and lost."""
     world = build_world(Scenario(trace="const:1mbps,600s"))
     assert float(world.profile.link.get("compute_slowdown", 1.0)) > 1.0  # the case needs contention
-    oracle = simulate(world, make_policy("oracle", foresight=foresight_of(world))).ttft_s
+    oracle = simulate(world, make_policy("oracle", **oracle_options(world))).ttft_s
     local = simulate(world, make_policy("local")).ttft_s
     assert oracle <= local * (1 + 1e-9)
 

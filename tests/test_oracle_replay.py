@@ -16,31 +16,30 @@ from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.request import CellBlock
 from sparkv.policies import make_policy
 from sparkv.policies.foresight import Foresight, NoiseDraws, ServerForecast
+from sparkv.policies.oracle import foresight_of
 from sparkv.policies.oracle_replay import Replayer, Schedule
 from sparkv.policies.oracle_search import baseline_schedules
-from sparkv.sim import World, build_world, simulate
+from sparkv.sim import build_world, simulate
 
 FORBIDDEN = {"time", "datetime", "threading", "multiprocessing", "asyncio", "random", "simpy", "torch", "os", "socket"}
 
 
-def foresight_of(world: World) -> Foresight:
-    link = world.scenario.link
-    return Foresight(world.trace, link.trace_offset_s, link.efficiency, link.per_transfer_s, link.rtt_s,
-                     world.profile.install_fixed_s, float(world.profile.link.get("compute_slowdown", 1.0)),
-                     world.availability, link.server_concurrency, link.server_background_rps,
-                     world.scenario.compute_noise, world.scenario.seed)  # fmt: skip
-
-
 CASES = {
     "contention": Scenario(context_tokens=2048, trace="lte:seed=3,mean=6mbps"),  # cpu-smollm2: slowdown 1.058
-    "offset and looping": Scenario(context_tokens=2048, trace="steps:2s@8mbps,1.5s@0.2mbps",
-                                   link=LinkConfig(trace_offset_s=7.3, rtt_s=0.08)),  # fmt: skip
-    "availability": Scenario(context_tokens=2048, trace="lte:seed=4,mean=5mbps", availability="steps:2s@1B/s,3s@0.4B/s"),
+    "offset and looping": Scenario(
+        context_tokens=2048, trace="steps:2s@8mbps,1.5s@0.2mbps", link=LinkConfig(trace_offset_s=7.3, rtt_s=0.08)
+    ),
+    "availability": Scenario(
+        context_tokens=2048, trace="lte:seed=4,mean=5mbps", availability="steps:2s@1B/s,3s@0.4B/s"
+    ),
     "noise": Scenario(context_tokens=2048, trace="lte:seed=5,mean=5mbps", compute_noise=0.15, seed=11),
-    "shared server": Scenario(context_tokens=2048, trace="lte:seed=6,mean=8mbps",
-                              link=LinkConfig(server_concurrency=2, server_background_rps=30, per_transfer_s=0.04)),
+    "shared server": Scenario(
+        context_tokens=2048,
+        trace="lte:seed=6,mean=8mbps",
+        link=LinkConfig(server_concurrency=2, server_background_rps=30, per_transfer_s=0.04),
+    ),
     "codec": Scenario(context_tokens=2048, chunk_tokens=256, trace="ge:seed=2,good=6mbps,bad=1mbps", codec="int4-g32"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -150,4 +149,3 @@ def test_oracle_modules_are_pure(module: str) -> None:
             if node.module.startswith("sparkv."):
                 assert node.module.split(".")[1] in ("core", "policies"), f"{module} imports {node.module}"
     assert not imported & FORBIDDEN, f"{module} imports {imported & FORBIDDEN}"
-

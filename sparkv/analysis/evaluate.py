@@ -23,10 +23,9 @@ from sparkv.core.config import Scenario
 from sparkv.core.paths import shared_path
 from sparkv.policies import make_policy
 from sparkv.policies.base import RequestContext
-from sparkv.policies.bounds import fluid_bound_s
+from sparkv.policies.bounds import fluid_bound_for
 from sparkv.policies.controller import SparKVConfig
-from sparkv.policies.oracle import oracle_options
-from sparkv.policies.planner_model import ComputeSpeed, ForecastLink
+from sparkv.policies.oracle import foresight_of, oracle_options
 from sparkv.sim import SimulationStalled, World, build_world, simulate
 from sparkv.traces import Trace, get_trace, is_spec
 from sparkv.traces.expand import expand_traces
@@ -57,14 +56,9 @@ def default_traces() -> list[str]:
     return expand_traces([str(root)]) if root else list(SYNTHETIC)
 
 
-def world_link(world: World) -> ForecastLink:
-    o = oracle_options(world)
-    return ForecastLink(o["forecast"], o["offset_s"], o["efficiency"], o["pre_s"], o["post_s"],
-                        world.costs.install_s_per_byte)  # fmt: skip
-
-
 def fluid_bound(world: World) -> float:
-    return fluid_bound_s(world.costs, world_link(world), ComputeSpeed(1.0, world.availability))
+    """The fluid lower bound on what the oracle is told of `world` (`sparkv.policies.bounds`)."""
+    return fluid_bound_for(world.costs, foresight_of(world))
 
 
 def jobs_for(cfg: EvalConfig) -> list[dict[str, Any]]:

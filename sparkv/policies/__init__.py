@@ -30,11 +30,13 @@ def check_policy(name: str) -> None:
 
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """A fresh policy object by name. The oracle must be given its `forecast` (the future bandwidth; None
-    explicitly to plan on the cost table's mean): without one it would silently know only the mean."""
+    """A fresh policy object by name. The oracle must be given its `foresight` (the world's whole future,
+    `oracle_options(world)`) or a `forecast` (the future bandwidth alone; None explicitly to plan on the cost
+    table's mean): without one it would silently know only the mean."""
     check_policy(name)
-    if name == "oracle" and "forecast" not in options:
-        raise UserError("the oracle plans on the future bandwidth: give it forecast=TRACE "
+    if name == "oracle" and "forecast" not in options and "foresight" not in options:
+        raise UserError("the oracle plans on the future bandwidth and more: give it **oracle_options(world) "
+                        "or forecast=TRACE "
                         "(sparkv.api.make_policy('oracle', world) uses the world's), or forecast=None to plan "
                         "on the mean bandwidth knowingly")  # fmt: skip
     return POLICIES[name](**options)

@@ -108,8 +108,10 @@ class OraclePolicy(TrackingPolicy):
         if foresight is not None and forecast is not None:
             raise ValueError("give the oracle either a foresight or a forecast, not both")
         self.foresight = foresight
-        self.forecast, self.offset_s, self.efficiency = forecast, offset_s, efficiency
-        self.pre_s, self.post_s, self.availability = pre_s, post_s, availability
+        self.forecast = foresight.forecast if foresight is not None else forecast  # the future link it plans on
+        self.offset_s, self.efficiency = offset_s, efficiency
+        self.pre_s, self.post_s = pre_s, post_s
+        self.availability = foresight.availability if foresight is not None else availability
         self.groups, self.targets, self.window = groups, transfer_targets_s, window
         self.refine_replays, self.shake_moves = refine_replays, shake_moves
         self.compute_q: deque[CellBlock] = deque()
@@ -119,7 +121,7 @@ class OraclePolicy(TrackingPolicy):
 
     def _foresight(self, costs: CostTable) -> Foresight | None:
         if self.foresight is not None or self.forecast is None:
-            return self.foresight
+            return self.foresight  # (no forecast: the cost table's prior, planned on the timeline alone)
         pre = costs.transfer_fixed_s - self.post_s if self.pre_s is None else self.pre_s
         # an idle server: only the sum service + round trip matters, so it all counts as service
         return Foresight(self.forecast, self.offset_s, self.efficiency, service_s=pre, rtt_s=0.0,
@@ -163,11 +165,8 @@ class OraclePolicy(TrackingPolicy):
             progress, free = self._progress(), event.t_s
             if self.computing is not None:
                 work = self._context().costs.compute_s(self.computing)
-                free = max(free, ComputeSpeed(1.0, self._speed_availability()).end(self.compute_start_s, work))
+                free = max(free, ComputeSpeed(1.0, self.availability).end(self.compute_start_s, work))
             self._replan(Snapshot.of(progress, event.t_s, event.t_s, None, free, progress.query_layers_done))
-
-    def _speed_availability(self) -> BandwidthForecast | None:
-        return self.foresight.availability if self.foresight is not None else self.availability
 
     def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Command, ...]:
         commands = super().schedule(now_s, idle)

@@ -136,9 +136,9 @@ class OracleSearch:
         for g in self.groups:  # a small request: every non-increasing k at every transfer size, replayed
             bounds = self.evaluators[g].bounds
             if count_monotone(self.C, len(bounds) - 1) * len(sizes) <= EXHAUSTIVE_REPLAYS:
-                for k in monotone_vectors(self.C, bounds):
+                for vector in monotone_vectors(self.C, bounds):
                     for size in sizes:
-                        f = self._from_k(tuple(k), g, size)
+                        f = self._from_k(tuple(vector), g, size)
                         if f.beats(best):
                             best = f
         if budget > 0 and best.k is not None:  # the rest of the budget: random moves, scored by replay
@@ -148,8 +148,8 @@ class OracleSearch:
                 return self._from_k(k, group, target).replayed.ttft_s
 
             bounds = self.evaluators[group].bounds
-            k, target = shake(replayed, best.k, best.target_bytes, sizes, bounds, self.L, budget, self.window)
-            shaken = self._from_k(k, group, target)
+            moved, target = shake(replayed, best.k, best.target_bytes, sizes, bounds, self.L, budget, self.window)
+            shaken = self._from_k(moved, group, target)
             if shaken.beats(best):
                 best = shaken
         best.stats = {"source": best.schedule.label, "candidates": len(found), "replays": self.replayer.runs}
