@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _API_NAMES = (
     "LinkConfig", "Scenario", "SimulationRun", "SweepRun", "RealRun", "TraceLoopWarning", "build_world", "frame",
     "load_trace", "make_policy", "policy_names", "read_table", "run_real", "scenario", "simulate", "sweep",
-    "sweep_spec", "validate",
+    "sweep_spec", "tune", "TuneRun", "validate",
 )  # fmt: skip
 
 __all__ = ["__version__", *_API_NAMES]

@@ -19,12 +19,12 @@ def test_bench_sim_prints_rates_and_the_stepping_ratio(capsys: pytest.CaptureFix
 
 def test_bench_sim_stops_a_repeat_at_max_seconds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "sim", "--trace", "const:20mbps,600s", "--requests", "100000", "--repeats", "1",
-                 "--max-seconds", "0.05", "--policy", "local"]) == 0  # fmt: skip
+                 "--max-wall-s", "0.05", "--policy", "local"]) == 0  # fmt: skip
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["local"])
     assert 1 <= int(row[-1]) < 100000
 
 
-@pytest.mark.parametrize("flag", [["--requests", "0"], ["--repeats", "0"], ["--max-seconds", "0"]])
+@pytest.mark.parametrize("flag", [["--requests", "0"], ["--repeats", "0"], ["--max-wall-s", "0"]])
 def test_bench_sim_rejects_bad_counts(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "sim", "--trace", "const:20mbps", *flag]) == 2
     assert "--" in capsys.readouterr().err

@@ -160,6 +160,33 @@ def test_load_documents(tmp_path: Path) -> None:
         load_documents(tmp_path, "scientific_qa", 1, 1)
 
 
+def test_load_documents_from_any_jsonl(tmp_path: Path) -> None:
+    rows = [{"story": f"long text {i}", "ask": "what?", "gold": "a summary", "id": i} for i in range(3)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    docs = load_documents(tmp_path, f"{path}?context=story&question=ask&answer=gold&metric=rouge", 2, 1)
+    assert [d.dataset for d in docs] == ["mine", "mine"] and docs[0].metric == "rouge"
+    assert docs[1].text == "long text 1" and docs[1].questions == (("what?", "a summary"),)
+    assert task_score("rouge", "a short summary", "a summary") == pytest.approx(2 * 0.5 / 1.5)  # LCS 1 of 2 / 1
+    with pytest.raises(UserError, match=r"unknown dataset 'nope\.jsonl'.*JSONL file"):
+        load_documents(tmp_path, "nope.jsonl", 1, 1)
+
+
+def test_quality_command_scores_a_users_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sparkv.executor.model.models import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "tiny", num_layers=2, tokenizer=True)
+    path = tmp_path / "notes.jsonl"
+    path.write_text(json.dumps({"passage": "the meeting moved to friday " * 20, "q": "when?", "a": "friday"}))
+    argv = ["quality", "--model", str(model), "--codec", "int8", "--dataset", f"{path}?context=passage&question=q"
+            "&answer=a", "--documents", "1", "--max-context-tokens", "128", "--chunk-tokens", "32", "--new-tokens",
+            "3", "--no-progress", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert {s["dataset"] for s in data["summaries"]} == {"notes", "all"}
+    assert data["outcomes"][0]["reference"] == "friday"
+
+
 # ---- the command ----
 
 

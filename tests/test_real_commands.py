@@ -31,6 +31,7 @@ def test_run_prints_every_policy_and_writes_results(model_dir: Path, tmp_path: P
     text = capsys.readouterr().out
     assert code == 0
     assert "link: pacing" in text
+    assert "reference: " in text and "answer [local] (score" in text and "answer matches" in text  # full answers
     for name in ("local", "stream", "sparkv"):
         result = json.loads((out / f"real-{name}.json").read_text())
         assert result["world"] == "real" and result["ttft_s"] > 0
@@ -49,8 +50,8 @@ def test_run_prints_every_policy_and_writes_results(model_dir: Path, tmp_path: P
 def test_validate_pairs_real_and_simulated_runs(model_dir: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "val"
-    code = main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps,600s",
-                 "--traces", "steps:1s@40mbps,1s@5mbps", "--policy", "local", "--policy", "cake",
+    code = main(["validate", "--model", str(model_dir), *COMMON, "--trace", "const:20mbps,600s",
+                 "--trace", "steps:1s@40mbps,1s@5mbps", "--policy", "local", "--policy", "cake",
                  "--repeats", "2", "--out", str(out)])  # fmt: skip
     assert code == 0
     assert "median |err| %" in capsys.readouterr().out
@@ -78,7 +79,7 @@ def test_validate_pairs_real_and_simulated_runs(model_dir: Path, tmp_path: Path,
 
 def test_validate_without_probe_predicts_at_the_profiles_speed(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "val"
-    assert main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps,600s",
+    assert main(["validate", "--model", str(model_dir), *COMMON, "--trace", "const:20mbps,600s",
                  "--policy", "local", "--no-probe", "--out", str(out)]) == 0  # fmt: skip
     meta = json.loads((out / "validation.json").read_text())
     assert meta["config"]["probe"] is False and meta["stats_at_profiled_speed"] == {}
@@ -88,5 +89,5 @@ def test_validate_without_probe_predicts_at_the_profiles_speed(model_dir: Path, 
 
 @pytest.mark.parametrize("flag", [["--repeats", "0"], ["--attempts", "0"], ["--speed-tolerance", "0"]])
 def test_validate_rejects_bad_counts(model_dir: Path, capsys: pytest.CaptureFixture[str], flag: list[str]) -> None:
-    assert main(["validate", "--model", str(model_dir), *COMMON, "--traces", "const:20mbps", *flag]) == 2
+    assert main(["validate", "--model", str(model_dir), *COMMON, "--trace", "const:20mbps", *flag]) == 2
     assert flag[0] in capsys.readouterr().err

@@ -4,16 +4,14 @@ For each document the context's KV is computed once by a full prefill (the lossl
 that KV cut into cells of `chunk_tokens` tokens per layer, each K and V encoded and decoded. The query is
 then prefilled on top of each KV and decoded greedily, and the two runs are compared: first token, the
 first `new_tokens` tokens, KL divergence of the next-token distributions at the query's positions, and the
-task score of each answer (LEval: option letter for quality, token F1 for scientific_qa and multidoc_qa).
+task score of each answer (LEval: option letter for quality, token F1 for scientific_qa and multidoc_qa;
+ROUGE-L for summaries; any JSONL of documents can be scored, see `load_documents`).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import string
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparkv.analysis import documents as document_files
+from sparkv.analysis.scoring import normalize_answer, option_letter, option_match, score, token_f1
 from sparkv.core.errors import UserError
 from sparkv.cost_models.codecs import KVCodec
 from sparkv.executor.model.models import LoadedModel
@@ -31,7 +31,10 @@ TASKS = {"quality": "exam", "scientific_qa": "f1", "multidoc_qa": "f1"}  # LEval
 INSTRUCTIONS = {
     "exam": "Answer with the letter of the correct option only.",
     "f1": "Answer the question briefly, using the document.",
+    "rouge": "Answer using the document.",
+    "contains": "Answer briefly, using the document.",
 }
+__all__ = ["normalize_answer", "option_letter", "option_match", "task_score", "token_f1"]  # scoring, re-exported
 
 
 # ---- data ----
@@ -41,16 +44,27 @@ INSTRUCTIONS = {
 class Document:
     """One LEval document with the questions used from it."""
 
-    dataset: str  # quality, scientific_qa or multidoc_qa
+    dataset: str  # quality, scientific_qa, multidoc_qa, or the file it came from
     index: int  # line in the JSONL file
     text: str
     questions: tuple[tuple[str, str], ...]  # (question, reference answer)
+    metric: str = "f1"  # how answers are scored: exam, f1, rouge or contains (sparkv.analysis.scoring)
 
 
 def load_documents(data_dir: Path, dataset: str, documents: int, questions_per_doc: int) -> list[Document]:
-    """The first `documents` documents of `dataset` with their first `questions_per_doc` questions."""
+    """The first `documents` documents of `dataset` with their first `questions_per_doc` questions.
+
+    `dataset` is an LEval task read from `data_dir` (quality, scientific_qa, multidoc_qa), or any JSONL file:
+    LEval's fields, or others named as `FILE.jsonl?context=F&question=F&answer=F[&metric=M]`
+    (`sparkv.analysis.documents`); its label in tables is the file's stem."""
     if dataset not in TASKS:
-        raise UserError(f"unknown dataset {dataset!r}: use one of {', '.join(TASKS)}")
+        spec = document_files.parse_document_spec(dataset)
+        if not Path(spec.path).is_file():
+            raise UserError(f"unknown dataset {dataset!r}: use one of {', '.join(TASKS)} or a JSONL file "
+                            "(FILE.jsonl[?context=F&question=F&answer=F&metric=exam|f1|rouge|contains])")  # fmt: skip
+        label = Path(spec.path).stem
+        return [Document(label, d.index, d.text, d.questions[:questions_per_doc], d.metric)
+                for d in document_files.load_documents(dataset, limit=documents)]  # fmt: skip
     path = data_dir / f"{dataset}.jsonl"
     try:
         lines = path.read_text().splitlines()
@@ -61,7 +75,7 @@ def load_documents(data_dir: Path, dataset: str, documents: int, questions_per_d
         try:
             item = json.loads(line)
             pairs = tuple(zip(item["instructions"], item["outputs"], strict=False))[:questions_per_doc]
-            out.append(Document(dataset, index, str(item["input"]), pairs))
+            out.append(Document(dataset, index, str(item["input"]), pairs, TASKS[dataset]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{path}:{index + 1}: not an LEval record ({exc})") from exc
     return out
@@ -72,7 +86,7 @@ def prompt_ids(
 ) -> tuple[Tensor, Tensor]:
     """Context ids [T] (chat-template head + document, truncated) and query ids [Q] (question + instruction)."""
     tok = loaded.tokenizer
-    instruction = INSTRUCTIONS[TASKS[doc.dataset]]
+    instruction = INSTRUCTIONS[doc.metric]
     if tok is not None and getattr(tok, "chat_template", None):
         marker = "\x00QUESTION\x00"
         messages = [{"role": "user", "content": marker}]
@@ -87,42 +101,9 @@ def prompt_ids(
 # ---- scoring ----
 
 
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Token-overlap F1 of the normalised strings, in [0, 1]."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def option_letter(text: str) -> str | None:
-    """The option an answer names: the first "(X)", else "X)", "X." or "X:", else a standalone capital A-D."""
-    for pattern in (r"\(([A-D])\)", r"\b([A-D])[).:]", r"\b([A-D])\b"):
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-    return None
-
-
-def option_match(prediction: str, reference: str) -> float:
-    """1.0 when both name the same option letter, else 0.0."""
-    want = option_letter(reference)
-    return float(want is not None and option_letter(prediction) == want)
-
-
-def task_score(dataset: str, prediction: str, reference: str) -> float:
-    """Score in [0, 1] by the dataset's metric."""
-    return option_match(prediction, reference) if TASKS[dataset] == "exam" else token_f1(prediction, reference)
+def task_score(dataset_or_metric: str, prediction: str, reference: str) -> float:
+    """Score in [0, 1] by a metric (exam, f1, rouge, contains) or by an LEval task's metric."""
+    return score(TASKS.get(dataset_or_metric, dataset_or_metric), prediction, reference)
 
 
 # ---- the two KV paths ----
@@ -342,7 +323,8 @@ def run_quality(
     if loaded.tokenizer is None:
         raise UserError(f"model {loaded.model_id} has no tokenizer; the quality run needs text")
     codecs = [get_codec(name) for name in config.codecs]
-    data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+    leval = any(ds in TASKS for ds in config.datasets)
+    data_dir = Path(config.data_dir) if config.data_dir or not leval else default_data_dir()
     per_set = (load_documents(data_dir, ds, config.documents, config.questions_per_doc) for ds in config.datasets)
     docs = [d for ds_docs in per_set for d in ds_docs]
     eos = eos_token_ids(loaded)
@@ -364,7 +346,7 @@ def run_quality(
                 for i, (gen, (_, query_ids)) in enumerate(zip(gens, prompts, strict=True)):
                     ref = doc.questions[i][1]
                     answer = loaded.tokenizer.decode(gen.tokens, skip_special_tokens=True).strip()
-                    scores = task_score(doc.dataset, texts[i], ref), task_score(doc.dataset, answer, ref)
+                    scores = task_score(doc.metric, texts[i], ref), task_score(doc.metric, answer, ref)
                     outcomes.append(Outcome(doc.dataset, doc.index, i, name, len(context_ids), len(query_ids),
                                             **asdict(compare(base[i], gen)), score_lossless=scores[0],
                                             score_codec=scores[1], answer_lossless=texts[i], answer_codec=answer,

@@ -6,7 +6,7 @@ import argparse
 import statistics
 import time
 
-from sparkv.commands.common import format_table
+from sparkv.commands.common import deprecated_alias, format_table
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
@@ -41,16 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu-smollm2", help="device profile (default cpu-smollm2)")
     s.add_argument("--requests", type=int, default=200, help="requests per policy per repeat (default 200)")
     s.add_argument("--repeats", type=int, default=5, help="repeats; the median rate is printed (default 5)")
-    s.add_argument("--max-seconds", type=float, default=10.0,
-                   help="a repeat stops after this many seconds even if fewer requests ran (default 10; a policy "
-                        "that plans at run time can take seconds per request)")
+    s.add_argument("--max-wall-s", dest="max_seconds", type=float, default=10.0,
+                   help="a repeat stops after this many wall-clock seconds even if fewer requests ran (default 10; "
+                        "a policy that plans at run time can take seconds per request)")
+    s.add_argument("--max-seconds", dest="max_seconds", type=float, action=deprecated_alias("--max-wall-s"),
+                   help=argparse.SUPPRESS)
     s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")
     s.set_defaults(func=bench_sim)
 
 
 def bench_sim(args: argparse.Namespace) -> int:
     if args.requests < 1 or args.repeats < 1 or not args.max_seconds > 0:
-        raise UserError("--requests and --repeats must be >= 1 and --max-seconds > 0")
+        raise UserError("--requests and --repeats must be >= 1 and --max-wall-s > 0")
     trace = args.trace
     if trace is None:
         found = shared_path(*DEFAULT_TRACE)

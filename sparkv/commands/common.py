@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,25 @@ from sparkv.core.errors import UserError
 from sparkv.policies import Policy, make_policy
 
 
-def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = None) -> None:
+def deprecated_alias(new_flag: str, base: type[argparse.Action] = argparse._StoreAction) -> type[argparse.Action]:
+    """An argparse action for an old flag name: it does what `new_flag` does and prints a one-line note."""
+
+    class Deprecated(base):  # type: ignore[valid-type,misc]
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:  # fmt: skip
+            print(f"sparkv: note: {option_string} is deprecated; use {new_flag}", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Deprecated
+
+
+def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = None, trace: bool = True) -> None:
+    """The scenario flags; `trace=False` leaves `--trace` to the command (validate takes several)."""
     d = defaults or Scenario()
     p.add_argument("--config", type=Path, help="scenario TOML or JSON (a result's config works too); flags override it")
-    p.add_argument("--trace", help=f"trace file or synthetic spec such as lte:seed=1 (default {d.trace})")
+    if trace:
+        p.add_argument("--trace", help=f"trace file[?options] or synthetic spec such as lte:seed=1 (default "
+                       f"{d.trace}); options as in PATH?carrier=tmobile&gaps=outage (sparkv/traces/options.py)")
     p.add_argument("--model", help=f"built-in model spec or Hugging Face model directory (default {d.model})")
     p.add_argument("--device", help=f"device profile name or JSON path (default {d.device})")
     p.add_argument("--codec", help=f"KV codec on the wire (default {d.codec})")
@@ -26,7 +42,7 @@ def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = No
     p.add_argument("--bandwidth-scale", type=float, help="multiply the trace's bandwidth (default 1)")
     p.add_argument("--trace-offset", type=float, dest="trace_offset_s", help="start time in the trace, s")
     p.add_argument("--rtt-ms", type=float, help=f"round trip per transfer, ms (default {d.link.rtt_s * 1e3:g})")
-    p.add_argument("--radio", help=f"radio power model: lte, wifi, 3g (default {d.link.radio})")
+    p.add_argument("--radio", help=f"radio power model: lte, 5g, wifi, 3g (default {d.link.radio})")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
 
 

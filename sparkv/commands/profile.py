@@ -1,7 +1,7 @@
 """`sparkv profile`: measure the real model on this machine and write a device profile JSON.
 
     sparkv profile                          # SmolLM2 on this CPU -> ./cpu-smollm2.json (a few minutes)
-    sparkv profile --device cuda            # the same on an NVIDIA GPU
+    sparkv profile --torch-device cuda      # the same on an NVIDIA GPU
     sparkv profile --quick --out /tmp/p.json   # a tiny random model, seconds (for tests)
     sparkv profile --link pacing --update cpu-smollm2.json   # calibrate the link into an existing profile
 """
@@ -13,6 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from sparkv.commands.common import deprecated_alias
 from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import DeviceProfile
 
@@ -20,7 +21,9 @@ from sparkv.cost_models.profiles import DeviceProfile
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure compute, install and link costs on this machine; write a profile")
     p.add_argument("--model", default="smollm2", help="model to load: smollm2 or a Hugging Face directory")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    p.add_argument("--torch-device", dest="torch_device", default="cpu", help="torch device: cpu or cuda[:n]")
+    p.add_argument("--device", dest="torch_device", action=deprecated_alias("--torch-device"),
+                   help=argparse.SUPPRESS)  # elsewhere --device names a device profile
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
     p.add_argument("--name", help="profile name (default <cpu|cuda>-<model>)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote link calibration into {args.update}: {json.dumps(profile.link)}")
         return 0
     cfg = QUICK if args.quick else ProfileConfig(model=args.model)
-    changes: dict[str, object] = {"device": args.device, "dtype": args.dtype, "threads": args.threads}
+    changes: dict[str, object] = {"device": args.torch_device, "dtype": args.dtype, "threads": args.threads}
     if args.max_context:
         changes["max_context"] = args.max_context
     if args.repeats:

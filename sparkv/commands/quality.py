@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = QualityConfig()
     p = sub.add_parser("quality", help="answer quality of KV codecs vs lossless KV on LEval (real model)")
     p.add_argument("--codec", action="append", help=f"codec to test, repeatable (default {' '.join(DEFAULT_CODECS)})")
-    p.add_argument("--dataset", action="append", choices=list(TASKS), help="LEval task, repeatable (default all)")
+    p.add_argument("--dataset", action="append",
+                   help=f"LEval task ({', '.join(TASKS)}) or a JSONL file of documents: LEval's fields, or "
+                        "FILE.jsonl?context=F&question=F&answer=F[&metric=exam|f1|rouge|contains]; repeatable "
+                        "(default: the three LEval tasks)")  # fmt: skip
     p.add_argument("--documents", type=int, default=d.documents, help=f"documents per dataset ({d.documents})")
     p.add_argument("--questions-per-doc", type=int, default=d.questions_per_doc,
                    help=f"questions per document ({d.questions_per_doc})")
@@ -124,7 +127,7 @@ def quality(args: argparse.Namespace) -> int:
     if not outcomes:
         raise UserError("no questions were run: check --dataset, --documents and --questions-per-doc")
     summaries = []
-    datasets = [d for d in config.datasets if any(o.dataset == d for o in outcomes)]
+    datasets = list(dict.fromkeys(o.dataset for o in outcomes))  # a file's label is its stem
     for codec in config.codecs:
         rows = [summarise(outcomes, costs, codec, d) for d in datasets] + [summarise(outcomes, costs, codec, None)]
         summaries += rows

@@ -9,6 +9,7 @@ from pathlib import Path
 from sparkv.commands.common import (
     add_policy_config_arg,
     add_scenario_args,
+    deprecated_alias,
     format_table,
     policy_maker,
     scenario_from_args,
@@ -17,6 +18,7 @@ from sparkv.commands.run import RUN_DEFAULTS, auto_scale, load_document
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
 from sparkv.policies import POLICIES
+from sparkv.traces.expand import expand_traces
 
 DEFAULT_TRACES = (
     "mahimahi_lte_us/Verizon-LTE-short.down",
@@ -37,10 +39,13 @@ STAT_COLUMNS = [("group", "policy", ""), ("runs", "runs", "d"), ("median_abs_err
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="real executor vs simulator on the same requests")
-    add_scenario_args(p, RUN_DEFAULTS)
+    add_scenario_args(p, RUN_DEFAULTS, trace=False)
     add_policy_config_arg(p)
-    p.add_argument("--traces", action="append", dest="traces",
-                   help="trace file or spec, repeatable (default: 10 real traces from ../shared/traces)")
+    p.add_argument("--trace", action="append", dest="traces",
+                   help="trace file[?options], folder, glob or spec; repeatable (default: 10 real traces from "
+                        "../shared/traces)")  # fmt: skip
+    p.add_argument("--traces", action=deprecated_alias("--trace", argparse._AppendAction), dest="traces",
+                   help=argparse.SUPPRESS)
     p.add_argument("--policy", action="append", help="policies (default: local, stream, cake, sparkv)")
     p.add_argument("--link", choices=["auto", "netns", "pacing"], default="pacing", help="real link (default pacing)")
     p.add_argument("--document", default="builtin", help="'builtin' or FILE.jsonl[:INDEX] (LEval format)")
@@ -62,7 +67,7 @@ def default_traces() -> list[str]:
     found = [shared_path("traces", *t.split("/")) for t in DEFAULT_TRACES]
     traces = [str(p) for p in found if p is not None]
     if not traces:
-        raise UserError("no traces given and ../shared/traces not found; pass --traces FILE or a spec")
+        raise UserError("no traces given and ../shared/traces not found; pass --trace FILE or a spec")
     return traces
 
 
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.speed_tolerance > 0:
         raise UserError(f"--speed-tolerance must be > 0, got {args.speed_tolerance}")
     scenario = scenario_from_args(args, RUN_DEFAULTS)
-    traces = args.traces or default_traces()
+    traces = expand_traces(args.traces) if args.traces else default_traces()
     policies = args.policy or [p for p in ("local", "stream", "cake", "sparkv") if p in POLICIES]
     make = policy_maker(args)
     for name in policies:
