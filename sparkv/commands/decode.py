@@ -17,6 +17,7 @@ from typing import Any
 from sparkv.commands.bench import reference_rate
 from sparkv.commands.common import format_table
 from sparkv.commands.decode_real import add_real_args, print_validation, run_real, validate
+from sparkv.commands.decode_studies import load_compute, sweep_g, what_if
 from sparkv.core.decode import DecodeScenario, DecodeSummary
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
@@ -96,6 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"decode policy, repeatable (default all: {', '.join(DECODE_POLICIES)})")
     p.add_argument("--out", type=Path, help="folder for one Result JSON per policy and a summary")
     p.add_argument("--bench", action="store_true", help="time the simulator: layer-steps per second per policy")
+    p.add_argument("--sweep-g", help="group sizes to sweep (e.g. 1,2,4,8,16) on a per-token --scores trace")
+    p.add_argument("--what-if", action="store_true",
+                   help="modelled: Llama-3.1-8B at 32k on a Jetson Orin, NVMe vs eMMC, tokens/s per policy")
+    p.add_argument("--decode-compute", type=Path, help="a fitted decode compute JSON (as --validate writes)")
     add_real_args(p)
     p.set_defaults(func=run)  # fmt: skip
 
@@ -120,14 +125,23 @@ def run(args: argparse.Namespace) -> int:
     names = args.policy or list(DECODE_POLICIES)
     for name in names:
         make_decode_policy(name)  # an unknown name fails before any work
+    if args.what_if:
+        return what_if(args, args.out)
+    compute = load_compute(args.decode_compute)
+    if args.sweep_g:
+        try:
+            sizes = [int(v) for v in args.sweep_g.split(",")]
+        except ValueError as exc:
+            raise UserError(f"bad --sweep-g {args.sweep_g!r}: use group sizes such as 1,2,4,8,16") from exc
+        return sweep_g(scenario, sizes, compute, None, args.out)
     if args.validate or args.real:
         return run_real_world(args, scenario, names)
-    world = build_decode_world(scenario)
+    world = build_decode_world(scenario, compute=compute)
     if args.bench:
         return bench(world, names)
     results = [simulate_decode(world, make_decode_policy(name)) for name in names]
     print(describe(scenario, world.geometry.kv_bytes, world.geometry.budget_bytes, world.storage.name,
-                   f"{world.compute.kind} decode compute"))  # fmt: skip
+                   f"{world.compute.kind} decode compute ({world.compute.source})"))  # fmt: skip
     print(format_table([summary_row(r) for r in results], COLUMNS))
     print("read hidden: 1 - (compute waiting for reads) / (storage busy); sim times are modelled")
     if args.out:
@@ -143,6 +157,8 @@ def run_real_world(args: argparse.Namespace, scenario: DecodeScenario, names: li
         if args.out:
             write_results(results, args.out)
             (args.out / "decode-validation.json").write_text(json.dumps(rows, indent=1))
+            compute = results[len(results) // 2].config["decode_compute"]
+            (args.out / "decode-compute.json").write_text(json.dumps(compute, indent=1))
         return 0
     results = run_real(args, scenario, names)
     print(format_table([summary_row(r) for r in results], COLUMNS))

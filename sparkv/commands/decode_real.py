@@ -17,7 +17,13 @@ from sparkv.core.decode import DecodeScenario
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.cost_models.storage import load_storage
-from sparkv.executor.model.decode_run import RealDecodeSetup, prepare_real_decode, run_real_decode, spec_for_disk
+from sparkv.executor.model.decode_run import (
+    RealDecodeSetup,
+    TokenScores,
+    prepare_real_decode,
+    run_real_decode,
+    spec_for_disk,
+)
 from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
 from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
 from sparkv.policies.decode import make_decode_policy
@@ -34,7 +40,10 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-dir", type=Path, default=Path("sparkv-kv"),
                    help="folder for the KV files (on a disk: O_DIRECT; default ./sparkv-kv)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for real decode (default 1)")
-    p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")  # fmt: skip
+    p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")
+    p.add_argument("--record-scores", type=Path,
+                   help="with --real: also record every token's predicted and exact scores to this .npz (per-token "
+                        "trace for --sweep-g and recall; untimed extra work)")  # fmt: skip
 
 
 def _loaded(name: str) -> LoadedModel:
@@ -57,12 +66,12 @@ def _tokens(loaded: LoadedModel, count: int, seed: int) -> torch.Tensor:
 def prepare(args: argparse.Namespace, scenario: DecodeScenario) -> RealDecodeSetup:
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
     loaded = _loaded(args.hf_model)
     ids = _tokens(loaded, scenario.context_tokens, scenario.seed)
     calib = _tokens(loaded, min(CALIB_TOKENS, scenario.context_tokens), scenario.seed + 1000)
     t0 = time.perf_counter()
     setup = prepare_real_decode(loaded, ids, calib, scenario, args.kv_dir)
+    torch.set_num_threads(args.threads)  # one token at a time: more threads only add synchronisation
     print(f"real decode: {loaded.model_id}, {scenario.context_tokens} tokens prefilled, KV written to "
           f"{args.kv_dir} and keys projected to rank {scenario.rank} in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     return setup
@@ -72,9 +81,16 @@ def run_real(args: argparse.Namespace, scenario: DecodeScenario, names: list[str
     setup = prepare(args, scenario)
     results = []
     try:
-        for name in names:
-            result, _, _, _ = run_real_decode(setup, make_decode_policy(name))
+        for i, name in enumerate(names):
+            record = None
+            if args.record_scores is not None and i == 0:
+                tokens = scenario.context_tokens + scenario.steps
+                record = TokenScores(scenario.steps, setup.geometry.num_layers, tokens)
+            result, _, _, _ = run_real_decode(setup, make_decode_policy(name), token_scores=record)
             results.append(result)
+            if record is not None:
+                path = record.trace(scenario.context_tokens, f"recorded: real {name} run, {setup.loaded.model_id}")
+                print(f"per-token scores of the {name} run written to {path.save(args.record_scores)}")
     finally:
         setup.files.close()
     return results

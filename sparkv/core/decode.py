@@ -41,7 +41,7 @@ class DecodeScenario:
     sink_tokens: int = 4  # first tokens attended at every step
     select_tokens: int = 400  # M: tokens selected beyond sinks and tail, capped by the budget; 0: all it allows
     rank: int = 24  # r: columns of the low-rank key metadata (KVSwap)
-    storage: str = "this-vm-nvme"  # storage profile name or JSON path
+    storage: str = "this-vm"  # storage profile name or JSON path (this-vm: measured by sparkv profile --disk)
     device: str = "cpu-smollm2"  # device profile (compute) name or JSON path
     queue_depth: int = 16  # reads in flight at once
     max_request_bytes: int = 1 << 20  # adjacent groups are merged into requests up to this size

@@ -73,6 +73,7 @@ class DecodeEngine:
         self.ctx, self.geo, self.policy = ctx, geo, policy
         self.max_request_groups = max(1, max_request_bytes // geo.slot_bytes)
         self.record_spans, self.record_log = record_spans, record_log
+        self._skip: frozenset[type] = frozenset() if record_log else frozenset(getattr(policy, "ignored_events", ()))
         self.full_groups = geo.context_groups
         self.tail_tokens = geo.context_tail_tokens  # tokens in the unfinished group (the current one not counted)
         self.resident: list[set[int]] = []
@@ -180,7 +181,8 @@ class DecodeEngine:
         self._acc[4] += end_s - start_s
         if self.record_spans:
             self.spans.append(DecodeSpan("storage", "read", job.step, job.layer, start_s, end_s, job.bytes))
-        self._event(ReadDone(end_s, job.step, job.layer, job.groups, job.bytes, end_s - start_s))
+        if ReadDone not in self._skip:
+            self._event(ReadDone(end_s, job.step, job.layer, job.groups, job.bytes, end_s - start_s))
 
     def layer_done(self, step: int, layer: int, start_s: float, end_s: float, stall_s: float = 0.0) -> None:
         """A layer computed: exactly its plan's `keep` stays resident."""
@@ -190,7 +192,8 @@ class DecodeEngine:
         self._acc[5] += stall_s
         if self.record_spans:
             self.spans.append(DecodeSpan("compute", "layer", step, layer, start_s, end_s))
-        self._event(LayerDone(end_s, step, layer))
+        if LayerDone not in self._skip:
+            self._event(LayerDone(end_s, step, layer))
 
     @property
     def appends_at_step_end(self) -> bool:

@@ -15,7 +15,8 @@ from typing import Any
 
 import simpy
 
-from sparkv.core.decode import DecodeGeometry, DecodeScenario, decode_geometry
+from sparkv.core.decode import DecodeGeometry, DecodeScenario, ScoresReady, decode_geometry
+from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec, resolve_model_spec
 from sparkv.core.result import Result
 from sparkv.cost_models.decode_compute import DecodeCompute, derive_decode_compute
@@ -88,12 +89,17 @@ def run_decode_sim(
     num_layers, slot, depth = geo.num_layers, geo.slot_bytes, sc.queue_depth
     score_cost = {"none": 0.0, "predicted": compute.per_scored_token_s, "exact": compute.per_exact_token_s}[kind]
     free_at = [0.0]  # when the storage lane is next free
+    pred_arr = trace.predicted if kind == "predicted" else None
+    exact_arr = trace.exact if kind == "exact" else None
+    if (kind == "predicted" and pred_arr is None) or (kind == "exact" and exact_arr is None):
+        raise UserError(f"score trace {trace.source} holds no {kind!r} scores, which {policy.name} needs")
 
     def issue(step: int, layer: int, at_s: float) -> tuple[int, ReadJob, float, float]:
         """Plan one layer at `at_s` and book its reads on the storage lane: (groups attended, job, start, end)."""
-        pred = trace.get("predicted", step, layer) if kind == "predicted" else None
-        exact = trace.get("exact", step, layer) if kind == "exact" else None
-        plan, job = engine.plan(engine.scores_for(step, layer, at_s, pred, exact))
+        full = engine.full_groups
+        pred = pred_arr[step, layer, :full] if pred_arr is not None else None
+        exact = exact_arr[step, layer, :full] if exact_arr is not None else None
+        plan, job = engine.plan(ScoresReady(at_s, step, layer, full, pred, exact))
         if not job.requests:
             return len(plan.attend), job, at_s, at_s
         start = max(at_s, free_at[0])

@@ -137,3 +137,21 @@ def get_score_trace(spec: str, context_tokens: int, group_tokens: int, num_layer
     trace = load_score_trace(spec)
     trace.check_covers(context_tokens, group_tokens, num_layers, steps)
     return trace
+
+
+def regroup(tokens: ScoreTrace, group_tokens: int) -> ScoreTrace:
+    """A per-token trace (G=1) at group size G: predicted = the max over a group's tokens (as KVSwap scores a
+    group), exact = the sum of their attention mass."""
+    if tokens.group_tokens != 1 or tokens.predicted is None or tokens.exact is None:
+        raise UserError(f"score trace {tokens.source} is not a per-token trace with both kinds of score")
+    steps, layers, max_tokens = tokens.predicted.shape
+    groups = max_tokens // group_tokens
+    pred = np.full((steps, layers, groups), np.nan, np.float32)
+    exact = np.full((steps, layers, groups), np.nan, np.float32)
+    for s in range(steps):
+        full = (tokens.context_tokens + s) // group_tokens
+        n = full * group_tokens
+        pred[s, :, :full] = tokens.predicted[s, :, :n].reshape(layers, full, group_tokens).max(axis=2)
+        exact[s, :, :full] = tokens.exact[s, :, :n].reshape(layers, full, group_tokens).sum(axis=2)
+    return ScoreTrace(tokens.context_tokens, group_tokens, layers, steps, pred, exact,
+                      f"{tokens.source}, regrouped to G={group_tokens}")  # fmt: skip

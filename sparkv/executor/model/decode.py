@@ -187,22 +187,30 @@ class SparseDecoder:
         q, _, _ = self.math.qkv(layer, x, pos)  # [H, 1, hd]
         return q
 
-    def predicted_scores(self, layer: int, x: Tensor, pos: int, full_groups: int) -> np.ndarray:
-        """Group scores of `layer` from the hidden state x [1, D] entering the previous layer (or the embedding)."""
+    def token_predicted(self, layer: int, x: Tensor, pos: int, tokens: int) -> Tensor:
+        """Per-token scores [tokens] of `layer` from x [1, D] entering the previous layer (or the embedding)."""
         q = self._query(layer, x, pos)[:, 0]  # [H, hd]
         q = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim).mean(dim=1)  # [KV, hd]
         w = self.cache.projections[layer].T @ q.reshape(-1)  # [r]
+        return self.cache.metadata[layer][:tokens] @ w  # [T]
+
+    def token_exact(self, layer: int, q: Tensor, tokens: int) -> Tensor:
+        """Attention mass [tokens] under the layer's true q [H, 1, hd] (softmax over them, summed over heads)."""
+        k = self.cache.keys[layer][:, :tokens]  # [KV, T, hd]
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=0)  # [H, T, hd]
+        logits = (k @ q[:, 0, :, None])[..., 0] * self.math.scaling(layer)  # [H, T]
+        return torch.softmax(logits, dim=-1).sum(dim=0)  # [T]
+
+    def predicted_scores(self, layer: int, x: Tensor, pos: int, full_groups: int) -> np.ndarray:
+        """Group scores (the max over each group's tokens) for the policy; see `token_predicted`."""
         g = self.layout.group_tokens
-        tokens = self.cache.metadata[layer][: full_groups * g] @ w  # [T]
+        tokens = self.token_predicted(layer, x, pos, full_groups * g)
         return tokens.view(full_groups, g).amax(dim=1).numpy().astype(np.float32)
 
     def exact_scores(self, layer: int, q: Tensor, full_groups: int) -> np.ndarray:
-        """Attention mass per group under q [H, 1, hd] (softmax over the full groups, summed over heads)."""
+        """Attention mass per group (the sum over its tokens); see `token_exact`."""
         g = self.layout.group_tokens
-        k = self.cache.keys[layer][:, : full_groups * g]  # [KV, T, hd]
-        k = k.repeat_interleave(self.heads // self.kv_heads, dim=0)  # [H, T, hd]
-        logits = (k @ q[:, 0, :, None])[..., 0] * self.math.scaling(layer)  # [H, T]
-        mass = torch.softmax(logits, dim=-1).sum(dim=0)  # [T]
+        mass = self.token_exact(layer, q, full_groups * g)
         return mass.view(full_groups, g).sum(dim=1).numpy().astype(np.float32)
 
     # ---- one layer ----

@@ -69,9 +69,12 @@ def spec_for_disk(loaded: LoadedModel) -> ModelSpec:
 
 
 def run_real_decode(
-    setup: RealDecodeSetup, policy: DecodePolicy, log: bool = False
+    setup: RealDecodeSetup, policy: DecodePolicy, log: bool = False, token_scores: TokenScores | None = None
 ) -> tuple[Result, ScoreTrace, DecodeEngine, list[int]]:
-    """One decode run of `policy`: (Result, the scores its plans saw, the engine, the generated tokens)."""
+    """One decode run of `policy`: (Result, the scores its plans saw, the engine, the generated tokens).
+
+    With `token_scores`, every (step, layer) also records both kinds of score for every cached token (for
+    recall and group-size studies; it costs time, so such a run is not a timing run)."""
     sc, geo, lay = setup.scenario, setup.geometry, setup.files.layout
     spec = setup.loaded.spec
     ctx = DecodeContext(geometry=geo, model=spec.name)
@@ -123,6 +126,8 @@ def run_real_decode(
                             q, _, _ = decoder.math.qkv(layer, x, pos)
                             exact = decoder.exact_scores(layer, q, full)
                         pending = issue(step, layer, None, exact)
+                    if token_scores is not None:
+                        token_scores.record(decoder, step, layer, x, pos, sc.context_tokens + step)
                     plan, job, batch = pending
                     ready = now()
                     if batch is not None:
@@ -156,6 +161,28 @@ def run_real_decode(
                             "policy": {"name": policy.name, **policy.config()}},
                     decode=summary.to_dict(), extra={"tokens": tokens})  # fmt: skip
     return result, trace, engine, tokens
+
+
+class TokenScores:
+    """Predicted and exact scores of every cached token at every (step, layer): [steps, layers, tokens]."""
+
+    def __init__(self, steps: int, num_layers: int, max_tokens: int) -> None:
+        self.predicted = np.full((steps, num_layers, max_tokens), np.nan, np.float32)
+        self.exact = np.full((steps, num_layers, max_tokens), np.nan, np.float32)
+
+    def record(self, decoder: SparseDecoder, step: int, layer: int, x: torch.Tensor, pos: int, tokens: int) -> None:
+        """x [1, D] enters `layer`: the exact mass from its true query; the prediction for layer+1 from x."""
+        q, _, _ = decoder.math.qkv(layer, x, pos)
+        self.exact[step, layer, :tokens] = decoder.token_exact(layer, q, tokens).numpy()
+        if layer == 0:
+            self.predicted[step, 0, :tokens] = decoder.token_predicted(0, x, pos, tokens).numpy()
+        if layer + 1 < self.predicted.shape[1]:
+            self.predicted[step, layer + 1, :tokens] = decoder.token_predicted(layer + 1, x, pos, tokens).numpy()
+
+    def trace(self, context_tokens: int, source: str) -> ScoreTrace:
+        """As a per-token score trace (G=1); `sparkv.traces.scores.regroup` gives any group size."""
+        steps, layers, _ = self.predicted.shape
+        return ScoreTrace(context_tokens, 1, layers, steps, self.predicted, self.exact, source)
 
 
 def _load_untimed(files: KVFiles, layer: int, pool: SlotPool, groups: list[int]) -> None:

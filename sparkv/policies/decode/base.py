@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sparkv.core.decode import DecodeEvent, DecodeGeometry, GroupAppended, LayerPlan, ScoresReady
+from sparkv.core.decode import DecodeEvent, DecodeGeometry, GroupAppended, LayerDone, LayerPlan, ReadDone, ScoresReady
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +45,7 @@ class DecodePolicy(Protocol):
     score_kind: str  # "none", "predicted" or "exact": what `plan` needs in its ScoresReady
     lookahead_layers: int  # 1: layer l+1 is planned (and its reads issued) while layer l computes
     bounded: bool  # True: the engine holds the policy to the budget
+    ignored_events: frozenset[type]  # event types `update` ignores (not built when no log is kept)
 
     def begin(self, ctx: DecodeContext) -> None: ...
 
@@ -66,11 +67,15 @@ class DecodePolicyBase:
     score_kind = "none"
     lookahead_layers = 1
     bounded = True
+    # Event types `update` does nothing with: a driver that keeps no log need not build them.
+    ignored_events: frozenset[type] = frozenset({ReadDone, LayerDone})
 
     def __init__(self) -> None:
         self.ctx: DecodeContext | None = None
         self.resident: list[set[int]] = []
         self.full_groups = 0
+        self._sinks: tuple[int, ...] = ()
+        self._select = 0
 
     @property
     def geometry(self) -> DecodeGeometry:
@@ -83,6 +88,8 @@ class DecodePolicyBase:
         self.ctx = ctx
         self.full_groups = ctx.geometry.context_groups
         self.resident = [set() for _ in range(ctx.geometry.num_layers)]
+        self._sinks = tuple(range(min(ctx.geometry.sink_groups, self.full_groups)))
+        self._select = self._select_groups()
 
     def initial_resident(self, layer: int) -> tuple[int, ...]:
         """Groups of `layer` in memory when decoding starts (default: none; all on disk). Recorded as kept."""
@@ -115,6 +122,9 @@ class DecodePolicyBase:
 
     def select_groups(self) -> int:
         """M/G: groups selected beyond the sinks, from the policy's M (or the scenario's), within the budget."""
+        return self._select
+
+    def _select_groups(self) -> int:
         geo = self.geometry
         own = getattr(getattr(self, "settings", None), "select_tokens", 0)
         if not own:
@@ -122,13 +132,13 @@ class DecodePolicyBase:
         return max(0, min(own // geo.group_tokens, geo.free_groups))
 
     def sinks(self) -> tuple[int, ...]:
-        return tuple(range(min(self.geometry.sink_groups, self.full_groups)))
+        """The sink groups (the context always holds them: a scenario has at least sinks + one group)."""
+        return self._sinks
 
     def make_plan(self, step: int, layer: int, attend: tuple[int, ...], keep: tuple[int, ...]) -> LayerPlan:
         """A plan that reads whatever of `attend` is not resident, and records `keep` as the new residency."""
         res = self.resident[layer]
-        missing = res.symmetric_difference(attend).difference(res) if res else attend
-        read = tuple(sorted(missing)) if res else attend
+        read = tuple([g for g in attend if g not in res]) if res else attend
         self.resident[layer] = set(keep)
         return LayerPlan(step=step, layer=layer, read=read, attend=attend, keep=keep)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparkv.core.decode import LayerPlan, ScoresReady
-from sparkv.policies.decode.base import DecodePolicyBase, ReuseCounter, top_groups
+from sparkv.policies.decode.base import DecodeContext, DecodePolicyBase, ReuseCounter, top_groups
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,19 @@ class KVSwap(DecodePolicyBase):
 
     def plan(self, scores: ScoresReady) -> LayerPlan:
         """Sinks plus the top M/G groups by score; the buffer keeps exactly this selection."""
-        sinks = self.sinks()
-        chosen = top_groups(self._scores(scores), len(sinks), self.select_groups())
-        res = self.resident[scores.layer]
-        self.reuse.add(scores.layer, len(res.intersection(chosen)), len(chosen))
+        sinks = self._sinks
+        chosen = top_groups(self._scores(scores), len(sinks), self._select)
+        layer = scores.layer
+        hits = len(self.resident[layer].intersection(chosen))
+        self.reuse.hits[layer] += hits
+        self.reuse.selected[layer] += len(chosen)
         attend = sinks + chosen
-        return self.make_plan(scores.step, scores.layer, attend=attend, keep=attend)
+        return self.make_plan(scores.step, layer, attend=attend, keep=attend)
+
+    def begin(self, ctx: DecodeContext) -> None:
+        """Start a run: the base bookkeeping, and a reuse counter per layer."""
+        super().begin(ctx)
+        self.reuse = ReuseCounter([0] * ctx.geometry.num_layers, [0] * ctx.geometry.num_layers)
 
     def run_stats(self) -> dict[str, Any]:
         """Reuse rate per layer (hits / selected), as KVSwap logs it."""
