@@ -44,16 +44,25 @@ class RealDecodeSetup:
 
 
 def prepare_real_decode(
-    loaded: LoadedModel, ids: torch.Tensor, calib_ids: torch.Tensor, scenario: DecodeScenario, folder: Path
+    loaded: LoadedModel,
+    ids: torch.Tensor,
+    calib_ids: torch.Tensor | None,
+    scenario: DecodeScenario,
+    folder: Path,
+    projections: list[torch.Tensor] | None = None,
 ) -> RealDecodeSetup:
-    """Prefill the context `ids`, write its KV files under `folder`, calibrate U on `calib_ids`."""
+    """Prefill the context `ids`, write its KV files under `folder`, calibrate U on `calib_ids` (or reuse
+    `projections` calibrated earlier)."""
     spec = loaded.spec
     if int(ids.shape[0]) != scenario.context_tokens:
         raise UserError(f"the context has {int(ids.shape[0])} tokens, the scenario {scenario.context_tokens}")
     geo = decode_geometry(spec_for_disk(loaded), scenario)
     t0 = time.perf_counter()
-    calib_keys, _, _ = _prefill_keys(loaded, calib_ids)
-    projections = calibrate_projections(calib_keys, scenario.rank)
+    if projections is None:
+        if calib_ids is None:
+            raise ValueError("prepare_real_decode needs calibration ids or projections")
+        calib_keys, _, _ = _prefill_keys(loaded, calib_ids)
+        projections = calibrate_projections(calib_keys, scenario.rank)
     layout = KVLayout(spec.num_layers, scenario.group_tokens, spec.num_kv_heads, spec.head_dim,
                       capacity_groups=(scenario.context_tokens + scenario.steps) // scenario.group_tokens + 1,
                       tag=loaded.model_id)  # fmt: skip

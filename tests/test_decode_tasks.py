@@ -1,0 +1,36 @@
+"""Generated long-context tasks: the needle is where it should be and the answer is in the prompt once."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sparkv.analysis.decode_tasks import make_tasks, multikey, niah, variable_tracking
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_niah_places_the_needle_at_its_depth(depth: float) -> None:
+    task = niah(2000, depth, seed=3)
+    body, _, question = task.prompt.rpartition("\n\n")
+    at = body.index(task.answer) / len(body)
+    assert abs(at - depth) < 0.05
+    assert body.count(task.answer) == 1 and "magic number" in question
+
+
+def test_multikey_asks_for_one_of_several_needles() -> None:
+    task = multikey(2000, 0.5, seed=1, needles=4)
+    assert task.prompt.count("special magic number for") == 5  # four needles and the question
+    assert task.answer in task.prompt
+
+
+def test_variable_tracking_chains_to_the_value() -> None:
+    task = variable_tracking(2000, 0.2, seed=2, hops=2)
+    assert len(re.findall(r"VAR \w+ = ", task.prompt)) == 3  # value, then two hops
+    assert task.answer in task.prompt and task.kind == "vt"
+
+
+def test_make_tasks_covers_every_combination_deterministically() -> None:
+    tasks = make_tasks(["niah", "vt"], 1024, [0.1, 0.9], seeds=2)
+    assert len(tasks) == 8
+    assert tasks == make_tasks(["niah", "vt"], 1024, [0.1, 0.9], seeds=2)
