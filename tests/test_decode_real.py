@@ -62,3 +62,18 @@ def test_kvswap_reads_less_than_full_reload_and_stays_in_budget(setup: RealDecod
     kt, ft = DecodeSummary.from_dict(kv.decode or {}).totals(), DecodeSummary.from_dict(fr.decode or {}).totals()
     assert 0 < kt["bytes_read"] < ft["bytes_read"] / 3
     assert kt["memory_hwm_bytes"] <= setup.geometry.budget_bytes
+
+
+def test_a_second_build_of_the_same_context_is_reused(setup: RealDecodeSetup) -> None:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (SCENARIO.context_tokens,), generator=gen)
+    calib = torch.randint(0, 256, (96,), generator=gen)
+    again = prepare_real_decode(setup.loaded, ids, calib, SCENARIO, setup.files.folder)
+    assert again.reused and again.first_token == setup.first_token
+    _, _, _, a = run_real_decode(again, make_decode_policy("kvswap"))
+    _, _, _, b = run_real_decode(setup, make_decode_policy("kvswap"))
+    assert a == b
+    folder = setup.files.folder.parent / f"{setup.files.folder.name}-copy"
+    first = prepare_real_decode(setup.loaded, ids, calib, SCENARIO, folder)
+    other = prepare_real_decode(setup.loaded, ids, calib, SCENARIO.with_(rank=4), folder)
+    assert not first.reused and not other.reused  # a new folder, then a different rank: each a new build

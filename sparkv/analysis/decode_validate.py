@@ -34,6 +34,8 @@ def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> 
         by_key = {(s.step, s.layer): s for s in layer_spans}
         reads = {(s.step, s.layer): s for s in engine.spans if s.kind == "read"}
         for (step, layer), span in by_key.items():
+            if step == 0:  # the first step warms up (allocations, first touches): not the steady cost
+                continue
             plan = plans[(step, layer)]
             tokens = geo.context_groups * geo.group_tokens + geo.context_tail_tokens + step  # cached before the step
             full_tokens = tokens // geo.group_tokens * geo.group_tokens  # in full groups: what is scored
@@ -48,7 +50,7 @@ def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> 
                     gaps.append((began - prev.end_s, full_tokens))
         for st in engine.steps:
             last = by_key.get((st.step, geo.num_layers - 1))
-            if last is None:
+            if last is None or st.step == 0:
                 continue
             after = st.end_s - last.end_s
             appended = (geo.context_tail_tokens + st.step + 1) % geo.group_tokens == 0
@@ -56,6 +58,11 @@ def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> 
     x, y = np.asarray(rows), np.asarray(ys)
     used = [0, 1] + ([2] if x[:, 2].any() else [])
     coef, *_ = np.linalg.lstsq(x[:, used], y, rcond=None)
+    resid = y - x[:, used] @ coef  # one pass of outlier rejection: a shared machine stalls now and then
+    mad = float(np.median(np.abs(resid - np.median(resid)))) or 1e-12
+    inliers = np.abs(resid) <= 4 * 1.4826 * mad
+    if inliers.sum() >= len(used) * 4:
+        coef, *_ = np.linalg.lstsq(x[inliers][:, used], y[inliers], rcond=None)
     fixed, per_att = float(coef[0]), float(max(coef[1], 0.0))
     per_scored = float(max(coef[2], 0.0)) if len(used) == 3 else 0.0
     step_fixed = statistics.median(tails) if tails else 0.0

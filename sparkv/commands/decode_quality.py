@@ -40,8 +40,8 @@ def _prompt_ids(loaded: LoadedModel, task: Task, limit: int) -> torch.Tensor:
         raise UserError("--quality needs a model with a tokenizer (smollm2 or a HF directory)")
     text = task.prompt
     for _ in range(8):  # trim the haystack (the question stays) until the prompt fits
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)  # fmt: skip
         if len(ids) <= limit:
             return torch.tensor(ids, dtype=torch.long)
         body, _, question = text.rpartition("\n\n")

@@ -72,8 +72,9 @@ def prepare(args: argparse.Namespace, scenario: DecodeScenario) -> RealDecodeSet
     t0 = time.perf_counter()
     setup = prepare_real_decode(loaded, ids, calib, scenario, args.kv_dir)
     torch.set_num_threads(args.threads)  # one token at a time: more threads only add synchronisation
-    print(f"real decode: {loaded.model_id}, {scenario.context_tokens} tokens prefilled, KV written to "
-          f"{args.kv_dir} and keys projected to rank {scenario.rank} in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    how = "reused from an earlier build in" if setup.reused else "prefilled, KV written to"
+    print(f"real decode: {loaded.model_id}, {scenario.context_tokens} tokens {how} {args.kv_dir}, keys projected "
+          f"to rank {scenario.rank} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     return setup
 
 

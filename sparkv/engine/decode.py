@@ -8,8 +8,7 @@ owns a clock and carries out effects: it asks `plan` when a layer's scores are r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sparkv.core.decode import (
     DecodeSpan,
@@ -28,9 +27,9 @@ class PlanError(ValueError):
     """A decode policy returned a plan that breaks the contract (a bug in the policy)."""
 
 
-@dataclass(frozen=True)
-class ReadJob:
-    """The reads of one accepted plan: runs of adjacent groups, split into requests."""
+class ReadJob(NamedTuple):
+    """The reads of one accepted plan: runs of adjacent groups, split into requests (a named tuple: one per
+    layer and step, built at C speed)."""
 
     step: int
     layer: int
@@ -48,6 +47,14 @@ def coalesce(groups: tuple[int, ...], max_groups: int) -> tuple[tuple[int, int],
         return tuple((g, min(max_groups, first + n - g)) for g in range(first, first + n, max_groups))
     out: list[tuple[int, int]] = []
     start = prev = first
+    if max_groups >= n:  # no run can be too long: only the breaks between runs matter
+        for g in groups:
+            if g != prev + 1 and g != first:
+                out.append((start, prev - start + 1))
+                start = g
+            prev = g
+        out.append((start, prev - start + 1))
+        return tuple(out)
     for g in groups[1:]:
         if g == prev + 1 and g - start < max_groups:
             prev = g

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -244,3 +245,31 @@ class SparseDecoder:
 
     def logits(self, x: Tensor) -> Tensor:
         return self.math.head(x)[0]
+
+
+CACHE_FILE = "decode-cache.pt"
+
+
+def save_cache(folder: Path, cache: CacheBuild, tokens: int) -> None:
+    """Keep what `build_cache` left in memory beside the KV files, so a later run of the same context reuses it."""
+    torch.save({"projections": cache.projections, "metadata": [z[:tokens] for z in cache.metadata],
+                "keys": [k[:, :tokens] for k in cache.keys], "tail_k": cache.tail_k, "tail_v": cache.tail_v,
+                "last_hidden": cache.last_hidden, "tokens": tokens}, folder / CACHE_FILE)  # fmt: skip
+
+
+def load_cache(folder: Path, reserve_tokens: int) -> CacheBuild | None:
+    """The saved build (with room for `reserve_tokens` more), or None when there is none."""
+    path = folder / CACHE_FILE
+    if not path.is_file():
+        return None
+    data = torch.load(path, weights_only=True)
+    tokens = int(data["tokens"])
+    metadata, keys = [], []
+    for z, k in zip(data["metadata"], data["keys"], strict=True):
+        zz = torch.zeros(tokens + reserve_tokens, z.shape[1])
+        zz[:tokens] = z
+        kk = torch.zeros(k.shape[0], tokens + reserve_tokens, k.shape[2])
+        kk[:, :tokens] = k
+        metadata.append(zz)
+        keys.append(kk)
+    return CacheBuild(data["projections"], metadata, keys, data["tail_k"], data["tail_v"], data["last_hidden"])

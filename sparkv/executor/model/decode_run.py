@@ -9,6 +9,8 @@ can replay exactly the same decisions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,9 +24,17 @@ from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
 from sparkv.core.result import Result
 from sparkv.engine.decode import DecodeEngine
-from sparkv.executor.model.decode import CacheBuild, SlotPool, SparseDecoder, build_cache, calibrate_projections
+from sparkv.executor.model.decode import (
+    CacheBuild,
+    SlotPool,
+    SparseDecoder,
+    build_cache,
+    calibrate_projections,
+    load_cache,
+    save_cache,
+)
 from sparkv.executor.model.decode import prefill_keys as _prefill_keys
-from sparkv.executor.model.kvfile import GroupReader, KVFiles, KVLayout
+from sparkv.executor.model.kvfile import LAYOUT_FILE, GroupReader, KVFiles, KVLayout
 from sparkv.executor.model.models import LoadedModel
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
 from sparkv.traces.scores import ScoreTrace
@@ -41,6 +51,7 @@ class RealDecodeSetup:
     cache: CacheBuild
     first_token: int  # greedy token after the context
     build_s: float  # seconds to prefill, write and project (not part of any decode step)
+    reused: bool = False  # the files and metadata of an earlier build of the same context were reused
 
 
 def prepare_real_decode(
@@ -58,18 +69,55 @@ def prepare_real_decode(
         raise UserError(f"the context has {int(ids.shape[0])} tokens, the scenario {scenario.context_tokens}")
     geo = decode_geometry(spec_for_disk(loaded), scenario)
     t0 = time.perf_counter()
+    reserve = scenario.steps + scenario.group_tokens
+    capacity = (scenario.context_tokens + scenario.steps) // scenario.group_tokens + 1
+    tag = _digest(loaded.model_id, ids, calib_ids, projections, scenario)
+    reused = _reuse(folder, tag, capacity, reserve)
+    if reused is not None:
+        files, cache = reused
+        first = int(SparseDecoder(loaded, files.layout, cache).logits(cache.last_hidden[None]).argmax())
+        return RealDecodeSetup(loaded, scenario, geo, files, cache, first, time.perf_counter() - t0, reused=True)
     if projections is None:
         if calib_ids is None:
             raise ValueError("prepare_real_decode needs calibration ids or projections")
         calib_keys, _, _ = _prefill_keys(loaded, calib_ids)
         projections = calibrate_projections(calib_keys, scenario.rank)
     layout = KVLayout(spec.num_layers, scenario.group_tokens, spec.num_kv_heads, spec.head_dim,
-                      capacity_groups=(scenario.context_tokens + scenario.steps) // scenario.group_tokens + 1,
-                      tag=loaded.model_id)  # fmt: skip
+                      capacity_groups=capacity, tag="")  # fmt: skip
     files = KVFiles.create(folder, layout)
-    cache = build_cache(loaded, ids, files, projections, reserve_tokens=scenario.steps + scenario.group_tokens)
+    cache = build_cache(loaded, ids, files, projections, reserve_tokens=reserve)
+    save_cache(folder, cache, scenario.context_tokens)
+    files.layout = replace(files.layout, tag=tag)
+    files.save_layout()  # tagged last: a build cut short is never reused
     first = int(SparseDecoder(loaded, layout, cache).logits(cache.last_hidden[None]).argmax())
     return RealDecodeSetup(loaded, scenario, geo, files, cache, first, time.perf_counter() - t0)
+
+
+def _digest(model_id: str, ids: torch.Tensor, calib: torch.Tensor | None, projections: list[torch.Tensor] | None,
+            scenario: DecodeScenario) -> str:  # fmt: skip
+    """What a build depends on: model, context, calibration, rank and G."""
+    h = hashlib.sha256(f"{model_id}|{scenario.rank}|{scenario.group_tokens}".encode())
+    h.update(ids.numpy().tobytes())
+    if calib is not None:
+        h.update(calib.numpy().tobytes())
+    for u in projections or []:
+        h.update(u.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _reuse(folder: Path, tag: str, capacity: int, reserve: int) -> tuple[KVFiles, CacheBuild] | None:
+    """The files and cache of an earlier build with this tag and enough room, if any."""
+    meta = folder / LAYOUT_FILE
+    if not meta.is_file():
+        return None
+    try:
+        saved = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("tag") != tag or int(saved.get("capacity_groups", 0)) < capacity:
+        return None
+    cache = load_cache(folder, reserve)
+    return (KVFiles.open(folder), cache) if cache is not None else None
 
 
 def spec_for_disk(loaded: LoadedModel) -> ModelSpec:
