@@ -74,10 +74,10 @@ def test_controller_moves_work_to_compute_when_bandwidth_drops() -> None:
     world = world_with_prior("steps:5s@16mbps,300s@2mbps", 16.0)  # planned for 16 Mbit/s, 2 after 5 s
     adaptive = simulate(world, make_policy("sparkv"))
     frozen = simulate(world, make_policy("sparkv", **FROZEN))
-    stats = adaptive.config["policy"]["stats"]
+    stats = adaptive.extra["policy_stats"]
     assert stats["replans"] >= 1
     assert adaptive.cells_computed > sum(stats["plan_k"])  # cells moved from the link to the device
-    assert frozen.cells_computed == sum(frozen.config["policy"]["stats"]["plan_k"])
+    assert frozen.cells_computed == sum(frozen.extra["policy_stats"]["plan_k"])
     assert adaptive.ttft_s < 0.5 * frozen.ttft_s
 
 
@@ -85,14 +85,14 @@ def test_controller_moves_work_to_the_link_when_bandwidth_rises() -> None:
     world = world_with_prior("steps:5s@2mbps,300s@16mbps", 2.0)
     adaptive = simulate(world, make_policy("sparkv"))
     frozen = simulate(world, make_policy("sparkv", **FROZEN))
-    assert adaptive.cells_computed < sum(adaptive.config["policy"]["stats"]["plan_k"])
+    assert adaptive.cells_computed < sum(adaptive.extra["policy_stats"]["plan_k"])
     assert adaptive.ttft_s < 0.9 * frozen.ttft_s
 
 
 def test_controller_cancels_a_transfer_stuck_on_a_dead_link() -> None:
     world = world_with_prior("steps:6s@16mbps,40s@0mbps,100s@16mbps", 16.0)  # dead from 6 s to 46 s
     result = simulate(world, make_policy("sparkv"))
-    assert result.config["policy"]["stats"]["cancels"] >= 1
+    assert result.extra["policy_stats"]["cancels"] >= 1
     assert any(s.kind == "cancelled" and s.start_s < 6.0 for s in result.spans)
     local = simulate(world, make_policy("local"))
     assert result.ttft_s < local.ttft_s < 46.0  # finished on the device long before the link came back
@@ -125,6 +125,6 @@ def test_controller_notices_a_slower_device_and_streams_more() -> None:
                                  availability="const:0.5B/s,3000s"))  # the device runs at half speed  # fmt: skip
     adaptive = simulate(world, make_policy("sparkv"))
     frozen = simulate(world, make_policy("sparkv", **FROZEN))
-    assert adaptive.config["policy"]["stats"]["replans"] >= 1
+    assert adaptive.extra["policy_stats"]["replans"] >= 1
     assert adaptive.cells_computed < frozen.cells_computed
     assert adaptive.ttft_s < 0.9 * frozen.ttft_s

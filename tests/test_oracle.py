@@ -25,7 +25,7 @@ def world(trace: str, context: int = 3072, offset: float = 0.0, scale: float = 1
 def test_oracle_prediction_is_the_simulated_ttft(trace: str, offset: float) -> None:
     w = world(trace, offset=offset)
     result = simulate(w, make_policy("oracle", **oracle_options(w)))
-    assert result.ttft_s == pytest.approx(result.config["policy"]["stats"]["predicted_ttft_s"], rel=1e-6)
+    assert result.ttft_s == pytest.approx(result.extra["policy_stats"]["predicted_ttft_s"], rel=1e-6)
 
 
 @pytest.mark.parametrize("trace", TRACES)
@@ -43,7 +43,7 @@ def test_oracle_beats_sparkv_and_the_bound_beats_everyone(trace: str) -> None:
 def test_oracle_without_a_forecast_plans_on_the_prior() -> None:
     w = world("const:5mbps,600s")
     result = simulate(w, make_policy("oracle", forecast=None))
-    assert result.ttft_s == pytest.approx(result.config["policy"]["stats"]["predicted_ttft_s"], rel=1e-6)
+    assert result.ttft_s == pytest.approx(result.extra["policy_stats"]["predicted_ttft_s"], rel=1e-6)
 
 
 def test_an_oracle_without_a_forecast_is_refused() -> None:

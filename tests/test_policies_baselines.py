@@ -54,7 +54,7 @@ def test_first_commands() -> None:
 def test_static_split_moves_with_bandwidth() -> None:
     slow = started("static", context(bandwidth_bps=1e5))
     fast = started("static", context(bandwidth_bps=1e8))
-    assert slow.config()["split_chunk"] > fast.config()["split_chunk"]
+    assert slow.stats()["split_chunk"] > fast.stats()["split_chunk"]
 
 
 def test_stream_refetches_a_lost_layer_then_goes_on() -> None:

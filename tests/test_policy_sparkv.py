@@ -31,7 +31,7 @@ def fresh(world_name: str, **options: object) -> tuple[Policy, RequestContext]:
 def test_log_replays_to_the_same_decisions(trace: str) -> None:
     world = build_world(Scenario(context_tokens=3072, trace=trace, device="analytic-cpu-2core"))
     result = simulate(world, make_policy("sparkv"))
-    stats = result.config["policy"]["stats"]
+    stats = result.extra["policy_stats"]
     assert stats["replans"] + stats["cancels"] >= 1  # the run did adapt, so replay exercises the controller
     policy = make_policy("sparkv")
     policy.begin(RequestContext(world.request, world.spec, world.costs, 0.0))

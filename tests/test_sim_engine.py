@@ -101,7 +101,7 @@ def test_static_split_uses_prior_bandwidth() -> None:
     r = simulate(w, make_policy("static"))
     # split m minimises max(0.15 m, 0.332 (4 - m)) -> m = 3 (0.45 vs 0.332)
     assert r.cells_computed == 9 and r.cells_streamed == 3
-    assert r.config["policy"]["split_chunk"] == 3
+    assert r.extra["policy_stats"]["split_chunk"] == 3 and "split_chunk" not in r.config["policy"]
 
 
 def test_step_trace_closed_form() -> None:
@@ -171,7 +171,8 @@ def test_a_policy_that_reacts_gets_every_event_without_a_log() -> None:
     assert EventCounter.ignored_events == frozenset() and make_policy("stream").ignored_events
     policy = EventCounter()
     simulate(make_world(), policy, record=False)
-    assert policy.seen == {"RequestStarted": 1, "BandwidthSample": 3, "TransferDone": 3, "QueryLayerDone": 2}
+    assert policy.seen == {"RequestStarted": 1, "BandwidthSample": 3, "TransferDone": 3, "QueryLayerStarted": 3,
+                           "QueryLayerDone": 3}  # every layer, the last one included
 
 
 class CancelAt(TrackingPolicy):

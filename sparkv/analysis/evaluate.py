@@ -110,7 +110,7 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"policy": name, "status": "stalled", "reason": str(exc), "ttft_s": math.inf})
             continue
         wall = time.perf_counter() - t0
-        stats = result.config["policy"].get("stats", {})
+        stats = result.extra.get("policy_stats", {})
         rows.append({
             "policy": name, "status": "ok", "ttft_s": result.ttft_s, "energy_j": result.energy_total_j,
             **{f"energy_{k}_j": v for k, v in result.energy_j.items()},
@@ -118,7 +118,7 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
             "cells_computed": result.cells_computed, "cells_streamed": result.cells_streamed,
             "predicted_ttft_s": stats.get("predicted_ttft_s", math.nan), "replans": stats.get("replans", 0),
             "cancels": stats.get("cancels", 0), "plan_ms": plan_ms, "sim_wall_s": wall,
-            "policy_config": json.dumps({k: v for k, v in result.config["policy"].items() if k != "stats"}),
+            "policy_config": json.dumps(result.config["policy"]),
         })  # fmt: skip
     ttft = {r["policy"]: r["ttft_s"] for r in rows}
     common = {

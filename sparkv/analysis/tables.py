@@ -50,7 +50,7 @@ def result_row(result: Result) -> dict[str, Any]:
         world=result.world,
         trace_name=trace.get("name", row.get("trace", "")),
         trace_mean_mbps=trace.get("mean_bps", math.nan) * 8 / 1e6,
-        policy_config=json.dumps({k: v for k, v in config.get("policy", {}).items() if k != "stats"}, sort_keys=True),
+        policy_config=json.dumps(config.get("policy", {}), sort_keys=True),
         status="ok",
         error="",
         ttft_s=result.ttft_s,
@@ -63,7 +63,7 @@ def result_row(result: Result) -> dict[str, Any]:
     )
     for component, joules in result.energy_j.items():
         row[f"energy_{component}_j"] = joules
-    stats = config.get("policy", {}).get("stats") or {}
+    stats = result.extra.get("policy_stats") or {}
     row.update({f"policy_{k}": v for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     return row
 

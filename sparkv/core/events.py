@@ -66,6 +66,15 @@ class ComputeDone:
 
 
 @dataclass(frozen=True, init=False)
+class QueryLayerStarted:
+    t_s: float  # the engine started the query's prefill of this layer (every cell of it is present)
+    layer: int
+
+    def __init__(self, t_s: float, layer: int) -> None:
+        _SET(self, "__dict__", {"t_s": t_s, "layer": layer})
+
+
+@dataclass(frozen=True, init=False)
 class QueryLayerDone:
     t_s: float
     layer: int  # query prefill has passed this layer
@@ -96,6 +105,7 @@ Event = (
     | TransferCancelled
     | TransferFailed
     | ComputeDone
+    | QueryLayerStarted
     | QueryLayerDone
     | BandwidthSample
     | Tick
@@ -129,6 +139,7 @@ _TYPES: dict[str, type] = {
         TransferCancelled,
         TransferFailed,
         ComputeDone,
+        QueryLayerStarted,
         QueryLayerDone,
         BandwidthSample,
         Tick,

@@ -150,5 +150,5 @@ class StaticSplit(_MeetInTheMiddle):
     def meeting_allows_fetch(self) -> bool:
         return self.back > self.split
 
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "split_chunk": self.split}
+    def stats(self) -> dict[str, Any]:
+        return {"split_chunk": self.split}

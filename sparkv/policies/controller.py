@@ -61,7 +61,7 @@ class SparKVConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SparKVConfig:
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"name", "stats"}  # a policy's config() carries both
+        unknown = set(data) - known - {"name", "stats"}  # result files written before stats() carry "stats"
         if unknown:
             raise ValueError(f"unknown SparKVConfig keys {sorted(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})

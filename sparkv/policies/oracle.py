@@ -116,7 +116,7 @@ class OraclePolicy(TrackingPolicy):
         self.refine_replays, self.shake_moves = refine_replays, shake_moves
         self.compute_q: deque[CellBlock] = deque()
         self.link_q: deque[CellBlock] = deque()
-        self.stats: dict[str, Any] = {}
+        self._stats: dict[str, Any] = {}
         self.compute_start_s = 0.0
 
     def _foresight(self, costs: CostTable) -> Foresight | None:
@@ -143,9 +143,9 @@ class OraclePolicy(TrackingPolicy):
         if fs is None or ctx.start_s != 0.0:
             snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
             self._replan(snap)
-            self.stats["predicted_ttft_s"] = self.plan.prediction.ttft_s
-            self.stats["plan_k"] = list(self.plan.k)
-            self.stats["source"] = "planner"
+            self._stats["predicted_ttft_s"] = self.plan.prediction.ttft_s
+            self._stats["plan_k"] = list(self.plan.k)
+            self._stats["source"] = "planner"
             return
         link, speed = self._models(costs)
         rate = max(costs.bandwidth_prior_bps, 1.0)
@@ -154,11 +154,11 @@ class OraclePolicy(TrackingPolicy):
                               self.refine_replays, self.shake_moves)  # fmt: skip
         best = search.best()
         self.compute_q, self.link_q = deque(best.schedule.compute), deque(best.schedule.link)
-        self.stats.update(best.stats)
-        self.stats.update(predicted_ttft_s=best.replayed.ttft_s, cells_computed=best.cells_computed,
+        self._stats.update(best.stats)
+        self._stats.update(predicted_ttft_s=best.replayed.ttft_s, cells_computed=best.cells_computed,
                           group_layers=best.group, transfer_bytes=best.target_bytes)  # fmt: skip
         if best.k is not None:
-            self.stats["plan_k"] = list(best.k)
+            self._stats["plan_k"] = list(best.k)
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, TransferFailed | TransferCancelled):
@@ -194,7 +194,7 @@ class OraclePolicy(TrackingPolicy):
         self.plan, ev, target = best
         comp, fetch = ev.blocks(list(self.plan.k), snap, target)
         self.compute_q, self.link_q = deque(comp), deque(fetch)
-        self.stats.update(group_layers=ev.group, transfer_bytes=target)
+        self._stats.update(group_layers=ev.group, transfer_bytes=target)
 
     def next_compute(self, now_s: float) -> CellBlock | None:
         if self.compute_q and self._progress().can_compute(self.compute_q[0]):
@@ -209,7 +209,10 @@ class OraclePolicy(TrackingPolicy):
             "forecast": getattr(self.forecast, "name", None), "offset_s": self.offset_s}  # fmt: skip
         return {"name": self.name, "groups": list(self.groups), "refine_replays": self.refine_replays,
                 "shake_moves": self.shake_moves,
-                "stats": dict(self.stats), **known}  # fmt: skip
+                **known}  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from sparkv.core.events import (
     Event,
     Fetch,
     QueryLayerDone,
+    QueryLayerStarted,
     Resource,
     TransferCancelled,
     TransferDone,
@@ -53,7 +54,7 @@ class SparKVPolicy(TrackingPolicy):
         self.k: list[int] = []
         self.compute_q: deque[CellBlock] = deque()
         self.link_q: deque[CellBlock] = deque()
-        self.stats: dict[str, Any] = {}
+        self._stats: dict[str, Any] = {}
 
     # ---- events ----
 
@@ -70,7 +71,7 @@ class SparKVPolicy(TrackingPolicy):
         self.last_replan_s = self.last_cancel_check_s = ctx.start_s
         snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
         plan = self.ctl.plan(snap)
-        self.stats = {"plan_k": list(plan.k), "predicted_ttft_s": plan.prediction.ttft_s, "replans": 0,
+        self._stats = {"plan_k": list(plan.k), "predicted_ttft_s": plan.prediction.ttft_s, "replans": 0,
                       "cancels": 0, "probes": 0}  # fmt: skip
         self._adopt(list(plan.k), snap, plan.prediction)
 
@@ -88,6 +89,8 @@ class SparKVPolicy(TrackingPolicy):
             self.abandoned = True  # until bytes flow again, probe the link now and then
         elif isinstance(event, ComputeDone):
             ctl.speed.add(event.duration_s, self._context().costs.compute_s(event.block))
+        elif isinstance(event, QueryLayerStarted):
+            self.query_since = event.t_s
         elif isinstance(event, QueryLayerDone):
             ctl.speed.add(event.duration_s, float(self._context().costs.query_layer_s[event.layer]))
             self.query_since = None
@@ -95,10 +98,6 @@ class SparKVPolicy(TrackingPolicy):
     # ---- decisions ----
 
     def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Cmd, ...]:
-        if Resource.COMPUTE in idle:
-            self.query_since = None
-        elif self.computing is None and self.query_since is None:
-            self.query_since = now_s  # the driver started a query layer at this dispatch
         if not self.link_dead:
             self._control(now_s, idle)
         commands = super().schedule(now_s, idle)
@@ -120,7 +119,7 @@ class SparKVPolicy(TrackingPolicy):
             self.last_replan_s = now_s
             plan = ctl.plan(snap, self.k, quick=not self.dirty)
             if self.dirty or ctl.gains(plan.prediction, _known(current), ctl.cfg.min_gain):
-                self.stats["replans"] += 1
+                self._stats["replans"] += 1
                 self._adopt(list(plan.k), snap, plan.prediction)
             else:
                 ctl.adopt(_known(current))  # keep the plan; measure further drift from here
@@ -149,7 +148,7 @@ class SparKVPolicy(TrackingPolicy):
         drop = ctl.plan(dropped, self.k, quick=True)
         if ctl.gains(drop.prediction, keep.prediction, ctl.cfg.cancel_gain):
             self.cancelling = True
-            self.stats["cancels"] += 1
+            self._stats["cancels"] += 1
 
     def _probe(self, now_s: float, snap: Snapshot, current: Prediction | None) -> None:
         """After an abandoned transfer, no link work planned, much compute left: move one cell to the link."""
@@ -165,7 +164,7 @@ class SparKVPolicy(TrackingPolicy):
             if self.k[c] > lo[c] and self.k[c] - 1 < hi[c]:
                 k = list(self.k)
                 k[c] -= 1
-                self.stats["probes"] += 1
+                self._stats["probes"] += 1
                 self._adopt(k, snap, self._ctl().predict(k, snap))
                 self.link_idle_since = now_s
                 return
@@ -226,7 +225,10 @@ class SparKVPolicy(TrackingPolicy):
         return self.ctl
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **self.cfg.to_dict(), "stats": dict(self.stats)}
+        return {"name": self.name, **self.cfg.to_dict()}
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
 
 
 def _known(pred: Prediction | None) -> Prediction:

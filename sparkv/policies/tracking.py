@@ -13,6 +13,7 @@ from sparkv.core.events import (
     Event,
     Fetch,
     QueryLayerDone,
+    QueryLayerStarted,
     RequestStarted,
     Resource,
     Tick,
@@ -26,7 +27,7 @@ from sparkv.policies.base import RequestContext
 
 _LINK, _COMPUTE = Resource.LINK, Resource.COMPUTE  # module constants: an enum member look-up is slow
 # event types that change no cell state (exact types: a subclass takes the general path)
-_NO_BOOKKEEPING = frozenset({BandwidthSample, QueryLayerDone, RequestStarted, Tick})
+_NO_BOOKKEEPING = frozenset({BandwidthSample, QueryLayerStarted, QueryLayerDone, RequestStarted, Tick})
 
 
 class TrackingPolicy:
@@ -47,7 +48,10 @@ class TrackingPolicy:
         cls._fetches = cls.next_fetch is not TrackingPolicy.next_fetch
 
     _reacts = _loses = _cancels = _computes = _fetches = False  # which hooks the class overrides
-    ignored_events: frozenset[type] = _NO_BOOKKEEPING  # see `sparkv.policies.base`
+    # see `sparkv.policies.base`: a subclass that does not react to events decides nothing from samples,
+    # ticks or query layers (its mirror of the query layers then lags in runs that keep no log)
+    ignored_events: frozenset[type] = _NO_BOOKKEEPING
+    tick_s: float | None = None
 
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
@@ -56,6 +60,7 @@ class TrackingPolicy:
         self.computing: CellBlock | None = None
         self.failed_fetches = 0
         self.link_dead = False  # after repeated failures: compute whatever is missing
+        self.query_running: int | None = None  # the query layer the engine is running, if any
 
     # ---- Policy protocol ----
 
@@ -66,13 +71,20 @@ class TrackingPolicy:
         self.computing = None
         self.failed_fetches = 0
         self.link_dead = False
+        self.query_running = None
         self.on_begin(ctx)
 
     def update(self, event: Event) -> None:
         progress = self.progress
         if progress is None:
             raise self._not_begun()
-        if type(event) not in _NO_BOOKKEEPING:  # samples and query layers, sent by the hundred, skip it
+        kind = type(event)
+        if kind is QueryLayerDone:
+            progress.query_layers_done = event.layer + 1  # type: ignore[union-attr]
+            self.query_running = None
+        elif kind is QueryLayerStarted:
+            self.query_running = event.layer  # type: ignore[union-attr]
+        elif kind not in _NO_BOOKKEEPING:  # samples and ticks, sent by the hundred, skip it
             self._track(event, progress)
         if self._reacts:
             self.on_event(event)
@@ -122,6 +134,9 @@ class TrackingPolicy:
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     # ---- hooks ----
 

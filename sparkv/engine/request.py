@@ -1,0 +1,362 @@
+"""One request's state machine, shared by both worlds: the policy's events, its commands, and the Result.
+
+A world (the SimPy model, the real executor) owns a clock and carries out effects. It reports what
+happened, with times on its clock: a transfer's payload began, a transfer arrived or was lost, a compute
+command, a query layer or the first token ended, a tick fell due. The engine does the rest, once for
+both worlds:
+
+- feeds the policy its events, in order, and asks it for commands (`Policy.schedule`);
+- runs the query's prefill layers itself, with priority, as soon as a layer is complete, and says so
+  (`QueryLayerStarted`, then `QueryLayerDone` for every layer, the last one included);
+- checks every command against the lanes and the cell grid, and hands it to the world;
+- keeps the request's progress and its accounting (bytes streamed and wasted, cells, faults, spans);
+- sends `BandwidthSample`s of the transfer in flight at every tick once its payload has begun,
+  zero-byte windows included (a stalled link is seen as one), and the last stretch when it ends;
+- ticks at the policy's `tick_s` (none when it has none);
+- builds the `Result`.
+
+Same events in both worlds by construction: a world cannot send an event the engine does not build.
+The hot path (a simulated request calls it hundreds of times) is written plainly but without waste:
+bound methods kept as attributes, spans built as tuples (`make_span`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, Protocol
+
+from sparkv.core.events import (
+    BandwidthSample,
+    Cancel,
+    Command,
+    Compute,
+    ComputeDone,
+    Event,
+    Fetch,
+    QueryLayerDone,
+    QueryLayerStarted,
+    RequestStarted,
+    Resource,
+    Tick,
+    TransferCancelled,
+    TransferDone,
+    TransferFailed,
+)
+from sparkv.core.progress import RequestProgress
+from sparkv.core.replay import PolicyRecorder
+from sparkv.core.request import CellBlock
+from sparkv.core.result import Result, Span, make_span
+from sparkv.policies.base import Policy, RequestContext, policy_hooks
+
+_IDLE = {  # idle lanes by (link idle, compute idle)
+    (link, compute): frozenset(r for r, idle in ((Resource.LINK, link), (Resource.COMPUTE, compute)) if idle)
+    for link in (False, True)
+    for compute in (False, True)
+}
+SPAN_ORDER = itemgetter(2, 0)  # timeline order of a result's spans: (start_s, lane)
+MIN_WINDOW_S = 1e-9  # a bandwidth sample's window is never shorter
+
+
+class Effects(Protocol):
+    """What a world does when the engine decides; each call returns at once (the work runs on the world's
+    clock, and the world reports its end to the engine)."""
+
+    def start_fetch(self, block: CellBlock, n_bytes: int, now_s: float) -> None:
+        """Begin streaming `block` (`n_bytes` on the wire); report `payload_started`, then `transfer_done`
+        or `transfer_lost`."""
+
+    def cancel_fetch(self, block: CellBlock, now_s: float) -> None:
+        """Abandon the transfer of `block`; report `transfer_lost` (or `transfer_done` if it was too late)."""
+
+    def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
+        """Prefill `block` (`work_s`: the cost table's prediction; `receiving`: a transfer shares the device);
+        report `compute_done`."""
+
+    def start_query_layer(self, layer: int, work_s: float, now_s: float, receiving: bool) -> None:
+        """Run the query's prefill through `layer`; report `query_layer_done`."""
+
+    def start_first_token(self, work_s: float, now_s: float) -> None:
+        """Compute the first token after the query's last layer; report `first_token_done`."""
+
+    def received_bytes(self, now_s: float) -> int:
+        """Wire bytes of the transfer in flight received by `now_s`."""
+
+
+class MirrorMismatch(RuntimeError):
+    """A policy's own picture of the request disagrees with the engine's."""
+
+
+@dataclass(slots=True)
+class Flight:
+    """The transfer in flight, as the engine accounts it."""
+
+    block: CellBlock
+    bytes: int
+    start_s: float  # the fetch command
+    data_start_s: float = math.inf  # the first payload byte (reported by the world)
+    payload_end_s: float = math.inf  # the last payload byte, when the world knows it in advance
+    sampled_s: float = math.inf  # end of the last in-flight sample (from the first byte on)
+    sampled_bytes: int = 0  # bytes those samples reported
+    cancel_sent: bool = False
+
+
+class RequestEngine:
+    """The shared state of one request under one policy; a world calls its report methods."""
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        policy: Policy,
+        effects: Effects,
+        record: bool = True,
+        check_mirror: bool = False,
+    ) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.policy_name = policy.name
+        self.fx = effects
+        self.recorder: PolicyRecorder | None = PolicyRecorder(policy) if record else None
+        self._io: Any = self.recorder if self.recorder is not None else policy  # update/schedule go here
+        hooks = policy_hooks(policy)
+        ignored = hooks.ignored_events if not record else frozenset()  # a log keeps every event
+        self.send_samples = BandwidthSample not in ignored
+        self.send_query_events = QueryLayerDone not in ignored or QueryLayerStarted not in ignored
+        self.tick_s = hooks.tick_s
+        self.check_mirror = check_mirror
+        self.num_layers = ctx.model.num_layers
+        self.progress = RequestProgress(ctx.request.num_chunks, self.num_layers)
+        costs = ctx.costs
+        self.block_bytes: Callable[[CellBlock], int] = costs.block_bytes
+        self.compute_s: Callable[[CellBlock], float] = costs.compute_s
+        self.query_layer_s: list[float] = costs.query_layer_s.tolist()
+        self.first_token_s = float(costs.first_token_s)
+        self.transfer: Flight | None = None
+        self.compute_busy = False
+        self.computing: CellBlock | None = None  # the policy's compute command running, if any
+        self.query_layer = -1  # the query layer running, if any
+        self.compute_start_s = 0.0
+        self.spans: list[Span] = []
+        self.faults: list[str] = []
+        self.ttft_s = math.nan
+        self.finished = False
+        self.bytes_streamed = self.bytes_wasted = self.cells_streamed = self.cells_computed = 0
+
+    # ---- reports from the world ----
+
+    def begin(self) -> None:
+        """The request arrives: begin the policy and dispatch `RequestStarted`."""
+        self.policy.begin(self.ctx)
+        start = self.ctx.start_s
+        self._dispatch(RequestStarted(start), start)
+
+    def payload_started(self, t_s: float, payload_end_s: float = math.inf) -> None:
+        """The first payload byte of the transfer in flight arrived at `t_s` (and, where the world knows it,
+        the last will arrive at `payload_end_s`)."""
+        t = self.transfer
+        if t is not None and math.isinf(t.data_start_s):
+            t.data_start_s = t.sampled_s = t_s
+            t.payload_end_s = payload_end_s
+
+    def transfer_done(self, t_s: float, n_bytes: int | None = None, payload_end_s: float | None = None,
+                      now_s: float | None = None) -> None:  # fmt: skip
+        """The transfer in flight arrived and was installed at `t_s` (`n_bytes`: wire bytes, default the
+        cost table's; `payload_end_s`: its last payload byte, default the flight's or `t_s`)."""
+        t = self._flight("transfer_done")
+        block = t.block
+        got = t.bytes if n_bytes is None else n_bytes
+        self.spans.append(make_span(("link", "fetch", t.start_s, t_s, block, got, -1)))
+        self.bytes_streamed += got
+        self.cells_streamed += (block.chunk_hi - block.chunk_lo) * (block.layer_hi - block.layer_lo)
+        self.progress.finish(block)
+        self.transfer = None
+        if self.send_samples:  # the payload's last stretch, since the last in-flight sample (if any)
+            end = payload_end_s if payload_end_s is not None else (t.payload_end_s if t.payload_end_s < math.inf else t_s)
+            start = t.sampled_s if t.sampled_s < math.inf else t.start_s
+            window = end - start
+            self._io.update(BandwidthSample(end, got - t.sampled_bytes, window if window > MIN_WINDOW_S else MIN_WINDOW_S))
+        self._dispatch(TransferDone(t_s, block, got, t_s - t.start_s), t_s if now_s is None else now_s)
+
+    def transfer_lost(self, t_s: float, received_bytes: int, reason: str | None = None,
+                      now_s: float | None = None) -> None:  # fmt: skip
+        """The transfer in flight ended at `t_s` without its cells: cancelled (`reason` None) or failed."""
+        t = self._flight("transfer_lost")
+        kind = "cancelled" if reason is None else "failed"
+        self.spans.append(make_span(("link", kind, t.start_s, t_s, t.block, received_bytes, -1)))
+        self.bytes_wasted += received_bytes
+        self.progress.abort_fetch(t.block)
+        self.transfer = None
+        event: Event
+        if reason is None:
+            event = TransferCancelled(t_s, t.block, received_bytes)
+        else:
+            self.faults.append(f"t={t_s:.3f} s: transfer {t.block} failed ({reason})")
+            event = TransferFailed(t_s, t.block, received_bytes, reason)
+        self._dispatch(event, t_s if now_s is None else now_s)
+
+    def compute_done(self, t_s: float, start_s: float | None = None, now_s: float | None = None) -> None:
+        """The policy's compute command ended at `t_s` (`start_s`: when it began, if measured)."""
+        block = self.computing
+        if block is None:
+            raise RuntimeError(f"policy {self.policy_name}: compute_done with no compute command running")
+        start = self.compute_start_s if start_s is None else start_s
+        self.computing = None
+        self.spans.append(make_span(("compute", "compute", start, t_s, block, 0, -1)))
+        self.cells_computed += block.num_cells
+        self.progress.finish(block)
+        self.compute_busy = False
+        self._dispatch(ComputeDone(t_s, block, t_s - start), t_s if now_s is None else now_s)
+
+    def query_layer_done(self, t_s: float, start_s: float | None = None, now_s: float | None = None) -> None:
+        """The query layer running ended at `t_s`; after the last one the first token starts."""
+        layer = self.query_layer
+        if layer < 0:
+            raise RuntimeError(f"policy {self.policy_name}: query_layer_done with no query layer running")
+        start = self.compute_start_s if start_s is None else start_s
+        self.query_layer = -1
+        self.spans.append(make_span(("compute", "query", start, t_s, None, 0, layer)))
+        self.progress.query_layers_done = layer + 1
+        now = t_s if now_s is None else now_s
+        last = layer + 1 == self.num_layers
+        if last:  # the compute lane goes on to the first token
+            self.compute_start_s = t_s
+            self.fx.start_first_token(self.first_token_s, now)
+        else:
+            self.compute_busy = False
+        self._dispatch(QueryLayerDone(t_s, layer, t_s - start) if self.send_query_events else None, now)
+
+    def first_token_done(self, t_s: float, start_s: float | None = None) -> None:
+        """The first token is known at `t_s`: the request is over."""
+        start = self.compute_start_s if start_s is None else start_s
+        self.spans.append(Span("compute", "first_token", start, t_s))
+        self.ttft_s = t_s - self.ctx.start_s
+        self.finished = True
+        self.compute_busy = False
+
+    def tick(self, t_s: float) -> None:
+        """A tick fell due at `t_s`: sample the transfer in flight (from its first payload byte on, zero-byte
+        windows included), then dispatch `Tick`."""
+        if self.finished:
+            return
+        t = self.transfer
+        if t is not None and self.send_samples and t.sampled_s < t_s < t.payload_end_s:
+            got = self.fx.received_bytes(t_s)
+            window = t_s - t.sampled_s
+            n = got - t.sampled_bytes
+            t.sampled_s, t.sampled_bytes = t_s, got
+            self._io.update(BandwidthSample(t_s, n, window))
+        self._dispatch(Tick(t_s), t_s)
+
+    # ---- dispatch ----
+
+    def _dispatch(self, event: Event | None, now: float) -> None:
+        """Feed `event` (None: one the policy ignores) to the policy, start a ready query layer, and carry out
+        the policy's commands."""
+        io = self._io
+        if event is not None:
+            io.update(event)
+        if not self.compute_busy and not self.finished and self.progress.query_layer_ready():
+            self._start_query_layer(now)
+        commands = io.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
+        if commands:
+            self._apply(commands, now)
+        if self.check_mirror:
+            self._check_mirror()
+
+    def _apply(self, commands: tuple[Command, ...], now: float) -> None:
+        receiving = self.transfer is not None  # does compute started now share the device with a transfer?
+        if not receiving:
+            for command in commands:
+                if type(command) is Fetch:
+                    receiving = True
+                    break
+        for command in commands:
+            if isinstance(command, Fetch):
+                if self.transfer is not None:
+                    raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
+                block = command.block
+                self.progress.start_fetch(block)
+                n_bytes = self.block_bytes(block)
+                self.transfer = Flight(block, n_bytes, now)
+                self.fx.start_fetch(block, n_bytes, now)
+            elif isinstance(command, Compute):
+                if self.compute_busy:
+                    raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
+                block = command.block
+                self.progress.start_compute(block)
+                self.compute_busy = True
+                self.computing, self.compute_start_s = block, now
+                self.fx.start_compute(block, self.compute_s(block), now, receiving)
+            elif isinstance(command, Cancel):
+                t = self.transfer
+                if t is None or t.block != command.block:
+                    raise RuntimeError(f"policy {self.policy_name} cancelled {command.block}, which is not in flight")
+                if not t.cancel_sent:
+                    t.cancel_sent = True
+                    self.fx.cancel_fetch(t.block, now)
+            else:
+                raise RuntimeError(f"policy {self.policy_name} returned {command!r}, which is not a command")
+
+    def _start_query_layer(self, now: float) -> None:
+        layer = self.progress.query_layers_done
+        self.compute_busy = True
+        self.query_layer, self.compute_start_s = layer, now
+        if self.send_query_events:
+            self._io.update(QueryLayerStarted(now, layer))
+        self.fx.start_query_layer(layer, self.query_layer_s[layer], now, self.transfer is not None)
+
+    def _flight(self, what: str) -> Flight:
+        t = self.transfer
+        if t is None:
+            raise RuntimeError(f"policy {self.policy_name}: {what} with no transfer in flight")
+        return t
+
+    def _check_mirror(self) -> None:
+        view = getattr(self.policy, "progress", None)
+        if view is None:
+            return
+        mine = self.progress
+        if view.state != mine.state or view.computed_prefix != mine.computed_prefix:
+            raise MirrorMismatch(
+                f"policy {self.policy_name}: its cell grid differs from the engine's "
+                f"({len(view.missing_cells())} vs {len(mine.missing_cells())} cells missing)"
+            )
+        if self.send_query_events and view.query_layers_done != mine.query_layers_done:
+            raise MirrorMismatch(
+                f"policy {self.policy_name}: query layers done {view.query_layers_done}, "
+                f"engine {mine.query_layers_done}"
+            )
+
+    # ---- the outcome ----
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        return self.recorder.log if self.recorder is not None else []
+
+    def missing_cells(self) -> int:
+        return len(self.progress.missing_cells())
+
+    def sorted_spans(self) -> list[Span]:
+        return sorted(self.spans, key=SPAN_ORDER)
+
+    def result(self, world: str, energy_j: dict[str, float], config: dict[str, Any],
+               extra: dict[str, Any]) -> Result:  # fmt: skip
+        """The request's `Result`; `config` gains the policy's settings, `extra` its run statistics."""
+        stats = policy_hooks(self.policy).stats()
+        return Result(
+            world=world,
+            policy=self.policy_name,
+            ttft_s=self.ttft_s,
+            energy_j=energy_j,
+            spans=self.sorted_spans(),
+            config={**config, "policy": self.policy.config()},
+            bytes_streamed=self.bytes_streamed,
+            bytes_wasted=self.bytes_wasted,
+            cells_streamed=self.cells_streamed,
+            cells_computed=self.cells_computed,
+            faults=list(self.faults),
+            log=self.log,
+            extra={**extra, "policy_stats": stats} if stats else extra,
+        )
