@@ -67,7 +67,7 @@ def test_every_policy_assembles_the_reference_cache(setup, name: str) -> None:  
     ref_kv, ref_tokens = full_prefill_reference(loaded, ctx_ids, query_ids, 8)
     prefill = LayerwisePrefill(loaded, ctx_ids, query_ids, CHUNK, max_new_tokens=8)
     driver = RealDriver(context(loaded, 70, 2e5), make_policy(name), prefill, store_fetch(store), lambda rid: None,
-                        DriverConfig(tick_s=0.05))
+                        DriverConfig(poll_s=0.05))
     out = driver.run()
     tokens = [out.first_token, *prefill.generate(7)]
     assert tokens == list(ref_tokens)
@@ -83,7 +83,7 @@ def test_server_dying_mid_stream_still_answers_correctly(setup) -> None:  # type
     _, ref_tokens = full_prefill_reference(loaded, ctx_ids, query_ids, 4)
     prefill = LayerwisePrefill(loaded, ctx_ids, query_ids, CHUNK, max_new_tokens=4)
     driver = RealDriver(context(loaded, 70, 1e9), make_policy("stream"), prefill, store_fetch(store, 3),
-                        lambda rid: None, DriverConfig(tick_s=0.05))
+                        lambda rid: None, DriverConfig(poll_s=0.05))
     out = driver.run()
     assert [out.first_token, *prefill.generate(3)] == list(ref_tokens)
     assert out.faults and "server gone" in out.faults[0]
@@ -102,7 +102,7 @@ def test_corrupt_frame_or_dead_link_still_answers_correctly(setup, error: Except
     for name in ("stream", "cake", "sparkv"):
         prefill = LayerwisePrefill(loaded, ctx_ids, query_ids, CHUNK, max_new_tokens=4)
         driver = RealDriver(context(loaded, 70, 2e5), make_policy(name), prefill, store_fetch(store, 2, error),
-                            lambda rid: None, DriverConfig(tick_s=0.05))
+                            lambda rid: None, DriverConfig(poll_s=0.05))
         out = driver.run()
         assert [out.first_token, *prefill.generate(3)] == list(ref_tokens), name
         assert out.faults and reason in out.faults[0], name

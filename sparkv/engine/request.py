@@ -173,10 +173,12 @@ class RequestEngine:
         self.progress.finish(block)
         self.transfer = None
         if self.send_samples:  # the payload's last stretch, since the last in-flight sample (if any)
-            end = payload_end_s if payload_end_s is not None else (t.payload_end_s if t.payload_end_s < math.inf else t_s)
-            start = t.sampled_s if t.sampled_s < math.inf else t.start_s
-            window = end - start
-            self._io.update(BandwidthSample(end, got - t.sampled_bytes, window if window > MIN_WINDOW_S else MIN_WINDOW_S))
+            end = payload_end_s
+            if end is None:
+                end = t.payload_end_s if t.payload_end_s < math.inf else t_s
+            window = end - (t.sampled_s if t.sampled_s < math.inf else t.start_s)
+            window = window if window > MIN_WINDOW_S else MIN_WINDOW_S
+            self._io.update(BandwidthSample(end, got - t.sampled_bytes, window))
         self._dispatch(TransferDone(t_s, block, got, t_s - t.start_s), t_s if now_s is None else now_s)
 
     def transfer_lost(self, t_s: float, received_bytes: int, reason: str | None = None,

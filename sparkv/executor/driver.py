@@ -1,7 +1,7 @@
 """Drive one real request: a policy's commands carried out by a link worker and a compute worker.
 
-The contract is the simulator's: the driver feeds the policy events (transfer done, compute done,
-bandwidth samples, ticks) and asks it for commands whenever something changes. The link worker pulls
+The request itself (events, commands, accounting, spans) is the shared `RequestEngine`'s, exactly as in
+the simulator; this module is the real world's half: a clock and two workers. The link worker pulls
 KV cells from the server and installs them into the model's cache as they arrive; the compute worker
 runs layer-wise prefill, and the query's layers with priority as soon as each layer is complete, on the
 caller's thread (see `RealDriver.run`); a control thread talks to the policy. Every
@@ -22,26 +22,9 @@ import numpy as np
 import torch
 
 from sparkv.core.errors import UserError
-from sparkv.core.events import (
-    BandwidthSample,
-    Cancel,
-    Command,
-    Compute,
-    ComputeDone,
-    Event,
-    Fetch,
-    QueryLayerDone,
-    RequestStarted,
-    Resource,
-    Tick,
-    TransferCancelled,
-    TransferDone,
-    TransferFailed,
-)
-from sparkv.core.progress import RequestProgress
-from sparkv.core.replay import PolicyRecorder
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Span
+from sparkv.engine.request import RequestEngine
 from sparkv.policies.base import Policy, RequestContext
 
 
@@ -70,6 +53,7 @@ class CellArrival:
     k: np.ndarray  # [kv_heads, tokens, head_dim]
     v: np.ndarray
     wire_bytes: int
+    head_s: float | None = None  # perf_counter instant its first byte arrived, when the source knows it
 
 
 # fetch(request_id, block, deadline_s) -> cells as they arrive; raises on faults (see `fault_reason`)
@@ -79,20 +63,19 @@ CancelFn = Callable[[int], None]
 
 @dataclass(frozen=True)
 class DriverConfig:
-    tick_s: float = 0.25  # sampling period when the policy asks for no ticks of its own
     transfer_timeout_s: float = 120.0  # a single transfer may take at most this long
     request_timeout_s: float = 1800.0  # the whole request, to the first token
+    poll_s: float = 0.25  # how often the control loop checks the deadline when no tick is due
 
 
 @dataclass
-class _InFlight:
+class _Job:
+    """A transfer handed to the link worker."""
+
     request_id: int
     block: CellBlock
-    start_s: float
     cancelled: bool = False
     rx_bytes: int = 0  # wire bytes received so far (written by the link worker)
-    sampled_bytes: int = 0  # bytes already reported in samples (main thread)
-    sampled_s: float = 0.0
 
 
 @dataclass
@@ -119,8 +102,15 @@ def fault_reason(exc: BaseException) -> str:
     }.get(type(exc).__name__, type(exc).__name__) + f": {exc}"
 
 
+_Report = tuple[Any, ...]  # (what, ...) from a worker to the control loop
+
+
 class RealDriver:
-    """Runs one request: `run()` returns when the first token is known."""
+    """Runs one request: `run()` returns when the first token is known.
+
+    The world half of a real request: the wall clock, a link worker and a compute worker carrying out the
+    shared `RequestEngine`'s decisions; the engine runs on the control thread only (workers report to it
+    through a queue)."""
 
     def __init__(
         self,
@@ -130,23 +120,18 @@ class RealDriver:
         fetch: FetchFn,
         cancel: CancelFn,
         config: DriverConfig | None = None,
+        check_mirror: bool = False,
     ) -> None:
         self.ctx = ctx
         self.policy_name = policy.name
-        policy.begin(ctx)
-        self.recorder = PolicyRecorder(policy)
+        self.engine = RequestEngine(ctx, policy, self, record=True, check_mirror=check_mirror)
         self.sink, self.fetch, self.cancel = sink, fetch, cancel
         self.config = config or DriverConfig()
-        self.tick_s: float = getattr(policy, "tick_s", None) or self.config.tick_s
-        self.progress = RequestProgress(ctx.request.num_chunks, ctx.model.num_layers)
-        self.events: queue.Queue[tuple[Event | None, Span | None]] = queue.Queue()
-        self.link_q: queue.Queue[_InFlight | None] = queue.Queue()
+        self.reports: queue.Queue[_Report] = queue.Queue()
+        self.link_q: queue.Queue[_Job | None] = queue.Queue()
         self.compute_q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
-        self.transfer: _InFlight | None = None
-        self.compute_busy = False
-        self.spans: list[Span] = []
-        self.faults: list[str] = []
-        self.out = DriverOutput(math.nan, -1, self.spans, self.recorder.log, self.faults)
+        self.job: _Job | None = None
+        self.first_token = -1
         self._next_id = 0
         self._t0 = 0.0
         self._worker_error: BaseException | None = None
@@ -155,33 +140,55 @@ class RealDriver:
     def now(self) -> float:
         return time.perf_counter() - self._t0
 
+    # ---- effects (called by the engine, on the control thread) ----
+
+    def start_fetch(self, block: CellBlock, n_bytes: int, now_s: float) -> None:
+        self._next_id += 1
+        self.job = _Job(self._next_id, block)
+        self.link_q.put(self.job)
+
+    def cancel_fetch(self, block: CellBlock, now_s: float) -> None:
+        job = self.job
+        if job is not None and not job.cancelled:
+            job.cancelled = True
+            self.cancel(job.request_id)
+
+    def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
+        self.compute_q.put(("compute", block))
+
+    def start_query_layer(self, layer: int, work_s: float, now_s: float, receiving: bool) -> None:
+        self.compute_q.put(("query", layer))
+
+    def start_first_token(self, work_s: float, now_s: float) -> None:
+        self.compute_q.put(("first_token", None))
+
+    def received_bytes(self, now_s: float) -> int:
+        job = self.job
+        return job.rx_bytes if job is not None else 0
+
     # ---- workers ----
 
     def _link_worker(self) -> None:
         while (job := self.link_q.get()) is not None:
-            start = self.now()
+            cells = 0
             try:
                 deadline = time.perf_counter() + self.config.transfer_timeout_s
-                cells = 0
                 for cell in self.fetch(job.request_id, job.block, deadline):
+                    if cells == 0:  # the payload began: from here on, samples count its bytes
+                        first = cell.head_s - self._t0 if cell.head_s is not None else self.now()
+                        self.reports.put(("payload", job, first))
                     self.sink.install(cell.chunk, cell.layer, np.asarray(cell.k), np.asarray(cell.v))
                     job.rx_bytes += cell.wire_bytes
                     cells += 1
                 end = self.now()
                 if job.cancelled:
-                    span = Span("link", "cancelled", start, end, job.block, job.rx_bytes)
-                    self.events.put((TransferCancelled(end, job.block, job.rx_bytes), span))
+                    self.reports.put(("lost", job, end, None))
                 elif cells != job.block.num_cells:
-                    reason = f"incomplete: {cells} of {job.block.num_cells} cells"
-                    span = Span("link", "failed", start, end, job.block, job.rx_bytes)
-                    self.events.put((TransferFailed(end, job.block, job.rx_bytes, reason), span))
+                    self.reports.put(("lost", job, end, f"incomplete: {cells} of {job.block.num_cells} cells"))
                 else:
-                    span = Span("link", "fetch", start, end, job.block, job.rx_bytes)
-                    self.events.put((TransferDone(end, job.block, job.rx_bytes, end - start), span))
+                    self.reports.put(("done", job, end))
             except Exception as exc:  # a fault on the wire: the policy decides what to do next
-                end = self.now()
-                span = Span("link", "failed", start, end, job.block, job.rx_bytes)
-                self.events.put((TransferFailed(end, job.block, job.rx_bytes, fault_reason(exc)), span))
+                self.reports.put(("lost", job, self.now(), fault_reason(exc)))
 
     def _compute_worker(self) -> None:
         try:
@@ -190,106 +197,39 @@ class RealDriver:
                 start = self.now()
                 if kind == "compute":
                     self.sink.compute_block(arg)
-                    end = self.now()
-                    self.events.put((ComputeDone(end, arg, end - start), Span("compute", "compute", start, end, arg)))
-                else:  # a query layer, then the first token after the last one
+                elif kind == "query":
                     self.sink.query_layer(arg)
-                    end = self.now()
-                    span = Span("compute", "query", start, end, layer=arg)
-                    self.events.put((QueryLayerDone(end, arg, end - start), span))
-                    if arg + 1 == self.ctx.model.num_layers:
-                        token = self.sink.first_token()
-                        done = self.now()
-                        self.out.first_token = token
-                        self.events.put((None, Span("compute", "first_token", end, done)))
+                else:
+                    self.first_token = self.sink.first_token()
+                self.reports.put((kind, self.now(), start))
         except BaseException as exc:  # a bug in the model code: stop the request loudly
             self._worker_error = exc
-            self.events.put((None, None))
+            self.reports.put(("error",))
 
-    # ---- main loop ----
+    # ---- control ----
 
-    def _dispatch(self, event: Event) -> None:
-        self.recorder.update(event)
-        self._start_query_layer()
-        idle = set()
-        if self.transfer is None:
-            idle.add(Resource.LINK)
-        if not self.compute_busy:
-            idle.add(Resource.COMPUTE)
-        for command in self.recorder.schedule(self.now(), frozenset(idle)):
-            self._apply(command)
-
-    def _apply(self, command: Command) -> None:
-        if isinstance(command, Fetch):
-            if self.transfer is not None:
-                raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
-            self.progress.start_fetch(command.block)
-            self._next_id += 1
-            now = self.now()
-            self.transfer = _InFlight(self._next_id, command.block, now, sampled_s=now)
-            self.link_q.put(self.transfer)
-        elif isinstance(command, Compute):
-            if self.compute_busy:
-                raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
-            self.progress.start_compute(command.block)
-            self.compute_busy = True
-            self.compute_q.put(("compute", command.block))
-        elif isinstance(command, Cancel):
-            t = self.transfer
-            if t is None or t.block != command.block:
-                raise RuntimeError(f"policy {self.policy_name} cancelled {command.block}, which is not in flight")
-            if not t.cancelled:
-                t.cancelled = True
-                self.cancel(t.request_id)
-
-    def _start_query_layer(self) -> None:
-        if not self.compute_busy and self.progress.query_layer_ready():
-            self.compute_busy = True
-            layer = self.progress.query_layers_done
-            self.progress.query_layers_done = layer + 1  # claimed; the worker runs it next
-            self.compute_q.put(("query", layer))
-
-    def _handle(self, event: Event | None, span: Span | None) -> bool:
-        """Account one worker report; True when the first token is known."""
-        if span is not None:
-            self.spans.append(span)
-        if event is None:
-            if self._worker_error is not None:
-                raise RuntimeError(f"compute worker failed: {self._worker_error}") from self._worker_error
-            self.out.ttft_s = span.end_s if span else math.nan
-            return True
-        if isinstance(event, TransferDone | TransferCancelled | TransferFailed):
-            t = self.transfer
-            if isinstance(event, TransferDone):
-                self.progress.finish(event.block)
-                self.out.bytes_streamed += event.bytes
-                self.out.cells_streamed += event.block.num_cells
-                if t is not None:
-                    window = max(event.t_s - t.sampled_s, 1e-9)
-                    self.recorder.update(BandwidthSample(event.t_s, event.bytes - t.sampled_bytes, window))
-            else:
-                self.progress.abort_fetch(event.block)
-                self.out.bytes_wasted += event.bytes
-                if isinstance(event, TransferFailed):
-                    self.faults.append(f"t={event.t_s:.3f} s: transfer {event.block} failed ({event.reason})")
-            self.transfer = None
-        elif isinstance(event, ComputeDone):
-            self.progress.finish(event.block)
-            self.out.cells_computed += event.block.num_cells
-            self.compute_busy = False
-        elif isinstance(event, QueryLayerDone) and event.layer + 1 < self.ctx.model.num_layers:
-            self.compute_busy = False  # after the last layer the first token is still being computed
-        self._dispatch(event)
-        return False
-
-    def _tick(self) -> None:
-        t = self.transfer
-        now = self.now()
-        if t is not None and t.rx_bytes > t.sampled_bytes:
-            got = t.rx_bytes
-            self.recorder.update(BandwidthSample(now, got - t.sampled_bytes, max(now - t.sampled_s, 1e-9)))
-            t.sampled_bytes, t.sampled_s = got, now
-        self._dispatch(Tick(now))
+    def _handle(self, report: _Report) -> None:
+        """Hand one worker report to the engine."""
+        eng, what = self.engine, report[0]
+        if what == "payload":
+            if report[1] is self.job:
+                eng.payload_started(report[2])
+        elif what == "done":
+            job = report[1]
+            self.job = None
+            eng.transfer_done(report[2], job.rx_bytes, report[2], now_s=self.now())
+        elif what == "lost":
+            job = report[1]
+            self.job = None
+            eng.transfer_lost(report[2], job.rx_bytes, report[3], now_s=self.now())
+        elif what == "compute":
+            eng.compute_done(report[1], report[2], now_s=self.now())
+        elif what == "query":
+            eng.query_layer_done(report[1], report[2], now_s=self.now())
+        elif what == "first_token":
+            eng.first_token_done(report[1], report[2])
+        elif what == "error":
+            raise RuntimeError(f"compute worker failed: {self._worker_error}") from self._worker_error
 
     def run(self) -> DriverOutput:
         """Run the request; the caller's thread does the compute work.
@@ -297,8 +237,8 @@ class RealDriver:
         torch's CPU kernels run on an OpenMP team owned by the thread that calls them. The caller has
         usually run torch already (loading the model, building the KV store); a second thread computing
         would bring a second team competing for the same cores, which measured 1.3-1.7x slower on this
-        2-core machine. So compute stays on the caller's thread, and the control loop (policy calls,
-        deadlines, ticks) runs in its own thread, which does no tensor work.
+        2-core machine. So compute stays on the caller's thread, and the control loop (the engine, the
+        policy, deadlines, ticks) runs in its own thread, which does no tensor work.
         """
         link = threading.Thread(target=self._link_worker, name="sparkv-link", daemon=True)
         control = threading.Thread(target=self._control_guarded, name="sparkv-control", daemon=True)
@@ -313,8 +253,9 @@ class RealDriver:
             link.join(timeout=30.0)
         if self._control_error is not None:
             raise self._control_error
-        self.spans.sort(key=lambda s: (s.start_s, s.lane))
-        return self.out
+        eng = self.engine
+        return DriverOutput(eng.ttft_s, self.first_token, eng.sorted_spans(), eng.log, eng.faults,
+                            eng.bytes_streamed, eng.bytes_wasted, eng.cells_streamed, eng.cells_computed)  # fmt: skip
 
     def _control_guarded(self) -> None:
         try:
@@ -323,27 +264,33 @@ class RealDriver:
             self._control_error = exc
 
     def _control(self) -> None:
-        """Feed the policy its events and carry out its commands until the first token is known."""
+        """Feed the engine the workers' reports and the ticks until the first token is known."""
+        eng = self.engine
+        tick_s = eng.tick_s
         try:
-            self._dispatch(RequestStarted(0.0))
-            next_tick = self.tick_s
-            while True:
+            eng.begin()
+            next_tick = tick_s if tick_s else math.inf
+            while not eng.finished:
                 now = self.now()
                 if now > self.config.request_timeout_s:
                     raise ExecutionTimeout(
                         f"policy {self.policy_name}: no first token after {self.config.request_timeout_s:.0f} s "
-                        f"({len(self.progress.missing_cells())} cells missing)"
+                        f"({eng.missing_cells()} cells missing)"
                     )
+                wait = min(next_tick - now, self.config.poll_s)
                 try:
-                    event, span = self.events.get(timeout=max(0.0, next_tick - now))
+                    report = self.reports.get(timeout=max(0.0, wait))
                 except queue.Empty:
-                    self._tick()
-                    next_tick = self.now() + self.tick_s
+                    now = self.now()
+                    if tick_s and now >= next_tick:
+                        next_tick += tick_s
+                        if next_tick <= now:  # the loop fell behind: skip the missed ticks
+                            next_tick = now + tick_s
+                        eng.tick(now)
                     continue
-                if self._handle(event, span):
-                    break
+                self._handle(report)
         finally:
-            if self.transfer is not None and not self.transfer.cancelled:
-                self.cancel(self.transfer.request_id)
+            if self.job is not None and not self.job.cancelled:
+                self.cancel(self.job.request_id)
             self.link_q.put(None)
             self.compute_q.put(None)

@@ -181,7 +181,7 @@ class RealSession:
 
         def fetch(request_id: int, block: CellBlock, deadline_s: float) -> Iterator[CellArrival]:
             for cell in client.fetch(request_id, key, chunk, codec, block, deadline_s):
-                yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes)
+                yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes, cell.head_s)
 
         driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config)
         sensor = self.sensor
@@ -196,44 +196,31 @@ class RealSession:
         tok = self.loaded.tokenizer
         text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
         energy = request_energy_j(out.spans, self.world.radio, self.world.profile.power, out.ttft_s)
-        return Result(
-            world="real",
-            policy=policy.name,
-            ttft_s=out.ttft_s,
-            energy_j=energy,
-            spans=out.spans,
-            config={
-                "scenario": self.scenario.to_dict(),
-                "policy": policy.config(),
-                "trace": {"name": self.world.trace.name, "source": self.world.trace.source,
-                          "mean_bps": self.world.trace.mean_bps},
-                "profile": self.world.profile.name,
-                "model_id": self.loaded.model_id,
-                "device": self.loaded.device,
-                "torch_threads": torch.get_num_threads(),
-            },
-            bytes_streamed=out.bytes_streamed,
-            bytes_wasted=out.bytes_wasted,
-            cells_streamed=out.cells_streamed,
-            cells_computed=out.cells_computed,
-            faults=out.faults,
-            log=out.log,
-            extra={
-                "context": {"costs": self.world.costs.to_dict()},
-                "link": link.kind,
-                "link_constants": self.link_constants,
-                "energy_kind": "modelled from the measured timeline",
-                # what a power sensor saw over the same interval (the whole machine or GPU, not the request alone)
-                "energy_measured_j": measured_j,
-                "energy_sensor": type(sensor).__name__ if sensor is not None else "none readable",
-                "tokens": tokens,
-                "text": text,
-                "question": self.prompt.question,
-                "reference_answer": self.prompt.reference_answer,
-                "wall_ttft_s": wall_ttft,
-                "generate_s": gen_s,
-            },
-        )
+        config = {
+            "scenario": self.scenario.to_dict(),
+            "trace": {"name": self.world.trace.name, "source": self.world.trace.source,
+                      "mean_bps": self.world.trace.mean_bps},
+            "profile": self.world.profile.name,
+            "model_id": self.loaded.model_id,
+            "device": self.loaded.device,
+            "torch_threads": torch.get_num_threads(),
+        }
+        extra = {
+            "context": {"costs": self.world.costs.to_dict()},
+            "link": link.kind,
+            "link_constants": self.link_constants,
+            "energy_kind": "modelled from the measured timeline",
+            # what a power sensor saw over the same interval (the whole machine or GPU, not the request alone)
+            "energy_measured_j": measured_j,
+            "energy_sensor": type(sensor).__name__ if sensor is not None else "none readable",
+            "tokens": tokens,
+            "text": text,
+            "question": self.prompt.question,
+            "reference_answer": self.prompt.reference_answer,
+            "wall_ttft_s": wall_ttft,
+            "generate_s": gen_s,
+        }
+        return driver.engine.result("real", energy, config, extra)
 
 
 def max_cache_error(prefill: LayerwisePrefill, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

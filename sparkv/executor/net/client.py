@@ -47,6 +47,7 @@ class CellPayload:
     v: np.ndarray  # same shape and dtype as k
     wire_bytes: int  # bytes of this cell's CELL and PIECE frames, headers included
     recv_s: float  # perf_counter instant its last byte arrived
+    head_s: float = 0.0  # perf_counter instant its CELL header arrived (its first byte, to within a frame)
 
 
 class KVClient:
@@ -204,7 +205,7 @@ class KVClient:
         head: P.CellHeader | None = None
         parts: list[bytes] = []
         got = wire = 0
-        last_s = time.perf_counter()
+        last_s = head_s = time.perf_counter()
         while True:
             cancel_at = self._cancel_at
             limit = min(deadline_s, last_s + self.idle_timeout_s)
@@ -241,6 +242,7 @@ class KVClient:
                     if head is not None or msg.request_id != rid:
                         raise CorruptFrame(f"request {rid}: unexpected CELL for request {msg.request_id}")
                     head, parts, got, wire = msg, [], 0, P.HEADER.size + len(body)
+                    head_s = last_s
                 elif isinstance(msg, P.Abort):
                     head = None
                 elif isinstance(msg, P.End) and msg.request_id == rid:
@@ -253,13 +255,13 @@ class KVClient:
                 elif not isinstance(msg, P.Pong):
                     raise CorruptFrame(f"request {rid}: unexpected {P.FRAME_NAMES[ftype]} {msg}")
             if head is not None and got == head.payload_len:
-                cell = _decode_cell(head, b"".join(parts), wire, last_s)
+                cell = _decode_cell(head, b"".join(parts), wire, last_s, head_s)
                 head = None
                 if self._cancel_at is None:
                     yield cell
 
 
-def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float) -> CellPayload:
+def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float, head_s: float) -> CellPayload:
     where = f"cell ({head.chunk}, {head.layer})"
     crc = zlib.crc32(payload)
     if crc != head.crc32:
@@ -270,4 +272,4 @@ def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float) -
         v = codec.decode(payload[head.k_len :], head.shape, head.dtype)
     except Exception as exc:  # an unknown codec name or a payload the codec rejects
         raise CorruptFrame(f"{where}: cannot decode with codec {head.codec!r}: {exc}") from exc
-    return CellPayload(head.chunk, head.layer, k, v, wire, recv_s)
+    return CellPayload(head.chunk, head.layer, k, v, wire, recv_s, head_s)
