@@ -22,8 +22,11 @@ class LinkConfig:
     radio: str = "lte"  # radio power model: lte, wifi, 5g, 3g
     server_concurrency: int = 1  # transfers the KV server serves at once
     server_background_rps: float = 0.0  # other clients' transfers per second at the same server (Poisson)
+    server_fails_at_s: float | None = None  # the KV server dies at this request time and stays down (a fault)
 
     def __post_init__(self) -> None:
+        if self.server_fails_at_s is not None and not self.server_fails_at_s >= 0:
+            raise ValueError(f"server_fails_at_s must be >= 0 or None, got {self.server_fails_at_s}")
         if self.rtt_s < 0 or self.per_transfer_s < 0:
             raise ValueError(f"rtt_s and per_transfer_s must be >= 0, got {self.rtt_s}, {self.per_transfer_s}")
         if not 0 < self.efficiency <= 1:

@@ -100,6 +100,8 @@ class SimRun:
         self.install_s_per_byte = world.costs.install_s_per_byte
         self.install_fixed_s = world.profile.install_fixed_s
         self.max_time_s = max_time_s
+        self.fails_at_s = link.server_fails_at_s  # the server's death, if the scenario injects one
+        self.rtt_s = link.rtt_s
         self.transfer: _Transfer | None = None
         self.compute_end_s = 0.0  # the clock when the compute lane's timeout fires
         self.finished = self.env.event()
@@ -140,6 +142,9 @@ class SimRun:
     def start_fetch(self, block: CellBlock, n_bytes: int, now_s: float) -> None:
         t = _Transfer(block, n_bytes)
         self.transfer = t
+        if self.fails_at_s is not None and now_s >= self.fails_at_s:  # nobody answers: refused after a round trip
+            t.waiting = self._after(self.rtt_s, lambda _ev: self._fail(t, "connection refused"))
+            return
         if self.server.contended:
             t.process = self.env.process(self._queue(t))
             return
@@ -150,6 +155,9 @@ class SimRun:
         if now_s + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now_s, end)
         t.end_s = now_s + delay  # SimPy's own sum: the clock when the timeout fires
+        if self.fails_at_s is not None and t.end_s > self.fails_at_s:
+            self._fail_at(t)
+            return
         ev = t.waiting = Timeout(self.env, delay)  # `_wait`, written out
         ev.callbacks.append(self._transfer_done)
 
@@ -161,7 +169,7 @@ class SimRun:
                 t.process.interrupt("cancel")
             else:
                 assert t.waiting is not None
-                t.waiting.callbacks.remove(self._transfer_done)
+                t.waiting.callbacks.clear()  # its end (or its failure) will not come
                 self._soon(lambda: self._cancel(t))
 
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
@@ -196,8 +204,23 @@ class SimRun:
         """The transfer's last phase: a timeout whose callback ends it (the link runs one transfer at a
         time, so the callback finds it in `self.transfer`)."""
         t.end_s = self.env.now + delay_s
+        if self.fails_at_s is not None and t.end_s > self.fails_at_s:
+            self._fail_at(t)
+            return
         ev = t.waiting = Timeout(self.env, delay_s)
         ev.callbacks.append(self._transfer_done)
+
+    def _fail_at(self, t: _Transfer) -> None:
+        """The server dies while `t` is in flight: the transfer fails then, with what had arrived."""
+        assert self.fails_at_s is not None
+        t.waiting = self._after(max(0.0, self.fails_at_s - self.env.now), lambda _ev: self._fail(t, "server died"))
+
+    def _fail(self, t: _Transfer, why: str) -> None:
+        t.process = t.waiting = None
+        now = self.env.now
+        received = self.received_bytes(now)
+        self.transfer = None
+        self.engine.transfer_lost(now, received, f"server gone (modelled): {why}")
 
     def _queue(self, t: _Transfer) -> Any:
         """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
