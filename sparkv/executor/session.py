@@ -165,6 +165,11 @@ class RealSession:
         scenario = self.scenario.with_(availability=availability_spec(factor))
         return build_world(scenario, trace=self.trace, spec=self.loaded.spec)
 
+    def world_with(self, **link: Any) -> World:
+        """This session's world with some of its link settings changed (e.g. an injected fault)."""
+        scenario = self.scenario.with_(**link)
+        return build_world(scenario, trace=self.trace, spec=self.loaded.spec)
+
     # ---- one request ----
 
     def run(self, policy: Policy, max_new_tokens: int = 16, config: DriverConfig | None = None) -> Result:
