@@ -83,7 +83,8 @@ def assert_same_streams(real: Result, sim: Result, timed: bool) -> None:
         assert [x[:2] for x in r] == [x[:2] for x in s], f"{kinds}: real {r} vs sim {s}"
         if timed and kinds is LINK_EVENTS:
             for (kind, block, t_real), (_, _, t_sim) in zip(r, s, strict=True):
-                assert abs(t_real - t_sim) <= REL * t_sim + ABS_S, f"{kind} {block}: real {t_real:.3f} s, sim {t_sim:.3f} s"
+                why = f"{kind} {block}: real {t_real:.3f} s, sim {t_sim:.3f} s"
+                assert abs(t_real - t_sim) <= REL * t_sim + ABS_S, why
     types_real = Counter(e["event"]["type"] for e in real.log if e["call"] == "update")
     types_sim = Counter(e["event"]["type"] for e in sim.log if e["call"] == "update")
     assert set(types_real) == set(types_sim), (types_real, types_sim)
