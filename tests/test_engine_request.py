@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from sparkv.analysis.evaluate import oracle_options
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.events import Command, Compute, Event, Resource
 from sparkv.core.request import CellBlock
 from sparkv.engine.request import MirrorMismatch
 from sparkv.policies import BASELINES, make_policy
 from sparkv.policies.base import Policy, policy_hooks
+from sparkv.policies.oracle import oracle_options
 from sparkv.policies.tracking import TrackingPolicy
 from sparkv.sim import build_world, simulate
 

@@ -13,7 +13,7 @@ import pytest
 
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.result import Result
-from sparkv.executor.models import load_model, tiny_model_dir
+from sparkv.executor.model.models import load_model, tiny_model_dir
 from sparkv.executor.session import RealSession
 from sparkv.policies import make_policy
 from sparkv.policies.base import Policy

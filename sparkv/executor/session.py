@@ -201,7 +201,7 @@ class RealSession:
         tok = self.loaded.tokenizer
         text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
         energy = request_energy_j(out.spans, self.world.radio, self.world.profile.power, out.ttft_s)
-        config = {
+        setup = {
             "scenario": self.scenario.to_dict(),
             "trace": {"name": self.world.trace.name, "source": self.world.trace.source,
                       "mean_bps": self.world.trace.mean_bps},
@@ -225,7 +225,7 @@ class RealSession:
             "wall_ttft_s": wall_ttft,
             "generate_s": gen_s,
         }
-        return driver.engine.result("real", energy, config, extra)
+        return driver.engine.result("real", energy, setup, extra)
 
 
 def max_cache_error(prefill: LayerwisePrefill, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
