@@ -64,9 +64,9 @@ class Effects(Protocol):
     """What a world does when the engine decides; each call returns at once (the work runs on the world's
     clock, and the world reports its end to the engine)."""
 
-    def start_fetch(self, block: CellBlock, n_bytes: int, now_s: float) -> None:
-        """Begin streaming `block` (`n_bytes` on the wire); report `payload_started`, then `transfer_done`
-        or `transfer_lost`."""
+    def start_fetch(self, flight: Flight, now_s: float) -> None:
+        """Begin streaming `flight.block` (`flight.bytes` on the wire); report `payload_started`, then
+        `transfer_done` or `transfer_lost`. The world may keep its own handle on it in `flight.handle`."""
 
     def cancel_fetch(self, block: CellBlock, now_s: float) -> None:
         """Abandon the transfer of `block`; report `transfer_lost` (or `transfer_done` if it was too late)."""
@@ -101,6 +101,8 @@ class Flight:
     sampled_s: float = math.inf  # end of the last in-flight sample (from the first byte on)
     sampled_bytes: int = 0  # bytes those samples reported
     cancel_sent: bool = False
+    end_s: float = math.inf  # when the world expects it to end, where it knows (the simulator does)
+    handle: Any = None  # the world's own handle on the transfer (a timeout, a process, a job)
 
 
 class RequestEngine:
@@ -164,7 +166,9 @@ class RequestEngine:
                       now_s: float | None = None) -> None:  # fmt: skip
         """The transfer in flight arrived and was installed at `t_s` (`n_bytes`: wire bytes, default the
         cost table's; `payload_end_s`: its last payload byte, default the flight's or `t_s`)."""
-        t = self._flight("transfer_done")
+        t = self.transfer
+        if t is None:
+            raise self._no_flight("transfer_done")
         block = t.block
         got = t.bytes if n_bytes is None else n_bytes
         self.spans.append(make_span(("link", "fetch", t.start_s, t_s, block, got, -1)))
@@ -184,7 +188,9 @@ class RequestEngine:
     def transfer_lost(self, t_s: float, received_bytes: int, reason: str | None = None,
                       now_s: float | None = None) -> None:  # fmt: skip
         """The transfer in flight ended at `t_s` without its cells: cancelled (`reason` None) or failed."""
-        t = self._flight("transfer_lost")
+        t = self.transfer
+        if t is None:
+            raise self._no_flight("transfer_lost")
         kind = "cancelled" if reason is None else "failed"
         self.spans.append(make_span(("link", kind, t.start_s, t_s, t.block, received_bytes, -1)))
         self.bytes_wasted += received_bytes
@@ -268,21 +274,14 @@ class RequestEngine:
             self._check_mirror()
 
     def _apply(self, commands: tuple[Command, ...], now: float) -> None:
-        receiving = self.transfer is not None  # does compute started now share the device with a transfer?
-        if not receiving:
-            for command in commands:
-                if type(command) is Fetch:
-                    receiving = True
-                    break
         for command in commands:
             if isinstance(command, Fetch):
                 if self.transfer is not None:
                     raise RuntimeError(f"policy {self.policy_name} fetched {command.block} while the link is busy")
                 block = command.block
                 self.progress.start_fetch(block)
-                n_bytes = self.block_bytes(block)
-                self.transfer = Flight(block, n_bytes, now)
-                self.fx.start_fetch(block, n_bytes, now)
+                flight = self.transfer = Flight(block, self.block_bytes(block), now)
+                self.fx.start_fetch(flight, now)
             elif isinstance(command, Compute):
                 if self.compute_busy:
                     raise RuntimeError(f"policy {self.policy_name} computed {command.block} while compute is busy")
@@ -290,6 +289,8 @@ class RequestEngine:
                 self.progress.start_compute(block)
                 self.compute_busy = True
                 self.computing, self.compute_start_s = block, now
+                # compute started now shares the device with a transfer in flight or fetched in this dispatch
+                receiving = self.transfer is not None or any(type(c) is Fetch for c in commands)
                 self.fx.start_compute(block, self.compute_s(block), now, receiving)
             elif isinstance(command, Cancel):
                 t = self.transfer
@@ -309,11 +310,8 @@ class RequestEngine:
             self._io.update(QueryLayerStarted(now, layer))
         self.fx.start_query_layer(layer, self.query_layer_s[layer], now, self.transfer is not None)
 
-    def _flight(self, what: str) -> Flight:
-        t = self.transfer
-        if t is None:
-            raise RuntimeError(f"policy {self.policy_name}: {what} with no transfer in flight")
-        return t
+    def _no_flight(self, what: str) -> RuntimeError:
+        return RuntimeError(f"policy {self.policy_name}: {what} with no transfer in flight")
 
     def _check_mirror(self) -> None:
         view = getattr(self.policy, "progress", None)

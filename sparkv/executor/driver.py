@@ -24,7 +24,7 @@ import torch
 from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Span
-from sparkv.engine.request import RequestEngine
+from sparkv.engine.request import Flight, RequestEngine
 from sparkv.policies.base import Policy, RequestContext
 
 
@@ -142,9 +142,9 @@ class RealDriver:
 
     # ---- effects (called by the engine, on the control thread) ----
 
-    def start_fetch(self, block: CellBlock, n_bytes: int, now_s: float) -> None:
+    def start_fetch(self, flight: Flight, now_s: float) -> None:
         self._next_id += 1
-        self.job = _Job(self._next_id, block)
+        self.job = flight.handle = _Job(self._next_id, flight.block)
         self.link_q.put(self.job)
 
     def cancel_fetch(self, block: CellBlock, now_s: float) -> None:

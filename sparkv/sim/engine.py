@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Result
 from sparkv.cost_models.energy import request_energy_j
-from sparkv.engine.request import RequestEngine
+from sparkv.engine.request import Flight, RequestEngine
 from sparkv.engine.world import World
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.sim.server import SimServer
@@ -46,19 +45,6 @@ class SimulationStalled(UserError):
     def __init__(self, message: str, needs_longer: bool = False) -> None:
         super().__init__(message)
         self.needs_longer = needs_longer
-
-
-@dataclass(slots=True)
-class _Transfer:
-    """The physics of the transfer in flight (the engine keeps its accounting)."""
-
-    block: CellBlock
-    bytes: int
-    process: simpy.Process | None = None  # the queueing phase at a shared server, while it runs
-    waiting: simpy.Event | None = None  # the timeout the transfer waits on outside that phase
-    data_start_s: float = math.inf  # when payload bytes began to flow
-    payload_end_s: float = math.inf  # when the last payload byte arrives (installation follows)
-    end_s: float = math.inf  # the clock when its last timeout fires (read instead of `env.now`, a property)
 
 
 class SimRun:
@@ -102,7 +88,7 @@ class SimRun:
         self.max_time_s = max_time_s
         self.fails_at_s = link.server_fails_at_s  # the server's death, if the scenario injects one
         self.rtt_s = link.rtt_s
-        self.transfer: _Transfer | None = None
+        self.transfer: Flight | None = None  # the engine's record of the transfer in flight, shared
         self.compute_end_s = 0.0  # the clock when the compute lane's timeout fires
         self.finished = self.env.event()
         # the engine's report methods, bound once (each is called per piece of work)
@@ -139,14 +125,13 @@ class SimRun:
 
     # ---- effects (called by the engine) ----
 
-    def start_fetch(self, block: CellBlock, n_bytes: int, now_s: float) -> None:
-        t = _Transfer(block, n_bytes)
-        self.transfer = t
+    def start_fetch(self, flight: Flight, now_s: float) -> None:
+        t = self.transfer = flight
         if self.fails_at_s is not None and now_s >= self.fails_at_s:  # nobody answers: refused after a round trip
-            t.waiting = self._after(self.rtt_s, lambda _ev: self._fail(t, "connection refused"))
+            t.handle = self._after(self.rtt_s, lambda _ev: self._fail(t, "connection refused"))
             return
         if self.server.contended:
-            t.process = self.env.process(self._queue(t))
+            t.handle = self.env.process(self._queue(t))  # a process while it queues, a timeout after
             return
         # no queue: the phases are known now, so the whole transfer is one timeout
         data_start = now_s + self.first_byte_s  # the clock after a timeout of the round trip
@@ -158,18 +143,18 @@ class SimRun:
         if self.fails_at_s is not None and t.end_s > self.fails_at_s:
             self._fail_at(t)
             return
-        ev = t.waiting = Timeout(self.env, delay)  # `_wait`, written out
+        ev = t.handle = Timeout(self.env, delay)  # `_wait`, written out
         ev.callbacks.append(self._transfer_done)
 
     def cancel_fetch(self, block: CellBlock, now_s: float) -> None:
         t = self.transfer
         assert t is not None and t.block == block  # the engine checked
         if now_s < t.payload_end_s:  # a cancel during installation is ignored
-            if t.process is not None:
-                t.process.interrupt("cancel")
+            if isinstance(t.handle, simpy.Process):
+                t.handle.interrupt("cancel")
             else:
-                assert t.waiting is not None
-                t.waiting.callbacks.clear()  # its end (or its failure) will not come
+                assert t.handle is not None
+                t.handle.callbacks.clear()  # its end (or its failure) will not come
                 self._soon(lambda: self._cancel(t))
 
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
@@ -200,29 +185,29 @@ class SimRun:
 
     # ---- link lane ----
 
-    def _wait(self, t: _Transfer, delay_s: float) -> None:
+    def _wait(self, t: Flight, delay_s: float) -> None:
         """The transfer's last phase: a timeout whose callback ends it (the link runs one transfer at a
         time, so the callback finds it in `self.transfer`)."""
         t.end_s = self.env.now + delay_s
         if self.fails_at_s is not None and t.end_s > self.fails_at_s:
             self._fail_at(t)
             return
-        ev = t.waiting = Timeout(self.env, delay_s)
+        ev = t.handle = Timeout(self.env, delay_s)
         ev.callbacks.append(self._transfer_done)
 
-    def _fail_at(self, t: _Transfer) -> None:
+    def _fail_at(self, t: Flight) -> None:
         """The server dies while `t` is in flight: the transfer fails then, with what had arrived."""
         assert self.fails_at_s is not None
-        t.waiting = self._after(max(0.0, self.fails_at_s - self.env.now), lambda _ev: self._fail(t, "server died"))
+        t.handle = self._after(max(0.0, self.fails_at_s - self.env.now), lambda _ev: self._fail(t, "server died"))
 
-    def _fail(self, t: _Transfer, why: str) -> None:
-        t.process = t.waiting = None
+    def _fail(self, t: Flight, why: str) -> None:
+        t.handle = None
         now = self.env.now
         received = self.received_bytes(now)
         self.transfer = None
         self.engine.transfer_lost(now, received, f"server gone (modelled): {why}")
 
-    def _queue(self, t: _Transfer) -> Any:
+    def _queue(self, t: Flight) -> Any:
         """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
         try:
             yield from self.server.serve()
@@ -230,21 +215,19 @@ class SimRun:
         except simpy.Interrupt:
             self._cancel(t)
             return
-        t.process = None
+        t.handle = None
         self._wait(t, self._payload(t, self.env.now))
 
-    def _payload(self, t: _Transfer, start_s: float) -> float:
+    def _payload(self, t: Flight, start_s: float) -> float:
         """Payload bytes flow from `start_s`, then installation: seconds from `start_s` to the end of both."""
         offset = self.offset_s
-        t.data_start_s = start_s
         end = self.trace.time_to_deliver(start_s + offset, t.bytes / self.efficiency)
-        t.payload_end_s = end - offset
-        self.engine.payload_started(start_s, t.payload_end_s)
+        self.engine.payload_started(start_s, end - offset)
         install = t.bytes * self.install_s_per_byte + self.install_fixed_s
         return self.max_time_s if math.isinf(end) else t.payload_end_s + install - start_s
 
-    def _cancel(self, t: _Transfer) -> None:
-        t.process = t.waiting = None
+    def _cancel(self, t: Flight) -> None:
+        t.handle = None
         received = self.received_bytes(self.env.now)
         self.transfer = None
         self.engine.transfer_lost(self.env.now, received)
