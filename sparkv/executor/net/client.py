@@ -261,7 +261,7 @@ class KVClient:
                     yield cell
 
 
-def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float, head_s: float) -> CellPayload:
+def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float, head_s: float = 0.0) -> CellPayload:
     where = f"cell ({head.chunk}, {head.layer})"
     crc = zlib.crc32(payload)
     if crc != head.crc32:
