@@ -13,21 +13,13 @@ import pytest
 
 from sparkv import cli
 from sparkv.analysis.backends import LocalBackend
-from sparkv.analysis.tune import (
-    SPACES,
-    Param,
-    Tuner,
-    config_class,
-    default_space,
-    load_policy_config,
-    parse_param,
-    search_space,
-)
+from sparkv.analysis.tune import SPACES, Param, Tuner, default_space, parse_param, search_space
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.policies import POLICIES, make_policy
 from sparkv.policies.base import RequestContext
 from sparkv.policies.baselines import StaticSplit
+from sparkv.policies.config_file import config_class, load_policy_config
 
 DEVICE = "analytic-cpu-2core"
 

@@ -151,7 +151,7 @@ def check_names(points: list[dict[str, Any]]) -> None:
 def policy_factory(name: str) -> tuple[str, dict[str, Any]]:
     """(registered name, make_policy options) for a policy name or a policy config JSON file."""
     if name.endswith(".json"):
-        from sparkv.analysis.tune import load_policy_config
+        from sparkv.policies.config_file import load_policy_config
 
         loaded = load_policy_config(name)
         return loaded.policy, loaded.options

@@ -71,7 +71,7 @@ def make_policy(name: str | Path, world: World | None = None, **options: Any) ->
 def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
     """(registered name, options) of a policy name or a policy config JSON file."""
     if name.endswith(".json"):
-        from sparkv.analysis.tune import load_policy_config
+        from sparkv.policies.config_file import load_policy_config
 
         loaded = load_policy_config(name)
         return loaded.policy, dict(loaded.options)

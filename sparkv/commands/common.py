@@ -130,7 +130,7 @@ def policy_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     path = getattr(args, "policy_config", None)
     if path is None:
         return {}
-    from sparkv.analysis.tune import load_policy_config
+    from sparkv.policies.config_file import load_policy_config
 
     configured = load_policy_config(path)
     return {configured.policy: dict(configured.options)}
@@ -141,7 +141,7 @@ def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
     path = getattr(args, "policy_config", None)
     if path is None:
         return make_policy
-    from sparkv.analysis.tune import load_policy_config
+    from sparkv.policies.config_file import load_policy_config
 
     configured = load_policy_config(path)
 

@@ -24,6 +24,7 @@ from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import builtin_profile_names
 from sparkv.policies import check_policy
+from sparkv.policies.config_file import load_policy_config
 from sparkv.policies.controller import SparKVConfig
 from sparkv.traces.expand import expand_traces
 
@@ -61,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", default="fp16", help="KV codec on the wire, the same for every policy (default fp16)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="tokens per chunk (default 512)")
     p.add_argument("--rtt-ms", type=float, help="round trip per transfer, ms (default 30)")
-    p.add_argument("--sparkv-config", type=Path, help="SparKVConfig JSON (e.g. from `sparkv tune`)")
+    p.add_argument("--policy-config", "--sparkv-config", dest="policy_config", type=Path,
+                   help="the sparkv policy's config file, as `sparkv tune` writes it (--sparkv-config: old name)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
     p.add_argument("--planner-check", type=int, default=0, metavar="N",
@@ -81,11 +83,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.rtt_ms is not None:
         base = base.with_(rtt_s=args.rtt_ms / 1e3)
     sparkv: dict[str, Any] = {}
-    if args.sparkv_config:
-        try:
-            sparkv = SparKVConfig.load(args.sparkv_config).to_dict()
-        except (OSError, ValueError, TypeError) as exc:
-            raise UserError(f"cannot read SparKV config {args.sparkv_config}: {exc}") from exc
+    if args.policy_config:
+        loaded = load_policy_config(args.policy_config, "sparkv")
+        sparkv = loaded.options["config"].to_dict()
     contexts = [int(x) for x in _floats(args.context_tokens)]
     if any(c <= 0 for c in contexts):
         raise UserError(f"--context-tokens must be positive, got {args.context_tokens}")

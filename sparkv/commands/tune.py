@@ -17,14 +17,12 @@ from sparkv.analysis.tune import (
     STALL_PENALTY_S,
     Param,
     Tuner,
-    config_class,
-    config_to_dict,
-    load_policy_config,
     parse_param,
     search_space,
 )
 from sparkv.commands.common import format_table, scenario_from_args
 from sparkv.core.errors import UserError
+from sparkv.policies.config_file import config_class, config_to_dict, load_policy_config
 from sparkv.traces.expand import expand_traces
 
 
