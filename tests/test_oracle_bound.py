@@ -118,7 +118,7 @@ def check_bound(scenario: Scenario) -> list[str]:
     world = build_world(scenario, trace=cached_trace(scenario.trace))
     foresight = foresight_of(world)
     result = simulate(world, make_policy("oracle", foresight=foresight), record=False)
-    oracle, predicted = result.ttft_s, result.config["policy"]["stats"]["predicted_ttft_s"]
+    oracle, predicted = result.ttft_s, result.extra["policy_stats"]["predicted_ttft_s"]
     problems = []
     if not math.isclose(oracle, predicted, rel_tol=1e-9):
         problems.append(f"oracle predicted {predicted:.6f} s, simulated {oracle:.6f} s")

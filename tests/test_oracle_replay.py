@@ -58,7 +58,7 @@ def test_replayed_schedules_take_their_simulated_time(case: str) -> None:
 def test_oracle_predicts_its_own_simulated_ttft(case: str) -> None:
     world = build_world(CASES[case])
     result = simulate(world, make_policy("oracle", foresight=foresight_of(world)), record=False)
-    assert result.ttft_s == result.config["policy"]["stats"]["predicted_ttft_s"]
+    assert result.ttft_s == result.extra["policy_stats"]["predicted_ttft_s"]
 
 
 def test_cake_is_one_of_the_meeting_points() -> None:
