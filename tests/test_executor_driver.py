@@ -67,7 +67,7 @@ def test_every_policy_assembles_the_reference_cache(setup, name: str) -> None:  
     ref_kv, ref_tokens = full_prefill_reference(loaded, ctx_ids, query_ids, 8)
     prefill = LayerwisePrefill(loaded, ctx_ids, query_ids, CHUNK, max_new_tokens=8)
     driver = RealDriver(context(loaded, 70, 2e5), make_policy(name), prefill, store_fetch(store), lambda rid: None,
-                        DriverConfig(poll_s=0.05))
+                        DriverConfig(poll_s=0.05), check_mirror=True)  # the policy's picture checked after every event
     out = driver.run()
     tokens = [out.first_token, *prefill.generate(7)]
     assert tokens == list(ref_tokens)
