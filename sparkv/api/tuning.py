@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sparkv.analysis.tune import STALL_PENALTY_S, Param, Tuner, config_class, config_to_dict, parse_param, search_space
+from sparkv.analysis.tune import STALL_PENALTY_S, Param, Tuner, parse_param, search_space
 from sparkv.api.basics import frame
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
+from sparkv.policies.config_file import config_class, config_to_dict
 from sparkv.traces.expand import expand_traces
 
 if TYPE_CHECKING:
