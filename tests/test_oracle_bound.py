@@ -73,7 +73,7 @@ def synthetic_trace(rng: np.random.Generator) -> str:
     return f"lte:seed={int(rng.integers(100))},dur={int(rng.integers(20, 120))},mean={mbps:.3g}mbps"
 
 
-def random_scenario(i: int, profiles: Path, contexts: tuple[int, int] = (512, 3072)) -> Scenario:
+def random_scenario(i: int, profiles: Path, contexts: tuple[int, int] = (512, 2560)) -> Scenario:
     """Scenario `i` of the property test (seeded by `i`: a failure names its scenario)."""
     rng = np.random.default_rng(20_000 + i)
     real = real_traces()

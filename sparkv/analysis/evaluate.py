@@ -173,6 +173,35 @@ def run_evaluation(
     return rows
 
 
+def oracle_beaten(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the bound did not hold: (scenario, policy) pairs whose TTFT is below the oracle's by more than
+    0.1 % and 1 %, per policy, the least TTFT / oracle TTFT, and scenarios whose fluid bound is above the oracle."""
+    by_scenario: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            key = (r["trace_path"], r["context_tokens"], r["scale_kind"], r["scale_target"])
+            by_scenario.setdefault(key, {})[r["policy"]] = r
+    out: dict[str, Any] = {"scenarios": 0, "beat_0_1pct": 0, "beat_1pct": 0, "by_policy_0_1pct": {},
+                           "least_ratio": math.inf, "bound_above_oracle": 0}  # fmt: skip
+    for policies in by_scenario.values():
+        oracle = policies.get("oracle")
+        if oracle is None:
+            continue
+        out["scenarios"] += 1
+        o = float(oracle["ttft_s"])
+        out["bound_above_oracle"] += float(oracle["fluid_bound_s"]) > o * (1 + 1e-9)
+        for name, r in policies.items():
+            if name == "oracle":
+                continue
+            ratio = float(r["ttft_s"]) / o
+            out["least_ratio"] = min(out["least_ratio"], ratio)
+            if ratio < 1 - 1e-3:
+                out["beat_0_1pct"] += 1
+                out["by_policy_0_1pct"][name] = out["by_policy_0_1pct"].get(name, 0) + 1
+            out["beat_1pct"] += ratio < 1 - 1e-2
+    return out
+
+
 def summarise(rows: list[dict[str, Any]], band_only: bool = True) -> list[dict[str, Any]]:
     """Per policy: medians over the scenarios (in the 4x band when `band_only`)."""
     out = []

@@ -16,6 +16,7 @@ from sparkv.analysis.evaluate import (
     EvalConfig,
     bench_planning,
     default_traces,
+    oracle_beaten,
     run_evaluation,
     summarise,
 )
@@ -68,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
     p.add_argument("--planner-check", type=int, default=0, metavar="N",
                    help="also compare the planner with exhaustive search on N random small instances")
+    p.add_argument("--oracle-check", type=int, default=0, metavar="N",
+                   help="also compare the oracle with the exact optimum (every decision searched) on N random tiny "
+                        "requests per shape (3x2, 4x2, 2x3, 3x3 chunks x layers)")
     p.add_argument("--bench-repeats", type=int, default=30, help="timed first plans for the planning benchmark")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.set_defaults(func=run)
@@ -119,12 +123,20 @@ def run(args: argparse.Namespace) -> int:
 
         planner_check = [study(args.planner_check, seed=1, chunks=5, groups=6, monotone=False),
                          study(args.planner_check, seed=2, chunks=8, groups=8, monotone=True)]  # fmt: skip
+    oracle_check = None
+    if args.oracle_check:
+        from sparkv.analysis.oracle_exact import oracle_gap_study
+
+        oracle_check = oracle_gap_study(args.oracle_check, seed=3)
+    beaten = oracle_beaten(rows)
     report = {"config": cfg.to_dict(), "sparkv_config": cfg.sparkv or SparKVConfig().to_dict(),
               "summary_in_band": summary, "summary_all": summarise(rows, band_only=False), "targets": targets,
-              "planning": planning, "planner_check": planner_check,
+              "planning": planning, "planner_check": planner_check, "oracle_beaten": beaten,
+              "oracle_check": oracle_check,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=1, default=str))
     print_report(summary, targets, planning, planner_check, rows)
+    print_oracle_checks(beaten, oracle_check)
     if not args.no_plots:
         from sparkv.analysis.evaluate_plots import plot_evaluation
 
@@ -183,3 +195,22 @@ def print_report(summary: list[dict[str, Any]], targets: dict[str, Any], plannin
         print(f"planner vs exact ({check['kind']}, {check['chunks']}x{check['groups']}, {check['exact']} k): "
               f"{check['within_2pct']:.1%} within 2 %, worst {check['worst_ratio']:.4f}, "
               f"{check['instances']} instances")  # fmt: skip
+
+
+ORACLE_CHECK = [
+    ("shape", "chunks x layers", ""), ("complete", "searched", "d"), ("median_ratio", "oracle/exact med", ".4f"),
+    ("p90_ratio", "p90", ".4f"), ("worst_ratio", "max", ".4f"), ("within_0_1pct", "within 0.1 %", ".0%"),
+    ("gap_with_contention", "gaps, contention", "d"), ("gap_without_contention", "gaps, none", "d"),
+    ("oracle_ms_median", "oracle ms med", ".1f"), ("exact_s_median", "exact s med", ".2f"),
+]  # fmt: skip
+
+
+def print_oracle_checks(beaten: dict[str, Any], oracle_check: list[dict[str, Any]] | None) -> None:
+    print(f"oracle as a bound: {beaten['beat_0_1pct']} (scenario, policy) pairs below the oracle's TTFT by more than "
+          f"0.1 %, {beaten['beat_1pct']} by more than 1 %, of {beaten['scenarios']} scenarios "
+          f"(least TTFT / oracle {beaten['least_ratio']:.4f}; by policy {beaten['by_policy_0_1pct']}); fluid bound "
+          f"above the oracle in {beaten['bound_above_oracle']}")  # fmt: skip
+    if oracle_check:
+        print("oracle vs the exact optimum (every decision of a policy without ticks searched, the simulator's "
+              "arithmetic), tiny random requests:")  # fmt: skip
+        print(format_table(oracle_check, ORACLE_CHECK))

@@ -28,6 +28,7 @@ from sparkv.policies.foresight import Foresight
 from sparkv.policies.oracle_replay import Replayer
 from sparkv.policies.oracle_search import (
     EXHAUSTIVE_MAX,
+    Found,
     OracleSearch,
     count_monotone,
     exhaustive_monotone,
@@ -147,18 +148,22 @@ class OraclePolicy(TrackingPolicy):
             self._stats["plan_k"] = list(self.plan.k)
             self._stats["source"] = "planner"
             return
-        link, speed = self._models(costs)
-        rate = max(costs.bandwidth_prior_bps, 1.0)
-        targets = tuple(t * rate for t in self.targets)
-        search = OracleSearch(costs, Replayer(costs, fs), link, speed, self.groups, targets, self.window,
-                              self.refine_replays, self.shake_moves)  # fmt: skip
-        best = search.best()
+        best = self.best_schedule(costs, fs)
         self.compute_q, self.link_q = deque(best.schedule.compute), deque(best.schedule.link)
         self._stats.update(best.stats)
         self._stats.update(predicted_ttft_s=best.replayed.ttft_s, cells_computed=best.cells_computed,
                           group_layers=best.group, transfer_bytes=best.target_bytes)  # fmt: skip
         if best.k is not None:
             self._stats["plan_k"] = list(best.k)
+
+    def best_schedule(self, costs: CostTable, foresight: Foresight) -> Found:
+        """The schedule the oracle runs for a request with `costs` starting at 0 (a pure function of both)."""
+        link, speed = self._models(costs)
+        rate = max(costs.bandwidth_prior_bps, 1.0)
+        targets = tuple(t * rate for t in self.targets)
+        search = OracleSearch(costs, Replayer(costs, foresight), link, speed, self.groups, targets, self.window,
+                              self.refine_replays, self.shake_moves)  # fmt: skip
+        return search.best()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, TransferFailed | TransferCancelled):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
-from sparkv.policies.foresight import Foresight, NoiseDraws, ServerForecast
+from sparkv.policies.foresight import Foresight, NoiseDraws, ServerForecast, ServerQueue
 
 DEFAULT_MAX_TIME_S = 3600.0  # the simulator's default limit: a request not done by then does not finish
 _COMPUTE, _QUERY, _TRANSFER = 0, 1, 2
@@ -62,7 +62,7 @@ class Replayer:
         self.runs = 0
         self._info_cache: dict[tuple[bool, tuple[int, int, int, int]], _Info] = {}
 
-    def _duration(self, work_s: float, now_s: float, turn: int) -> float:
+    def duration_s(self, work_s: float, now_s: float, turn: int) -> float:
         """`SimRun._compute_duration`: wall seconds for `work_s` started at `now_s`, the `turn`-th draw."""
         fs = self.fs
         if fs.compute_noise > 0:
@@ -70,6 +70,27 @@ class Replayer:
         if fs.availability is None:
             return work_s
         return fs.availability.time_to_deliver(now_s, work_s) - now_s
+
+    def transfer_end_s(self, now_s: float, n_bytes: float, queue: ServerQueue | None) -> float:
+        """`SimRun`'s transfer issued at `now_s`: (a server slot,) service, round trip, payload at the trace's
+        rate from the request's offset, installation; the clock's value when it is done (inf: never)."""
+        fs = self.fs
+        if queue is not None:
+            grant = queue.grant_s(now_s)
+            data_start = (grant + fs.service_s if fs.service_s > 0 else now_s) + fs.rtt_s
+        else:
+            data_start = now_s + fs.first_byte_s
+        trace_end = fs.forecast.time_to_deliver(data_start + fs.offset_s, n_bytes / fs.efficiency)
+        if math.isinf(trace_end):
+            return math.inf
+        install = n_bytes * self.costs.install_s_per_byte + fs.install_fixed_s
+        end = data_start + (trace_end - fs.offset_s + install - data_start)
+        if queue is None:  # one timeout from `now_s`: SimPy's sum lands the clock on `end`
+            delay = end - now_s
+            if now_s + delay != end:
+                delay = _delay_to(now_s, end)
+            end = now_s + delay
+        return end
 
     def _infos(self, blocks: tuple[CellBlock, ...], compute: bool) -> list[_Info]:
         """Per block: its bounds and chunk masks, and its seconds (compute) or wire bytes (transfer) as the
@@ -101,10 +122,8 @@ class Replayer:
         slowed = slowdown != 1.0
         exact = fs.compute_noise <= 0 and fs.availability is None
         queue = self.server.queue() if self.server is not None else None
-        trace, offset, eff = fs.forecast, fs.offset_s, fs.efficiency
-        install_per_byte, install_fixed = costs.install_s_per_byte, fs.install_fixed_s
-        first_byte, rtt, service = fs.first_byte_s, fs.rtt_s, fs.service_s
-        query_s, duration_of, max_time = self.query_s, self._duration, self.max_time_s
+        transfer_end = self.transfer_end_s
+        query_s, duration_of, max_time = self.query_s, self.duration_s, self.max_time_s
         heap: list[tuple[float, int, int, _Info | None]] = []
         push, pop = heapq.heappush, heapq.heappop
         seq = 0  # creation order breaks ties between events at the same time, as SimPy's event ids do
@@ -158,21 +177,7 @@ class Replayer:
                     busy[layer] |= chunks
                 li += 1
                 in_flight = True
-                if queue is not None:
-                    grant = queue.grant_s(now)
-                    data_start = (grant + service if service > 0 else now) + rtt
-                else:
-                    data_start = now + first_byte
-                trace_end = trace.time_to_deliver(data_start + offset, n / eff)
-                if math.isinf(trace_end):
-                    end = math.inf
-                else:
-                    end = data_start + (trace_end - offset + (n * install_per_byte + install_fixed) - data_start)
-                    if queue is None:  # one timeout from `now`: SimPy's sum lands the clock on `end`
-                        delay = end - now
-                        if now + delay != end:
-                            delay = _delay_to(now, end)
-                        end = now + delay
+                end = transfer_end(now, n, queue)
                 push(heap, (end, seq, _TRANSFER, fetch))
                 seq += 1
             # ---- the next event ----
