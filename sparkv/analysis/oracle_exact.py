@@ -81,10 +81,11 @@ class _State:
     heap: list[tuple[float, int, int, tuple[int, int, int, int] | None]]
     seq: int
     turn: int
+    path: tuple[tuple[float, str, tuple[int, int, int, int]], ...] = ()  # (time, "compute"/"fetch", block)
 
     def copy(self) -> _State:
         return _State(self.now, self.present[:], self.busy[:], self.prefix[:], self.q, self.computing,
-                      self.in_flight, self.heap[:], self.seq, self.turn)  # fmt: skip
+                      self.in_flight, self.heap[:], self.seq, self.turn, self.path)  # fmt: skip
 
 
 class ExactSearch:
@@ -105,6 +106,7 @@ class ExactSearch:
         self.peak_bps = float(np.max(getattr(foresight.forecast, "rates_bps", [math.inf]))) * foresight.efficiency
         self.max_nodes, self.nodes = max_nodes, 0
         self.best = math.inf
+        self.best_path: tuple[tuple[float, str, tuple[int, int, int, int]], ...] = ()  # the decisions reaching it
         self.complete = True  # false once the node budget cut the search short
 
     def run(self, incumbent_s: float = math.inf) -> float:
@@ -140,8 +142,10 @@ class ExactSearch:
                 child = st.copy()
                 if comp is not None:
                     self._start_compute(child, comp, receiving=child.in_flight or fetch is not None)
+                    child.path += ((now, "compute", comp),)
                 if fetch is not None:
                     self._start_fetch(child, fetch)
+                    child.path += ((now, "fetch", fetch),)
                 self._advance(child)
 
     def _bound(self, st: _State) -> float:
@@ -236,7 +240,8 @@ class ExactSearch:
             st.computing = False
             if st.q == self.L:
                 ttft = end + self.rep.duration_s(self.costs.first_token_s, end, st.turn)
-                self.best = min(self.best, ttft)
+                if ttft < self.best:
+                    self.best, self.best_path = ttft, st.path
                 return
         else:
             assert block is not None

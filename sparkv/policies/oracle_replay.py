@@ -49,6 +49,7 @@ class Replayed:
     ttft_s: float  # math.inf if the request would not finish
     link_end_s: float  # last transfer installed (0 without transfers)
     compute_end_s: float  # last compute command done (0 without any)
+    compute_starts_s: tuple[float, ...] = ()  # when each compute command started (`run(record=True)`)
 
 
 class Replayer:
@@ -107,7 +108,7 @@ class Replayer:
             out.append(info)
         return out
 
-    def run(self, schedule: Schedule) -> Replayed:
+    def run(self, schedule: Schedule, record: bool = False) -> Replayed:
         self.runs += 1
         costs, fs = self.costs, self.fs
         C, L = costs.num_chunks, costs.num_layers
@@ -132,6 +133,7 @@ class Replayer:
         compute_busy = in_flight = False
         link_end = compute_end = 0.0
         now = 0.0
+        starts: list[float] = []
         while True:
             # ---- dispatch at `now`: the query's next layer, then the policy's commands ----
             if not compute_busy and q < L and present[q] == full:
@@ -163,6 +165,8 @@ class Replayer:
                 for c in range(c_lo, c_hi):
                     prefix[c] = hi
                 ci += 1
+                if record:
+                    starts.append(now)
                 if slowed and (in_flight or fetch is not None):
                     work *= slowdown
                 push(heap, (now + (work if exact else duration_of(work, now, turn)), seq, _COMPUTE, comp))
@@ -190,7 +194,7 @@ class Replayer:
                 q += 1
                 if q == L:
                     ttft = now + duration_of(costs.first_token_s, now, turn)
-                    return Replayed(ttft if ttft <= max_time else math.inf, link_end, compute_end)
+                    return Replayed(ttft if ttft <= max_time else math.inf, link_end, compute_end, tuple(starts))
                 compute_busy = False
                 continue
             assert info is not None

@@ -55,6 +55,7 @@ class Found:
     k: tuple[int, ...] | None = None  # the planner's k when it came from the planner
     group: int = 0
     target_bytes: float = math.inf
+    variant: int = 0  # bits: 1 one compute command per chunk (its whole prefix), 2 a chunk's layers bottom up
     stats: dict[str, float | int | str] = field(default_factory=dict)
 
     def beats(self, other: Found | None) -> bool:
@@ -82,17 +83,61 @@ class OracleSearch:
         self.shake_moves = shake_moves
         self.snap = Snapshot.fresh(self.C, self.L)
         self.evaluators = {g: Evaluator(costs, g) for g in groups}
+        self.bottom_up = {g: Evaluator(costs, g, top_down=False) for g in groups}
         self.seen: dict[tuple[object, ...], Found] = {}
 
-    def _from_k(self, k: tuple[int, ...], group: int, target: float) -> Found:
-        key = (k, group, target)
+    def _from_k(self, k: tuple[int, ...], group: int, target: float, variant: int = 0) -> Found:
+        """The planner's order rule for k (at `variant`, see `Found`), replayed (cached)."""
+        key = (k, group, target, variant)
         got = self.seen.get(key)
         if got is None:
-            comp, link = self.evaluators[group].blocks(list(k), self.snap, target)
-            schedule = Schedule(tuple(comp), tuple(link), f"planner g={group}")
-            got = Found(schedule, self.replayer.run(schedule), sum(k), k, group, target)
+            ev = self.bottom_up[group] if variant & 2 else self.evaluators[group]
+            comp, link = ev.blocks(list(k), self.snap, target)
+            if variant & 1:
+                comp = [CellBlock.one(c, 0, x) for c, x in enumerate(k) if x > 0]
+            label = f"planner g={group}" + (" whole-chunk compute" if variant & 1 else "") + (
+                " bottom-up link" if variant & 2 else "")  # fmt: skip
+            schedule = Schedule(tuple(comp), tuple(link), label)
+            got = Found(schedule, self.replayer.run(schedule), sum(k), k, group, target, variant)
             self.seen[key] = got
         return got
+
+    def _variants(self, found: Found) -> Found:
+        """The best of `found`'s order variants."""
+        best = found
+        if found.k is not None:
+            for variant in range(4):
+                f = self._from_k(found.k, found.group, found.target_bytes, variant)
+                if f.beats(best):
+                    best = f
+        return best
+
+    def _split_at_link_end(self, found: Found) -> Found:
+        """`found` with the compute command running as the link goes idle cut in two, at each layer in turn:
+        the simulator slows a command by the receive slowdown when a transfer is in flight as it starts, so a
+        second part started after the last transfer runs at full speed (for one more launch)."""
+        if self.speed.receive_slowdown == 1.0 or not found.schedule.link:
+            return found
+        run = self.replayer.run(found.schedule, record=True)
+        comp = found.schedule.compute
+        i = sum(1 for t in run.compute_starts_s if t < run.link_end_s) - 1
+        if not 0 <= i < len(comp):
+            return found
+        block, best = comp[i], found
+        for cut in range(block.layer_lo + 1, block.layer_hi):
+            if block.chunk_hi - block.chunk_lo != 1:
+                break
+            parts = (
+                CellBlock.one(block.chunk_lo, block.layer_lo, cut),
+                CellBlock.one(block.chunk_lo, cut, block.layer_hi),
+            )
+            schedule = Schedule((*comp[:i], *parts, *comp[i + 1 :]), found.schedule.link,
+                                found.schedule.label + " split at link end")  # fmt: skip
+            f = Found(schedule, self.replayer.run(schedule), found.cells_computed, found.k, found.group,
+                      found.target_bytes, found.variant)  # fmt: skip
+            if f.beats(best):
+                best = f
+        return best
 
     def planner_candidates(self) -> list[Found]:
         """Per granularity: the planner's plan for each transfer size, and at the size whose plan predicts
@@ -124,6 +169,11 @@ class OracleSearch:
                 best = f
         assert best is not None
         planned = sorted((f for f in found if f.k is not None), key=lambda f: f.replayed.ttft_s)
+        planned = sorted({id(f): f for f in (self._variants(f) for f in planned[:4])}.values(),
+                         key=lambda f: f.replayed.ttft_s) + planned[4:]  # fmt: skip
+        for f in planned[:4]:
+            if f.beats(best):
+                best = f
         budget = self.refine_replays
         for start in planned[:2]:
             if budget <= 0:
@@ -142,16 +192,17 @@ class OracleSearch:
                         if f.beats(best):
                             best = f
         if budget > 0 and best.k is not None:  # the rest of the budget: random moves, scored by replay
-            group = best.group
+            group, variant = best.group, best.variant
 
             def replayed(k: tuple[int, ...], target: float) -> float:
-                return self._from_k(k, group, target).replayed.ttft_s
+                return self._from_k(k, group, target, variant).replayed.ttft_s
 
             bounds = self.evaluators[group].bounds
             moved, target = shake(replayed, best.k, best.target_bytes, sizes, bounds, self.L, budget, self.window)
-            shaken = self._from_k(moved, group, target)
+            shaken = self._from_k(moved, group, target, variant)
             if shaken.beats(best):
                 best = shaken
+        best = self._split_at_link_end(self._variants(best))
         best.stats = {"source": best.schedule.label, "candidates": len(found), "replays": self.replayer.runs}
         return best
 
@@ -169,9 +220,9 @@ class OracleSearch:
             for cand in Planner._moves(k, chunks, lo, hi, ev.bounds):
                 if used >= budget:
                     break
-                key = (tuple(cand), start.group, start.target_bytes)
+                key = (tuple(cand), start.group, start.target_bytes, start.variant)
                 used += key not in self.seen
-                f = self._from_k(tuple(cand), start.group, start.target_bytes)
+                f = self._from_k(tuple(cand), start.group, start.target_bytes, start.variant)
                 if f.beats(cur):
                     cur, improved = f, True
                     break
