@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 import numpy as np
+from scipy.optimize import nnls
 
 from sparkv.core.decode import DecodeSummary, LayerPlan
 from sparkv.core.result import Result
@@ -57,14 +58,14 @@ def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> 
             (appends if appended else tails).append(after)
     x, y = np.asarray(rows), np.asarray(ys)
     used = [0, 1] + ([2] if x[:, 2].any() else [])
-    coef, *_ = np.linalg.lstsq(x[:, used], y, rcond=None)
+    coef, _ = nnls(x[:, used], y)  # costs are never negative: non-negative least squares
     resid = y - x[:, used] @ coef  # one pass of outlier rejection: a shared machine stalls now and then
     mad = float(np.median(np.abs(resid - np.median(resid)))) or 1e-12
     inliers = np.abs(resid) <= 4 * 1.4826 * mad
     if inliers.sum() >= len(used) * 4:
-        coef, *_ = np.linalg.lstsq(x[inliers][:, used], y[inliers], rcond=None)
-    fixed, per_att = float(coef[0]), float(max(coef[1], 0.0))
-    per_scored = float(max(coef[2], 0.0)) if len(used) == 3 else 0.0
+        coef, _ = nnls(x[inliers][:, used], y[inliers])
+    fixed, per_att = float(coef[0]), float(coef[1])
+    per_scored = float(coef[2]) if len(used) == 3 else 0.0
     step_fixed = statistics.median(tails) if tails else 0.0
     append = (statistics.median(appends) - step_fixed) if appends else 0.0
     num_layers = runs[0][2].geo.num_layers if runs else 1

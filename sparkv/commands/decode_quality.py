@@ -22,7 +22,7 @@ from sparkv.executor.model.models import LoadedModel, load_model
 from sparkv.policies.decode import make_decode_policy
 from sparkv.traces.scores import regroup
 
-ANSWER_STEPS = 12
+ANSWER_STEPS = 28  # SmolLM2 first repeats the question's sentence, then gives the number
 
 
 def add_quality_args(p: argparse.ArgumentParser) -> None:

@@ -41,6 +41,8 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
                    help="folder for the KV files (on a disk: O_DIRECT; default ./sparkv-kv)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for real decode (default 1)")
     p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")
+    p.add_argument("--calibrate", choices=("joint", "per-policy"), default="joint",
+                   help="--validate: one compute fit over every calibration run, or one per policy")
     p.add_argument("--record-scores", type=Path,
                    help="with --real: also record every token's predicted and exact scores to this .npz (per-token "
                         "trace for --sweep-g and recall; untimed extra work)")  # fmt: skip
@@ -111,13 +113,18 @@ def validate(
             policy = make_decode_policy(name)
             _, _, engine, _ = run_real_decode(calib_setup, policy, log=True)
             runs.append((policy.score_kind, name, engine))
-        compute = fit_decode_compute(runs, scenario.rank)
+        joint = fit_decode_compute(runs, scenario.rank)
         print(f"decode compute fitted on {len(runs)} calibration runs of {calib_sc.steps} steps: "
-              f"{json.dumps({k: v for k, v in compute.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
+              f"{json.dumps({k: v for k, v in joint.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
+        per_policy = args.calibrate == "per-policy"
+        fits = {name: fit_decode_compute([run], scenario.rank) if per_policy else joint
+                for name, run in zip(names, runs, strict=True)}  # fmt: skip
+        if per_policy:
+            print("each policy is predicted with the fit of its own calibration run (--calibrate per-policy)")
         reals, sims, rows = [], [], []
         for name in names:
             real, trace, _, _ = run_real_decode(setup, make_decode_policy(name))
-            world = build_decode_world(scenario, compute=compute, scores=trace, storage=storage,
+            world = build_decode_world(scenario, compute=fits[name], scores=trace, storage=storage,
                                        spec=spec_for_disk(setup.loaded))  # fmt: skip
             sim = simulate_decode(world, make_decode_policy(name))
             reals.append(real)
