@@ -103,7 +103,13 @@ def apply_calibration(profile: DeviceProfile, calibration: LinkCalibration, kind
     from dataclasses import replace
 
     link = calibration.to_link_dict()
-    if kind:
-        link["kind"] = kind  # type: ignore[assignment]
-    measurements = {**profile.measurements, "link_samples": calibration.samples}
-    return replace(profile, link=link, measurements=measurements)
+    if not kind:
+        measurements = {**profile.measurements, "link_samples": calibration.samples}
+        return replace(profile, link=link, measurements=measurements)
+    link["kind"] = kind  # type: ignore[assignment]
+    links = {**profile.links, kind: link}
+    samples = {**profile.measurements.get("link_samples_by_kind", {}), kind: calibration.samples}
+    measurements = {**profile.measurements, "link_samples": calibration.samples, "link_samples_by_kind": samples}
+    # the simulator's default calibration: the first measured, or this kind's again
+    default = link if not profile.link or profile.link.get("kind") == kind else profile.link
+    return replace(profile, link=default, links=links, measurements=measurements)

@@ -8,7 +8,7 @@ versions it was measured with (kind "measured"), or the published figures it was
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ class DeviceProfile:
     sources: dict[str, str] = field(default_factory=dict)
     fit_error: dict[str, float] = field(default_factory=dict)  # held-out error of the fit
     link: dict[str, float] = field(default_factory=dict)  # calibrated link constants, if measured
+    # calibrations by real link kind ("pacing", "netns"): each kind has its own round trip, goodput and
+    # receive contention; `link` is the one the simulator uses when a scenario names no kind
+    links: dict[str, dict[str, float]] = field(default_factory=dict)
     install_by_codec: dict[str, dict[str, float]] = field(default_factory=dict)  # codec -> fixed_s, s_per_byte
     measurements: dict[str, Any] = field(default_factory=dict)  # raw samples and fit details, for reports
 
@@ -51,6 +54,21 @@ class DeviceProfile:
             if entry:
                 return float(entry.get("fixed_s", 0.0)), float(entry["s_per_byte"])
         return self.install_fixed_s, self.install_s_per_byte
+
+    def link_for(self, kind: str) -> dict[str, float] | None:
+        """The calibration measured on real links of `kind` ("pacing", "netns"; "pacing (why)" counts as
+        pacing), or None when this profile has none."""
+        base = kind.split(" ")[0]
+        if base in self.links:
+            return self.links[base]
+        if self.link and str(self.link.get("kind", "")) == base:
+            return self.link
+        return None
+
+    def on_link(self, kind: str) -> DeviceProfile:
+        """This profile with `link` set to the calibration of `kind` (unchanged when it has none)."""
+        cal = self.link_for(kind)
+        return self if cal is None or cal is self.link else replace(self, link=dict(cal))
 
     def check_model(self, spec: ModelSpec) -> None:
         """A fitted profile describes one model; refuse to apply it to another."""

@@ -6,6 +6,7 @@ alive across requests, so several policies can be run on the same context one af
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -94,6 +95,7 @@ class RealSession:
         self.world: World = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
         self.link_kind = link_kind
         self.link_constants = "scenario"  # where the world's rtt/per-transfer/efficiency come from
+        self._link_kind = ""  # the real link kind whose calibration the world uses, once the link is open
         self.sensor: EnergySensor | None = open_sensor(self.loaded.device)  # RAPL/NVML/tegrastats, if readable
         self._link: Any = None
         self._probe: LayerwisePrefill | None = None  # the speed probe's own cache, built on first use
@@ -122,14 +124,22 @@ class RealSession:
         goodput, not the wireless defaults of `LinkConfig`; `sparkv profile --link KIND --update PROFILE`
         measures them. Without a calibration for `kind` the scenario's constants stay (and the Result says so).
         """
-        cal = self.world.profile.link
-        measured = str(cal.get("kind", ""))
-        if not measured or not kind.startswith(measured):
+        cal = self.world.profile.link_for(kind)
+        if cal is None:
             return
+        measured = kind.split(" ")[0]
         changes = {k: float(cal[k]) for k in ("rtt_s", "per_transfer_s", "efficiency") if k in cal}
         self.scenario = self.scenario.with_(**changes)
-        self.world = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
+        self._link_kind = measured  # the world's profile carries this kind's calibration (receive contention too)
+        self.world = self._build(self.scenario)
         self.link_constants = f"calibrated on {measured} (profile {self.world.profile.name})"
+
+    def _build(self, scenario: Scenario) -> World:
+        """The world of `scenario` on this session's model, trace and (once known) link kind's calibration."""
+        world = build_world(scenario, trace=self.trace, spec=self.loaded.spec)
+        if self._link_kind:
+            world = dataclasses.replace(world, profile=world.profile.on_link(self._link_kind))
+        return world
 
     def link_description(self) -> str:
         link = self._link
@@ -162,13 +172,11 @@ class RealSession:
     def world_at(self, factor: float) -> World:
         """This session's world with compute taking `factor` x the profiled time (the simulator's
         prediction of a run at a probed speed)."""
-        scenario = self.scenario.with_(availability=availability_spec(factor))
-        return build_world(scenario, trace=self.trace, spec=self.loaded.spec)
+        return self._build(self.scenario.with_(availability=availability_spec(factor)))
 
     def world_with(self, **link: Any) -> World:
         """This session's world with some of its link settings changed (e.g. an injected fault)."""
-        scenario = self.scenario.with_(**link)
-        return build_world(scenario, trace=self.trace, spec=self.loaded.spec)
+        return self._build(self.scenario.with_(**link))
 
     # ---- one request ----
 

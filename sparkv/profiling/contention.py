@@ -165,8 +165,17 @@ def measure_receive_slowdown(
 
 
 def apply_slowdown(profile: DeviceProfile, slow: ReceiveSlowdown) -> DeviceProfile:
-    """A copy of `profile` whose `link` dict holds the slowdown (`compute_slowdown`), with its details."""
+    """A copy of `profile` whose calibration of the link kind measured holds the slowdown (`compute_slowdown`),
+    with its details."""
     from dataclasses import replace
 
-    link = {**profile.link, "compute_slowdown": slow.ratio}
-    return replace(profile, link=link, measurements={**profile.measurements, "receive_contention": slow.to_dict()})
+    kind = slow.link.split(" ")[0]
+    links = dict(profile.links)
+    if kind in links:
+        links[kind] = {**links[kind], "compute_slowdown": slow.ratio}
+    link = profile.link
+    if not link or link.get("kind") in (None, kind):
+        link = {**link, "compute_slowdown": slow.ratio}
+    by_kind = {**profile.measurements.get("receive_contention_by_kind", {}), kind: slow.to_dict()}
+    measurements = {**profile.measurements, "receive_contention_by_kind": by_kind}
+    return replace(profile, link=link, links=links, measurements=measurements)
