@@ -66,3 +66,18 @@ def test_dry_run_counts_the_traces_a_folder_expands_to(tmp_path: Path, capsys: p
     assert main(["sweep", "--trace", str(tmp_path), "--policy", "local,stream", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "6 runs" in out and "trace x3" in out and "policy x2" in out
+
+
+def test_a_measured_profile_says_once_per_machine_which_machine_it_describes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPARKV_CACHE", str(tmp_path))
+    small = ["simulate", "--trace", "const:20mbps,600s", "--context-tokens", "512", "--chunk-tokens", "256",
+             "--policy", "local"]  # fmt: skip
+    assert main([*small, "--device", "cpu-smollm2"]) == 0
+    first = capsys.readouterr().out
+    assert "device profile cpu-smollm2 was measured on" in first and "sparkv profile" in first
+    assert main([*small, "--device", "cpu-smollm2"]) == 0
+    assert "was measured on" not in capsys.readouterr().out  # once per machine
+    assert main([*small, "--device", "analytic-cpu-2core"]) == 0
+    assert "was measured on" not in capsys.readouterr().out  # an analytic profile describes no machine

@@ -15,6 +15,7 @@ from sparkv.commands.common import (
     policy_options,
     scenario_from_args,
 )
+from sparkv.commands.machine import profile_note
 from sparkv.commands.simulate import write_outputs
 from sparkv.core.config import Scenario
 from sparkv.policies import BASELINES, POLICIES
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         lc = sc.link
         print(f"link: {session.link_description()}; constants {session.link_constants}: rtt {lc.rtt_s * 1e3:.2f} ms, "
               f"per-transfer {lc.per_transfer_s * 1e3:.2f} ms, efficiency {lc.efficiency:.3f}")
+        machine = profile_note(session.world.profile)
+        if machine is not None:
+            print(f"note: {machine}")
 
     outcome = api.run_real(scenario, names, document=args.document, link=args.link, torch_device=args.torch_device,
                            max_new_tokens=args.max_new_tokens,
@@ -102,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     for r in outcome.results:
         for fault in r.faults:
             print(f"fault [{r.policy}]: {fault}")
+    trace = api.load_trace(outcome.scenario.trace)
+    note = api.loop_note(trace, outcome.scenario.link.trace_offset_s, {r.policy: r.ttft_s for r in outcome.results})
+    if note is not None:
+        print(f"note: {note}")
     last = outcome.results[-1] if outcome.results else None
     if last is not None and (len(last.extra.get("tokens", [])) >= args.max_new_tokens):
         print(f"(answers stop at --max-new-tokens {args.max_new_tokens})")

@@ -14,6 +14,7 @@ from sparkv.commands.common import (
     policy_options,
     scenario_from_args,
 )
+from sparkv.commands.machine import profile_note
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.policies import POLICIES
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"(--max-sim-s raises the limit of {args.max_sim_s:g} s simulated per request)")
     for note in outcome.notes:
         print(f"note: {note}")
+    machine = profile_note(world.profile)
+    if machine is not None:
+        print(f"note: {machine}")
     if args.out:
         write_outputs(outcome.results, args.out)
         print(f"wrote {args.out}/")

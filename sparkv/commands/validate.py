@@ -117,5 +117,12 @@ def run(args: argparse.Namespace) -> int:
     for key, lane in meta["lanes"].items():
         print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
               f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip
+    from sparkv import api
+
+    for name in dict.fromkeys(p.real.config["scenario"]["trace"] for p in pairs):
+        runs = {f"{p.real.policy}": p.real.ttft_s for p in pairs if p.real.config["scenario"]["trace"] == name}
+        note = api.loop_note(api.load_trace(name), scenario.link.trace_offset_s, runs)
+        if note is not None:
+            print(f"note: {note}")
     print(f"wrote {args.out}/ (validation.csv, validation.json, figures)")
     return 0
