@@ -8,12 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from sparkv.analysis.evaluate import POLICY_ORDER, add_ratios, run_job, summarise
+from sparkv.analysis.evaluate import POLICY_ORDER, add_ratios, calibrate_scale, run_job, summarise
 from sparkv.analysis.evaluate_plots import plot_evaluation
 from sparkv.cli import main
 from sparkv.core.config import Scenario
 
 BASE = Scenario(device="analytic-cpu-2core").to_dict()
+
+
+@pytest.mark.parametrize("target", [0.5, 2.0])
+def test_calibration_reaches_the_ratio_where_stream_only_cannot_finish_at_scale_1(target: float) -> None:
+    """~47 MB over 10 kbit/s takes ~10 h at scale 1: the bytes give the first guess, simulation refines it."""
+    from sparkv.engine.world import build_world
+    from sparkv.policies import make_policy
+    from sparkv.sim import simulate
+    from sparkv.traces import get_trace
+
+    scenario = Scenario(device="analytic-cpu-2core", context_tokens=2048, trace="lte:seed=1,mean=0.01mbps")
+    trace = get_trace(scenario.trace)
+    scale, how = calibrate_scale(scenario, trace, target)
+    assert how == "bytes+simulated" and scale > 100
+    world = build_world(scenario.with_(bandwidth_scale=scale), trace=trace)
+    ratio = simulate(world, make_policy("stream"), record=False).ttft_s / simulate(
+        world, make_policy("local"), record=False).ttft_s
+    assert ratio == pytest.approx(target, rel=0.05)
 
 
 

@@ -3,6 +3,8 @@
 A bandwidth scale is either absolute (multiply the trace) or set from a target ratio of stream-only to
 local-only TTFT (`ratios`): local and stream-only are simulated at scale 1, and the scale that brings
 their ratio to the target is used, so every trace is evaluated in the regime where the split matters.
+Where stream-only cannot finish at scale 1 (long contexts on slow traces), the scale is found from the
+bytes and the trace's mean, refined by simulation (`calibrate_scale`); each row says which (`calibration`).
 Each scenario also gets the oracle (the trace itself as forecast, see `oracle_options`) and the fluid
 lower bound. One row per (scenario, policy), with the scenario's full configuration.
 """
@@ -86,10 +88,9 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     scenario = base.with_(trace=job["trace"], context_tokens=job["context_tokens"])
     trace = _trace(job["trace"])
     world = build_world(scenario, trace=trace)
-    scale = float(job["value"]) if job["kind"] == "scale" else 1.0
+    scale, calibration = (float(job["value"]), "absolute") if job["kind"] == "scale" else (1.0, "")
     if job["kind"] == "ratio":
-        ratio_1 = _ttft(world, "stream") / _ttft(world, "local")
-        scale = ratio_1 / float(job["value"]) if math.isfinite(ratio_1) else 1.0
+        scale, calibration = calibrate_scale(scenario, trace, float(job["value"]))
     if scale != scenario.link.bandwidth_scale:
         scenario = scenario.with_(bandwidth_scale=scale * scenario.link.bandwidth_scale)
         world = build_world(scenario, trace=trace)
@@ -125,12 +126,45 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
         "trace": Path(job["trace"]).name if not is_spec(job["trace"]) else job["trace"],
         "trace_path": job["trace"], "context_tokens": job["context_tokens"], "scale_kind": job["kind"],
         "scale_target": job["value"], "bandwidth_scale": scenario.link.bandwidth_scale,
-        "trace_mean_mbps": world.trace.mean_bps * 8 / 1e6, "fluid_bound_s": bound,
+        "calibration": calibration, "trace_mean_mbps": world.trace.mean_bps * 8 / 1e6, "fluid_bound_s": bound,
         "local_ttft_s": ttft.get("local", math.nan), "stream_ttft_s": ttft.get("stream", math.nan),
         "oracle_ttft_s": ttft.get("oracle", math.nan), "cake_ttft_s": ttft.get("cake", math.nan),
         "scenario": json.dumps(scenario.to_dict()),
     }  # fmt: skip
     return [{**common, **row} for row in rows]
+
+
+CALIBRATION_STEPS = 4  # simulated stream-only runs at most when stream-only does not finish at scale 1
+CALIBRATION_TOLERANCE = 0.02  # relative error of the stream/local ratio that ends the search
+
+
+def calibrate_scale(scenario: Scenario, trace: Trace, target: float) -> tuple[float, str]:
+    """Bandwidth scale (relative to the scenario's) at which stream-only TTFT / local-only TTFT is `target`.
+
+    Where stream-only finishes at scale 1, its ratio sets the scale in one step ("simulated"). Where it does
+    not (a slow trace, a long context), the first guess comes from the bytes to stream over the trace's mean
+    goodput, and is refined by simulating stream-only at the guess, up to `CALIBRATION_STEPS` times
+    ("bytes+simulated"); a guess at which stream-only still does not finish is raised 4x.
+    """
+    world = build_world(scenario, trace=trace)
+    local = _ttft(world, "local")
+    stream = _ttft(world, "stream")
+    if math.isfinite(stream):
+        return stream / local / target, "simulated"
+    goodput_bps = world.trace.mean_bps * scenario.link.efficiency
+    est_s = float(world.costs.cell_bytes.sum()) / max(goodput_bps, 1e-9)
+    scale = max(est_s / local / target, 1e-6)
+    for _ in range(CALIBRATION_STEPS):
+        trial = build_world(scenario.with_(bandwidth_scale=scale * scenario.link.bandwidth_scale), trace=trace)
+        stream = _ttft(trial, "stream")
+        if not math.isfinite(stream):
+            scale *= 4.0
+            continue
+        ratio = stream / local
+        if abs(ratio / target - 1.0) <= CALIBRATION_TOLERANCE:
+            break
+        scale *= ratio / target
+    return scale, "bytes+simulated"
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:

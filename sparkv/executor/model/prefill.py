@@ -7,6 +7,10 @@ chunk's hidden states after its computed prefix of layers. A chunk is computed f
 from the network. Then the query's Q tokens run layer by layer, and greedy decoding continues on the
 same cache.
 
+Chunks computed here attend with the request's `attention` (dense, or block-sparse: see `sparse_prefill`);
+the query and decoding always attend densely. `block_stats` keeps, per computed (chunk range, layer), the
+key blocks the sparse attention kept, for profiling and quality studies.
+
 Threads: the executor installs streamed cells from its link thread while its compute thread computes.
 That is safe because they touch disjoint cells: computing (c, l) reads only cells (c' <= c, l), which
 the dependency rule requires to be present already, and a cell in flight is never present.
@@ -18,10 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparkv.core.attention import AttentionSpec
 from sparkv.core.request import CellBlock, Request
 from sparkv.executor.model.models import LoadedModel
 from sparkv.executor.model.prefill_layers import layer_math, layer_step
 from sparkv.executor.model.prefill_reference import full_prefill_reference, reference_kv
+from sparkv.executor.model.sparse_prefill import BlockStats, PrefillAttention
 
 __all__ = ["LayerwisePrefill", "full_prefill_reference", "reference_kv"]
 
@@ -36,6 +42,7 @@ class LayerwisePrefill:
         query_ids: Tensor,
         chunk_tokens: int,
         max_new_tokens: int = 32,
+        attention: AttentionSpec | str = "dense",
     ) -> None:
         if context_ids.dim() != 1 or query_ids.dim() != 1:
             raise ValueError(f"token ids must be 1-D, got {tuple(context_ids.shape)} and {tuple(query_ids.shape)}")
@@ -60,6 +67,8 @@ class LayerwisePrefill:
         self.query_layers_done = 0
         self._query_x: Tensor | None = None  # [Q, D]
         self.tokens: list[int] = []  # first token, then generated ones
+        self.attention = PrefillAttention(attention)  # what computed chunks attend with
+        self.block_stats: dict[tuple[int, int, int], BlockStats] = {}  # (chunk_lo, chunk_hi, layer) -> stats
 
     # ---- positions ----
 
@@ -90,7 +99,9 @@ class LayerwisePrefill:
             else:
                 x = torch.cat([self.hidden[c] for c in chunks])  # [N, D]
             for layer in range(block.layer_lo, block.layer_hi):
-                x = layer_step(self.math, layer, x, start, self.k[layer], self.v[layer])
+                x = layer_step(self.math, layer, x, start, self.k[layer], self.v[layer], self.attention)
+                if self.attention.last is not None:
+                    self.block_stats[(block.chunk_lo, block.chunk_hi, layer)] = self.attention.last
                 for c in chunks:
                     self.present[layer][c] = True
         for c in chunks:

@@ -10,6 +10,7 @@ KV key/value heads, hd head dim. Batch size is always 1 and left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -168,12 +169,19 @@ def attend(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float, window: in
     return out[0].transpose(0, 1).reshape(n, -1)  # [N, H*hd]
 
 
-def layer_step(math: LayerMath, layer: int, x: Tensor, start: int, k_buf: Tensor, v_buf: Tensor) -> Tensor:
+AttendFn = Callable[[Tensor, Tensor, Tensor, int, float, int | None], Tensor]  # the signature of `attend`
+
+
+def layer_step(
+    math: LayerMath, layer: int, x: Tensor, start: int, k_buf: Tensor, v_buf: Tensor, attend_fn: AttendFn | None = None
+) -> Tensor:
     """Run `layer` on x [N, D] at positions [start, start+N): write its K/V into k_buf/v_buf [KV, S, hd]
-    at those positions, attend over buffer positions [0, start+N), return x [N, D] after the layer."""
+    at those positions, attend over buffer positions [0, start+N) (with `attend_fn`, default `attend`),
+    return x [N, D] after the layer."""
     end = start + x.shape[0]
     q, k, v = math.qkv(layer, x, start)
     k_buf[:, start:end] = k
     v_buf[:, start:end] = v
-    attn = attend(q, k_buf[:, :end], v_buf[:, :end], start, math.scaling(layer), math.window(layer))
+    fn = attend if attend_fn is None else attend_fn
+    attn = fn(q, k_buf[:, :end], v_buf[:, :end], start, math.scaling(layer), math.window(layer))
     return math.finish(layer, x, attn)
