@@ -113,3 +113,22 @@ def test_window_layers_and_dense_spec_fall_back() -> None:
     assert sparse.last is None
     sparse(q, k, v, 64, 0.3, None)
     assert sparse.last is not None and sparse.last.kept < sparse.last.allowed
+
+
+def test_study_records_every_cell_and_exact_kv_at_tau_1() -> None:
+    from sparkv.analysis.sparse_study import sparse_prefill_kv
+    from sparkv.executor.model.prefill import reference_kv
+
+    loaded = tiny_model("llama", initializer_range=0.1)
+    ids = torch.randint(0, 256, (100,), generator=torch.Generator().manual_seed(4))
+    spec = parse_attention("block-sparse:tau=1,block=16,dense_below=0")
+    kv, records = sparse_prefill_kv(loaded, ids, spec, chunk_tokens=32, document="d")
+    assert {(r.chunk, r.layer) for r in records} == {(c, x) for c in range(4) for x in range(4)}
+    assert len(records) == 4 * 4
+    assert all(r.wall_s > 0 and r.kept_blocks == r.allowed_blocks for r in records)
+    assert [r.tokens for r in records if r.layer == 0] == [32, 32, 32, 4]
+    for (k, v), (k_ref, v_ref) in zip(kv, reference_kv(loaded, ids), strict=True):
+        torch.testing.assert_close(k, k_ref, atol=1e-4, rtol=0)
+        torch.testing.assert_close(v, v_ref, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="block-sparse"):
+        sparse_prefill_kv(loaded, ids, AttentionSpec(), 32)

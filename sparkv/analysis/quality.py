@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from sparkv.analysis.scoring import normalize_answer, option_letter, option_matc
 from sparkv.core.errors import UserError
 from sparkv.cost_models.codecs import KVCodec
 from sparkv.executor.model.models import LoadedModel
+
+if TYPE_CHECKING:
+    from sparkv.analysis.sparse_study import CellRecord
 
 KV = list[tuple[Tensor, Tensor]]  # per layer (K, V) [num_kv_heads, tokens, head_dim]
 TASKS = {"quality": "exam", "scientific_qa": "f1", "multidoc_qa": "f1"}  # LEval file -> scoring
@@ -270,6 +274,7 @@ class QualityConfig:
     new_tokens: int = 32  # greedy tokens compared (and the answer that is scored)
     model: str = "smollm2"  # "smollm2" or a Hugging Face model directory
     data_dir: str = ""  # LEval JSONL folder; "" for ../shared/datasets/leval
+    attention: tuple[str, ...] = ()  # local-prefill attentions compared with dense (fp16 KV), e.g. block-sparse
 
 
 @dataclass(frozen=True)
@@ -312,12 +317,21 @@ def default_data_dir() -> Path:
     return found
 
 
+ATTENTION_PREFIX = "attention="  # the `codec` label of a local-prefill attention's outcomes
+
+
 def run_quality(
-    loaded: LoadedModel, config: QualityConfig, show_progress: bool = True
+    loaded: LoadedModel, config: QualityConfig, show_progress: bool = True, cells: list[CellRecord] | None = None
 ) -> tuple[list[Outcome], list[DocumentCost]]:
-    """Every (document, question, codec) of `config`, with a progress bar over query runs."""
+    """Every (document, question, codec) of `config`, with a progress bar over query runs.
+
+    Each attention of `config.attention` is one more variant (labelled `attention=<name>`): the context
+    computed locally with it (fp16 KV, `sparse_study.sparse_prefill_kv`); its per-cell records are appended
+    to `cells` when given."""
     from tqdm import tqdm
 
+    from sparkv.analysis.sparse_study import sparse_prefill_kv
+    from sparkv.core.attention import parse_attention
     from sparkv.cost_models.codecs import get_codec
 
     if loaded.tokenizer is None:
@@ -330,7 +344,8 @@ def run_quality(
     eos = eos_token_ids(loaded)
     outcomes: list[Outcome] = []
     costs: list[DocumentCost] = []
-    total = sum(len(d.questions) for d in docs) * (1 + len(codecs))
+    attentions = [parse_attention(a) for a in config.attention]
+    total = sum(len(d.questions) for d in docs) * (1 + len(codecs) + len(attentions))
     with tqdm(total=total, unit="run", desc="quality", disable=not show_progress) as bar:
         for doc in docs:
             prompts = [prompt_ids(loaded, doc, q, config.max_context_tokens) for q, _ in doc.questions]
@@ -341,6 +356,18 @@ def run_quality(
             base, per_codec = compare_codecs(loaded, context_ids, [q for _, q in prompts], codecs,
                                              config.chunk_tokens, config.new_tokens, eos, bar.update)
             texts = [loaded.tokenizer.decode(g.tokens, skip_special_tokens=True).strip() for g in base]
+            for spec in attentions:
+                bar.set_postfix_str(f"{doc.dataset}[{doc.index}] {spec.name}")
+                kv, records = sparse_prefill_kv(loaded, context_ids, spec, config.chunk_tokens,
+                                                f"{doc.dataset}[{doc.index}]")  # fmt: skip
+                if cells is not None:
+                    cells.extend(records)
+                gens = []
+                for _, q in prompts:
+                    gens.append(generate_on_kv(loaded, kv, q, config.new_tokens, eos))
+                    bar.update()
+                fp16 = sum(2 * (k.numel() + v.numel()) for k, v in kv)
+                per_codec[ATTENTION_PREFIX + spec.name] = (CodecCost(fp16, fp16, 0.0, 0.0, len(records)), gens)
             for name, (cost, gens) in per_codec.items():
                 costs.append(DocumentCost(doc.dataset, doc.index, name, cost))
                 for i, (gen, (_, query_ids)) in enumerate(zip(gens, prompts, strict=True)):

@@ -36,6 +36,8 @@ def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = No
     p.add_argument("--model", help=f"built-in model spec or Hugging Face model directory (default {d.model})")
     p.add_argument("--device", help=f"device profile name or JSON path (default {d.device})")
     p.add_argument("--codec", help=f"KV codec on the wire (default {d.codec})")
+    p.add_argument("--attention", help="attention of locally computed chunks: dense or block-sparse:tau=0.9,block=64 "
+                   f"(default {d.attention})")
     p.add_argument("--context-tokens", type=int, help=f"context length (default {d.context_tokens})")
     p.add_argument("--query-tokens", type=int, help=f"query length (default {d.query_tokens})")
     p.add_argument("--chunk-tokens", type=int, help=f"tokens per chunk (default {d.chunk_tokens})")
@@ -90,7 +92,8 @@ def scenario_from_args(args: argparse.Namespace, defaults: Scenario | None = Non
         except (TypeError, ValueError) as exc:
             raise UserError(f"scenario {args.config} is malformed: {exc}") from exc
     changes: dict[str, Any] = {}
-    for name in ("trace", "model", "device", "codec", "context_tokens", "query_tokens", "chunk_tokens", "seed"):
+    names = ("trace", "model", "device", "codec", "attention", "context_tokens", "query_tokens", "chunk_tokens", "seed")
+    for name in names:
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value

@@ -21,6 +21,7 @@ from sparkv.analysis.evaluate import (
     summarise,
 )
 from sparkv.commands.common import format_table
+from sparkv.core.attention import parse_attention
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import builtin_profile_names
@@ -61,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="device profile (default: cpu-smollm2 if built in, else analytic-cpu-2core)")
     p.add_argument("--model", default="smollm2-135m", help="model spec (default smollm2-135m)")
     p.add_argument("--codec", default="fp16", help="KV codec on the wire, the same for every policy (default fp16)")
+    p.add_argument("--attention", default="dense",
+                   help="attention of locally computed chunks, the same for every policy: dense or "
+                   "block-sparse:tau=0.9,block=64 (default dense)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="tokens per chunk (default 512)")
     p.add_argument("--rtt-ms", type=float, help="round trip per transfer, ms (default 30)")
     p.add_argument("--policy-config", "--sparkv-config", dest="policy_config", type=Path,
@@ -83,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     for name in names:
         check_policy(name)  # fail early on an unknown name
     base = Scenario(model=args.model, device=args.device or default_device(), codec=args.codec,
-                    chunk_tokens=args.chunk_tokens)  # fmt: skip
+                    chunk_tokens=args.chunk_tokens, attention=parse_attention(args.attention).name)  # fmt: skip
     if args.rtt_ms is not None:
         base = base.with_(rtt_s=args.rtt_ms / 1e3)
     sparkv: dict[str, Any] = {}
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     n_jobs = len(cfg.traces) * len(cfg.context_tokens) * (len(cfg.ratios) + len(cfg.scales))
     print(f"evaluate: {len(cfg.traces)} traces x {len(cfg.context_tokens)} contexts x "
           f"{len(cfg.ratios) + len(cfg.scales)} scales = {n_jobs} scenarios, {len(cfg.policies)} policies, "
-          f"device {cfg.base['device']}, codec {cfg.base['codec']}, {args.jobs} jobs")  # fmt: skip
+          f"device {cfg.base['device']}, codec {cfg.base['codec']}, attention {cfg.base['attention']}, "
+          f"{args.jobs} jobs")  # fmt: skip
     from tqdm import tqdm
 
     bar = tqdm(total=n_jobs, unit="scenario")

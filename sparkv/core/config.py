@@ -46,6 +46,7 @@ class Scenario:
     trace: str = "lte:seed=0"  # a trace file or a synthetic spec (grammar in sparkv.traces.specs)
     device: str = "cpu-smollm2"  # device profile name (built-in) or path to a profile JSON
     codec: str = "fp16"  # KV codec on the wire
+    attention: str = "dense"  # attention of locally computed chunks (grammar in sparkv.core.attention)
     link: LinkConfig = field(default_factory=LinkConfig)
     availability: str | None = None  # trace of the available fraction of the device, as "B/s" (1B/s = all)
     compute_noise: float = 0.0  # relative std-dev of simulated compute times around the profile

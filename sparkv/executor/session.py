@@ -188,7 +188,8 @@ class RealSession:
         link = self._link
         client = KVClient(link.server.host, link.server.port)
         prefill = LayerwisePrefill(self.loaded, self.prompt.context_ids, self.prompt.query_ids,
-                                   self.scenario.chunk_tokens, max_new_tokens=max(1, max_new_tokens))
+                                   self.scenario.chunk_tokens, max_new_tokens=max(1, max_new_tokens),
+                                   attention=self.scenario.attention)  # fmt: skip
         ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0)
         codec, key, chunk = self.scenario.codec, self.store.key, self.scenario.chunk_tokens
 
