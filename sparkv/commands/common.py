@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Callable
@@ -152,3 +153,22 @@ def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
         return make_policy(name, **configured.options) if name == configured.policy else make_policy(name)
 
     return make
+
+
+def floats(text: str) -> list[float]:
+    """Comma-separated numbers, e.g. "0.5,1,2"."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Rows of plain data as CSV, columns in order of first appearance."""
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -20,7 +19,9 @@ from sparkv.analysis.evaluate import (
     run_evaluation,
     summarise,
 )
-from sparkv.commands.common import format_table
+from sparkv.commands.common import floats as _floats
+from sparkv.commands.common import format_table, write_csv
+from sparkv.commands.evaluate_paper import run_paper
 from sparkv.core.attention import parse_attention
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
@@ -43,20 +44,17 @@ def default_device() -> str:
     return "cpu-smollm2" if "cpu-smollm2" in builtin_profile_names() else "analytic-cpu-2core"
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="all policies over traces, contexts and bandwidth scales vs the oracle")
     p.add_argument("--trace", action="append", help="trace file, folder, glob or synthetic spec; repeatable "
                    "(default: ../shared/traces if present, else synthetic lte/ge/steps families)")  # fmt: skip
-    p.add_argument("--context-tokens", default="4096,8192,16384", help="context lengths (default 4096,8192,16384)")
-    p.add_argument("--ratios", default="0.5,1,2",
+    p.add_argument("--context-tokens", help="context lengths (default 4096,8192,16384; --paper: 8192,16384,32768)")
+    p.add_argument("--ratios",
                    help="bandwidth scales set so stream-only TTFT / local-only TTFT hits each ratio (default 0.5,1,2)")
+    p.add_argument("--paper", action="store_true",
+                   help="the seed paper's comparison: sparkv vs local (dense), CacheGen (stream-only, int4 codec) "
+                   "and cake (same codec and sparse attention) on roofline RTX-laptop and Jetson AGX profiles, "
+                   "7-8B and 1B models, 1024-token chunks")
     p.add_argument("--scales", default="", help="absolute bandwidth scales, in addition (e.g. 1)")
     p.add_argument("--policy", action="append", help=f"policies (default: {', '.join(POLICY_ORDER)})")
     p.add_argument("--device", help="device profile (default: cpu-smollm2 if built in, else analytic-cpu-2core)")
@@ -94,13 +92,16 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.policy_config:
         loaded = load_policy_config(args.policy_config, "sparkv")
         sparkv = loaded.options["config"].to_dict()
-    contexts = [int(x) for x in _floats(args.context_tokens)]
+    contexts = [int(x) for x in _floats(args.context_tokens or "4096,8192,16384")]
     if any(c <= 0 for c in contexts):
         raise UserError(f"--context-tokens must be positive, got {args.context_tokens}")
-    return EvalConfig(traces, contexts, _floats(args.ratios), _floats(args.scales), names, base.to_dict(), sparkv)
+    ratios = _floats(args.ratios or "0.5,1,2")
+    return EvalConfig(traces, contexts, ratios, _floats(args.scales), names, base.to_dict(), sparkv)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.paper:
+        return run_paper(args)
     cfg = config_from_args(args)
     n_jobs = len(cfg.traces) * len(cfg.context_tokens) * (len(cfg.ratios) + len(cfg.scales))
     print(f"evaluate: {len(cfg.traces)} traces x {len(cfg.context_tokens)} contexts x "
@@ -148,16 +149,6 @@ def run(args: argparse.Namespace) -> int:
         plot_evaluation(rows, out)
     print(f"wrote {out}/ (rows.csv, evaluation.json{'' if args.no_plots else ', *.png'})")
     return 0
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def check_targets(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
