@@ -53,7 +53,7 @@ def test_rebuild_is_skipped(tmp_path: Path) -> None:
     again = build_kv_store(loaded, CONTEXT, tmp_path)
     assert first.built and not again.built and again.path == first.path
     assert (again.path / "k_000.npy").stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.key]  # no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{first.key}.lock", first.key]  # no temporary leftovers
 
 
 def test_half_and_bfloat16_dtypes(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -64,8 +63,9 @@ def _send_cell(sock: socket.socket, rid: int, c: int, layer: int, k: np.ndarray,
     codec = RawCodec()
     kb, vb = codec.encode(k), codec.encode(v)
     payload = kb + vb
-    head = P.CellHeader(rid, c, layer, k.dtype, (k.shape[0], k.shape[1], k.shape[2]), "raw", len(payload),
-                        len(kb), zlib.crc32(payload))
+    shape = (k.shape[0], k.shape[1], k.shape[2])
+    head = P.CellHeader(rid, c, layer, k.dtype, shape, "raw", len(payload), len(kb),
+                        P.cell_crc(rid, c, layer, k.dtype, shape, len(kb), "raw", payload))
     frames = [P.encode(head)] + [P.piece(payload[i : i + piece]) for i in range(0, len(payload), piece)]
     send_all(sock, b"".join(frames), time.perf_counter() + 5)
 
@@ -102,12 +102,13 @@ def test_cell_round_trips_over_a_socket(shape: tuple[int, int, int], dtype: str,
 def test_crc_mismatch_is_a_corrupt_frame() -> None:
     k = np.ones((1, 2, 3), np.float32)
     payload = k.tobytes() * 2
-    head = P.CellHeader(1, 0, 0, k.dtype, (1, 2, 3), "raw", len(payload), len(payload) // 2, zlib.crc32(payload))
+    head = P.CellHeader(1, 0, 0, k.dtype, (1, 2, 3), "raw", len(payload), len(payload) // 2,
+                        P.cell_crc(1, 0, 0, k.dtype, (1, 2, 3), len(payload) // 2, "raw", payload))
     flipped = payload[:5] + bytes([payload[5] ^ 1]) + payload[6:]
     with pytest.raises(P.CorruptFrame, match="crc32"):
         _decode_cell(head, flipped, 0, 0.0)
     wrong_size = P.CellHeader(1, 0, 0, k.dtype, (1, 2, 4), "raw", len(payload), len(payload) // 2,
-                              zlib.crc32(payload))
+                              P.cell_crc(1, 0, 0, k.dtype, (1, 2, 4), len(payload) // 2, "raw", payload))
     with pytest.raises(P.CorruptFrame, match="decode"):
         _decode_cell(wrong_size, payload, 0, 0.0)
 
@@ -115,9 +116,9 @@ def test_crc_mismatch_is_a_corrupt_frame() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (b"XX" + bytes([1, P.PING]) + struct.pack("<I", 8), "bad frame header"),
-        (b"SK" + bytes([9, P.PING]) + struct.pack("<I", 8), "bad frame header"),
-        (b"SK" + bytes([1, 99]) + struct.pack("<I", 0), "unknown frame type"),
+        (b"XX" + bytes([P.VERSION, P.PING]) + struct.pack("<II", 8, 0), "bad frame header"),
+        (b"SK" + bytes([9, P.PING]) + struct.pack("<II", 8, 0), "bad frame header"),
+        (b"SK" + bytes([P.VERSION, 99]) + struct.pack("<II", 0, 0), "unknown frame type"),
     ],
 )
 def test_malformed_headers(data: bytes, match: str) -> None:
@@ -126,7 +127,7 @@ def test_malformed_headers(data: bytes, match: str) -> None:
 
 
 def test_oversized_frames_are_refused() -> None:
-    head = P.HEADER.pack(P.MAGIC, P.VERSION, P.PIECE, P.MAX_FRAME_BYTES + 1)
+    head = P.HEADER.pack(P.MAGIC, P.VERSION, P.PIECE, P.MAX_FRAME_BYTES + 1, 0)
     with pytest.raises(P.CorruptFrame) as info:
         P.parse_header(head)
     assert info.value.code == P.E_FRAME_TOO_LARGE
@@ -142,7 +143,7 @@ def test_malformed_bodies() -> None:
         P.decode(P.FETCH, fetch + b"x")
     with pytest.raises(P.CorruptFrame, match="overruns"):
         P.decode(P.FETCH, fetch[:-3])
-    empty_block = struct.pack("<QI4I", 1, 16, 3, 3, 0, 1) + b"\x00\x00\x00"
+    empty_block = struct.pack("<QI4II", 1, 16, 3, 3, 0, 1, 0) + b"\x00\x00\x00"
     with pytest.raises(P.CorruptFrame) as info:
         P.decode(P.FETCH, empty_block)
     assert info.value.code == P.E_BAD_REQUEST
@@ -181,7 +182,7 @@ def test_reader_reports_eof_and_wakeups(pair: tuple[socket.socket, socket.socket
 
 def test_reader_refuses_an_oversized_frame(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    a.sendall(P.HEADER.pack(P.MAGIC, P.VERSION, P.PIECE, 5000))
+    a.sendall(P.HEADER.pack(P.MAGIC, P.VERSION, P.PIECE, 5000, 0))
     with pytest.raises(P.CorruptFrame) as info:
         FrameReader(b, max_frame_bytes=4096).read(time.perf_counter() + 1)
     assert info.value.code == P.E_FRAME_TOO_LARGE

@@ -151,13 +151,15 @@ def test_bad_requests_get_an_error_and_the_connection_survives(
 
 def _raw_exchange(server: ServerHandle, data: bytes) -> P.Message:
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        reader = FrameReader(sock)
+        assert isinstance(P.decode(*reader.read(time.perf_counter() + 5)), P.Hello)
         sock.sendall(data)
-        return P.decode(*FrameReader(sock).read(time.perf_counter() + 5))
+        return P.decode(*reader.read(time.perf_counter() + 5))
 
 
 @pytest.mark.parametrize(("data", "code"), [
-    (P.HEADER.pack(P.MAGIC, P.VERSION, P.FETCH, P.MAX_FRAME_BYTES + 1), P.E_FRAME_TOO_LARGE),
-    (P.HEADER.pack(P.MAGIC, P.VERSION, P.FETCH, 2**32 - 1) + bytes(300_000), P.E_FRAME_TOO_LARGE),
+    (P.HEADER.pack(P.MAGIC, P.VERSION, P.FETCH, P.MAX_FRAME_BYTES + 1, 0), P.E_FRAME_TOO_LARGE),
+    (P.HEADER.pack(P.MAGIC, P.VERSION, P.FETCH, 2**32 - 1, 0) + bytes(300_000), P.E_FRAME_TOO_LARGE),
     (b"GET / HTTP/1.1\r\n\r\n", P.E_BAD_FRAME),
     (P.frame(P.FETCH, b"\x01\x02"), P.E_BAD_FRAME),
     (P.encode(P.End(1, 2, 3, 0)), P.E_BAD_FRAME),

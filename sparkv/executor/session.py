@@ -193,8 +193,13 @@ class RealSession:
         ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0)
         codec, key, chunk = self.scenario.codec, self.store.key, self.scenario.chunk_tokens
 
+        spec, context_t = self.loaded.spec, self.store.context_tokens
+
+        def cell_shape(c: int, layer: int) -> tuple[int, int, int]:  # what a cell of this context must be
+            return (spec.num_kv_heads, min(chunk, context_t - c * chunk), spec.head_dim)
+
         def fetch(request_id: int, block: CellBlock, deadline_s: float) -> Iterator[CellArrival]:
-            for cell in client.fetch(request_id, key, chunk, codec, block, deadline_s):
+            for cell in client.fetch(request_id, key, chunk, codec, block, deadline_s, expect=cell_shape):
                 yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes, cell.head_s)
 
         driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config)

@@ -7,6 +7,13 @@ stream to the server's END for at most `cancel_drain_s`, and otherwise drops the
 fetch reconnects). Every wait is bounded: by the fetch's deadline, by `idle_timeout_s` without a byte,
 and by `connect_timeout_s` when connecting.
 
+Nothing from the wire is trusted: every frame's crc32 is checked (sparkv.executor.net.protocol); each
+CELL must carry the next label of the requested block, in order, with the shape `expect` gives (or at
+most `chunk_tokens` tokens and the first cell's heads and head size), and a payload_len and decoded size
+within `max_cell_bytes`, before anything is allocated for it; its cell_crc covers labels and payload.
+With a secret (argument, or sparkv.executor.net.auth's environment) the connection starts with a
+mutual HMAC challenge-response; a server that requires one and gets none is AuthFailed.
+
 When the link fails (ServerGone, DeadlineExceeded), the error's message ends with a diagnosis in
 brackets: by default `describe_server` of this process's handle for the endpoint (is the server alive,
 the state of the link's shaper, the last lines of the server's log), or whatever `diagnose` returns.
@@ -17,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import secrets
 import select
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
@@ -29,12 +36,24 @@ import numpy as np
 
 from sparkv.core.request import CellBlock
 from sparkv.executor.net import protocol as P
+from sparkv.executor.net.auth import secret_from_env
 from sparkv.executor.net.codecs import get_codec
 from sparkv.executor.net.io import FrameReader, Woken, drain_wake, make_wake_pair, ring, send_all
-from sparkv.executor.net.launch import describe_server
-from sparkv.executor.net.protocol import CorruptFrame, DeadlineExceeded, PeerGone, ServerError, ServerGone
+from sparkv.executor.net.launch import describe_server, secret_of
+from sparkv.executor.net.protocol import (
+    AuthFailed,
+    CorruptFrame,
+    DeadlineExceeded,
+    PeerGone,
+    ServerError,
+    ServerGone,
+)
 
-__all__ = ["CellPayload", "CorruptFrame", "DeadlineExceeded", "KVClient", "ServerError", "ServerGone"]
+__all__ = ["AuthFailed", "CellPayload", "CorruptFrame", "DeadlineExceeded", "KVClient", "ServerError",
+           "ServerGone"]
+
+MAX_CELL_BYTES = 256 << 20  # largest cell (payload, or K and V decoded) a client accepts by default
+ShapeFn = Callable[[int, int], tuple[int, int, int]]  # (chunk, layer) -> [kv_heads, tokens, head_dim]
 
 
 @dataclass(frozen=True)
@@ -54,8 +73,12 @@ class KVClient:
     """Fetches cells over one connection; `cancel` may be called from another thread."""
 
     def __init__(self, host: str, port: int, connect_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
-                 cancel_drain_s: float = 0.25, diagnose: Callable[[], str] | None = None) -> None:
+                 cancel_drain_s: float = 0.25, diagnose: Callable[[], str] | None = None,
+                 secret: bytes | None = None, max_cell_bytes: int = MAX_CELL_BYTES) -> None:
         self.host, self.port = host, port
+        # the shared secret: given, else the launcher's for this endpoint, else the environment's
+        self.secret = secret if secret is not None else (secret_of(host, port) or secret_from_env())
+        self.max_cell_bytes = max_cell_bytes
         # what a link failure's message adds: by default the server handle's diagnosis, if it is ours
         self.diagnose = diagnose if diagnose is not None else (lambda: describe_server(host, port))
         self.connect_timeout_s = connect_timeout_s
@@ -86,9 +109,46 @@ class KVClient:
             raise ServerGone(f"cannot connect to {self.host}:{self.port}: {exc}{self._why()}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.connect_timeout_s)  # bounds sends; reads are select-gated
-        reader = FrameReader(sock, wake=self._wake_r)
+        reader = FrameReader(sock)
+        try:
+            self._handshake(sock, reader)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+        reader.wake = self._wake_r
         self._sock, self._reader = sock, reader
         return sock, reader
+
+    def _handshake(self, sock: socket.socket, reader: FrameReader) -> None:
+        """Read HELLO; answer AUTH and check WELCOME when a secret is in use. Bounded by connect_timeout_s."""
+        deadline = time.perf_counter() + self.connect_timeout_s
+        where = f"{self.host}:{self.port}"
+        try:
+            hello = P.decode(*reader.read(deadline))
+            if isinstance(hello, P.Error):
+                raise ServerGone(f"{where} refused the connection: {hello.message}{self._why()}")
+            if not isinstance(hello, P.Hello):
+                raise CorruptFrame(f"{where}: expected HELLO, got {type(hello).__name__}")
+            if self.secret is None:
+                if hello.auth:
+                    raise AuthFailed(f"{where} requires a shared secret and none is set "
+                                     "(SPARKV_KV_SECRET_FILE or SPARKV_KV_SECRET)")
+                return
+            if not hello.auth:
+                raise AuthFailed(f"{where} does not know the shared secret (it asked for no AUTH)")
+            nonce = secrets.token_bytes(P.NONCE_BYTES)
+            send_all(sock, P.encode(P.Auth(P.mac(self.secret, b"client", hello.nonce), nonce)), deadline)
+            reply = P.decode(*reader.read(deadline))
+            if isinstance(reply, P.Error):
+                raise AuthFailed(f"{where} refused the shared secret: {reply.message}")
+            if not isinstance(reply, P.Welcome) or not secrets.compare_digest(
+                    reply.mac, P.mac(self.secret, b"server", nonce)):
+                raise AuthFailed(f"{where} did not prove it knows the shared secret")
+        except DeadlineExceeded as exc:
+            raise ServerGone(f"{where}: no HELLO within {self.connect_timeout_s} s ({exc}){self._why()}") from exc
+        except PeerGone as exc:
+            raise ServerGone(f"{where} closed during the handshake: {exc}{self._why()}") from exc
 
     def _drop(self) -> None:
         """Close the connection; the next fetch opens a new one."""
@@ -165,12 +225,14 @@ class KVClient:
                 pass  # the reader will find the connection gone, or drop it after the drain
 
     def fetch(self, request_id: int, context_key: str, chunk_tokens: int, codec: str, block: CellBlock,
-              deadline_s: float | None = None) -> Generator[CellPayload, None, None]:
+              deadline_s: float | None = None, expect: ShapeFn | None = None) -> Generator[CellPayload, None, None]:
         """Cells of `block` in order (chunk-major) as they arrive.
 
         deadline_s: perf_counter instant by which the whole block must have arrived (None: only the idle
-        timeout applies). Raises ServerGone, CorruptFrame, ServerError or DeadlineExceeded; after a
-        `cancel` the iterator simply ends.
+        timeout applies); the server is told too, and gives up on its side. expect: the shape each cell
+        must have (None: at most chunk_tokens tokens, the same heads and head size throughout). Raises
+        ServerGone, CorruptFrame, ServerError, AuthFailed or DeadlineExceeded; after a `cancel` the
+        iterator simply ends.
         """
         with self._lock:
             if self._active is not None:
@@ -185,12 +247,16 @@ class KVClient:
                 return
             drain_wake(self._wake_r)
             sock, reader = self._connection()
+            deadline = math.inf if deadline_s is None else deadline_s
+            budget_ms = 0 if deadline_s is None else max(1, min(2**32 - 1, math.ceil(
+                (deadline_s - time.perf_counter()) * 1000)))
             try:
-                self._send(sock, P.encode(P.Fetch(request_id, context_key, chunk_tokens, codec, block)))
+                self._send(sock, P.encode(P.Fetch(request_id, context_key, chunk_tokens, codec, block, budget_ms)))
             except PeerGone as exc:
                 raise ServerGone(f"sending FETCH: {exc}{self._why()}") from exc
+            check = _CellCheck(request_id, block, chunk_tokens, expect, self.max_cell_bytes)
             try:
-                yield from self._receive(reader, request_id, math.inf if deadline_s is None else deadline_s)
+                yield from self._receive(reader, request_id, deadline, check)
             except ServerError as exc:
                 clean = exc.request_id == request_id  # refused one request: the connection is still good
                 raise
@@ -201,7 +267,7 @@ class KVClient:
                 if not clean:
                     self._drop()
 
-    def _receive(self, reader: FrameReader, rid: int, deadline_s: float) -> Iterator[CellPayload]:
+    def _receive(self, reader: FrameReader, rid: int, deadline_s: float, check: _CellCheck) -> Iterator[CellPayload]:
         head: P.CellHeader | None = None
         parts: list[bytes] = []
         got = wire = 0
@@ -241,11 +307,13 @@ class KVClient:
                 if isinstance(msg, P.CellHeader):
                     if head is not None or msg.request_id != rid:
                         raise CorruptFrame(f"request {rid}: unexpected CELL for request {msg.request_id}")
+                    check.header(msg)
                     head, parts, got, wire = msg, [], 0, P.HEADER.size + len(body)
                     head_s = last_s
                 elif isinstance(msg, P.Abort):
                     head = None
                 elif isinstance(msg, P.End) and msg.request_id == rid:
+                    check.end(msg, cancelled=self._cancel_at is not None)
                     return
                 elif isinstance(msg, P.Error) and msg.request_id in (rid, 0):
                     if msg.request_id == 0:
@@ -256,14 +324,59 @@ class KVClient:
                     raise CorruptFrame(f"request {rid}: unexpected {P.FRAME_NAMES[ftype]} {msg}")
             if head is not None and got == head.payload_len:
                 cell = _decode_cell(head, b"".join(parts), wire, last_s, head_s)
+                check.delivered()
                 head = None
                 if self._cancel_at is None:
                     yield cell
 
 
+class _CellCheck:
+    """What the cells of one fetch may be: the block's labels in order, bounded and consistent shapes."""
+
+    def __init__(self, rid: int, block: CellBlock, chunk_tokens: int, expect: ShapeFn | None,
+                 max_cell_bytes: int) -> None:
+        self.rid, self.chunk_tokens, self.expect, self.max_cell_bytes = rid, chunk_tokens, expect, max_cell_bytes
+        self.labels = block.cells()
+        self.next = 0  # index of the label the next CELL must carry
+        self.dims: tuple[int, int] | None = None  # (kv_heads, head_dim) of the first cell
+
+    def header(self, head: P.CellHeader) -> None:
+        where = f"request {self.rid}: cell ({head.chunk}, {head.layer})"
+        if self.next >= len(self.labels) or (head.chunk, head.layer) != self.labels[self.next]:
+            want = self.labels[self.next] if self.next < len(self.labels) else "none (all sent)"
+            raise CorruptFrame(f"{where} arrived where cell {want} was due")
+        shape = head.shape
+        if self.expect is not None:
+            want_shape = tuple(self.expect(head.chunk, head.layer))
+            if shape != want_shape:
+                raise CorruptFrame(f"{where} has shape {list(shape)}, expected {list(want_shape)}")
+        else:
+            if not 0 < shape[1] <= self.chunk_tokens or shape[0] <= 0 or shape[2] <= 0:
+                raise CorruptFrame(f"{where} has shape {list(shape)} (chunks of {self.chunk_tokens} tokens)")
+            if self.dims is not None and (shape[0], shape[2]) != self.dims:
+                raise CorruptFrame(f"{where} has shape {list(shape)}, earlier cells {list(self.dims)}")
+            self.dims = (shape[0], shape[2])
+        decoded = 2 * shape[0] * shape[1] * shape[2] * head.dtype.itemsize
+        if head.payload_len > self.max_cell_bytes or decoded > self.max_cell_bytes:
+            raise CorruptFrame(f"{where}: payload {head.payload_len} bytes, decoded {decoded} bytes, "
+                               f"above the limit {self.max_cell_bytes}")
+
+    def delivered(self) -> None:
+        self.next += 1
+
+    def end(self, end: P.End, cancelled: bool) -> None:
+        """CorruptFrame unless END agrees with what arrived: complete means every cell, cancelled means
+        this client asked for it."""
+        complete = self.next == len(self.labels)
+        if end.cells != self.next or (end.status == P.END_COMPLETE) != complete or (
+                end.status == P.END_CANCELLED and not cancelled):
+            raise CorruptFrame(f"request {self.rid}: END says {end.cells} cells (status {end.status}), "
+                               f"{self.next} of {len(self.labels)} arrived")
+
+
 def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float, head_s: float = 0.0) -> CellPayload:
     where = f"cell ({head.chunk}, {head.layer})"
-    crc = zlib.crc32(payload)
+    crc = P.cell_crc(head.request_id, head.chunk, head.layer, head.dtype, head.shape, head.k_len, head.codec, payload)
     if crc != head.crc32:
         raise CorruptFrame(f"{where}: crc32 {crc:08x} != header {head.crc32:08x}")
     try:
@@ -272,4 +385,6 @@ def _decode_cell(head: P.CellHeader, payload: bytes, wire: int, recv_s: float, h
         v = codec.decode(payload[head.k_len :], head.shape, head.dtype)
     except Exception as exc:  # an unknown codec name or a payload the codec rejects
         raise CorruptFrame(f"{where}: cannot decode with codec {head.codec!r}: {exc}") from exc
+    if k.shape != head.shape or v.shape != head.shape:
+        raise CorruptFrame(f"{where}: decoded to {list(k.shape)}/{list(v.shape)}, header says {list(head.shape)}")
     return CellPayload(head.chunk, head.layer, k, v, wire, recv_s, head_s)

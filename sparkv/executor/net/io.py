@@ -18,6 +18,7 @@ from sparkv.executor.net.protocol import (
     MAX_FRAME_BYTES,
     DeadlineExceeded,
     PeerGone,
+    check_frame,
     parse_header,
 )
 
@@ -43,13 +44,16 @@ class FrameReader:
         self.bytes_read = 0  # bytes taken off the socket so far
 
     def read(self, deadline_s: float) -> tuple[int, bytes]:
-        """(type, body) of the next frame; DeadlineExceeded, PeerGone, CorruptFrame or Woken otherwise."""
+        """(type, body) of the next frame, its crc checked; DeadlineExceeded, PeerGone, CorruptFrame or Woken
+        otherwise."""
         self._fill(HEADER.size, deadline_s)
-        ftype, length = parse_header(bytes(self._buf[: HEADER.size]), self.max_frame_bytes)
+        head = bytes(self._buf[: HEADER.size])
+        ftype, length = parse_header(head, self.max_frame_bytes)
         end = HEADER.size + length
         self._fill(end, deadline_s)
         body = bytes(self._buf[HEADER.size : end])
         del self._buf[:end]
+        check_frame(head, body)
         return ftype, body
 
     def _fill(self, n: int, deadline_s: float) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sparkv.executor.net.auth import ENV_SECRET, ENV_SECRET_FILE, is_loopback, new_secret
 from sparkv.executor.net.pacing import trace_to_json
 
 STARTUP_TIMEOUT_S = 30.0
@@ -36,8 +37,9 @@ class ServerHandle:
     """A running KV server process: where it listens, and how to stop (or kill) it."""
 
     def __init__(self, host: str, port: int, proc: subprocess.Popen[bytes], workdir: Path,
-                 netns: str | None, paced: bool) -> None:
+                 netns: str | None, paced: bool, secret: bytes | None = None) -> None:
         self.host, self.port, self.proc = host, port, proc
+        self.secret = secret  # the shared secret clients must prove, or None
         self.netns = netns  # namespace it runs in, or None
         self.paced = paced  # True when it paces its sends to a trace
         self._workdir = workdir  # trace JSON and the server's stderr log
@@ -78,7 +80,7 @@ class ServerHandle:
     def diagnose(self, log_lines: int = DIAGNOSE_LOG_LINES) -> str:
         """One paragraph: is the server running (or how it ended), what the diagnosers report, and the
         last `log_lines` lines of its log."""
-        code = self.proc.poll()
+        code = self._exit_code()
         if code is None:
             state = "running"
         elif code < 0:
@@ -94,9 +96,24 @@ class ServerHandle:
                 text = f"(diagnoser failed: {exc!r})"
             if text:
                 parts.append(text)
-        lines = [line[:DIAGNOSE_LINE_CHARS] for line in self.log().splitlines() if line.strip()][-log_lines:]
+        lines = [line[:DIAGNOSE_LINE_CHARS] for line in self.log().splitlines() if _log_line(line)][-log_lines:]
         parts.append("server log: " + (" | ".join(lines) if lines else "(empty)"))
         return "; ".join(parts)
+
+    def _exit_code(self) -> int | None:
+        """The server's exit code, None while it runs. A process just killed may not be reaped yet (or,
+        under `ip netns exec`, be a zombie for a moment): its /proc state says so, and it is waited for."""
+        code = self.proc.poll()
+        if code is not None:
+            return code
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "?"
+        if state in ("Z", "X", "?"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self.proc.wait(timeout=1.0)
+        return None
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Ask the server to stop; SIGTERM, then SIGKILL if it has not exited within timeout_s."""
@@ -137,6 +154,20 @@ class ServerHandle:
         return f"ServerHandle({self.host}:{self.port}, pid {self.pid}{where}, paced={self.paced})"
 
 
+def _log_line(line: str) -> bool:
+    """A log line worth quoting: not blank, and starting with its perf_counter stamp (a whole record)."""
+    head = line.split(" ", 1)[0]
+    return bool(line.strip()) and head.replace(".", "", 1).isdigit()
+
+
+def secret_of(host: str, port: int) -> bytes | None:
+    """The shared secret of this process's running server at host:port, if it has one."""
+    for handle in list(_live):
+        if handle.host == host and handle.port == port:
+            return handle.secret
+    return None
+
+
 def describe_server(host: str, port: int) -> str:
     """`diagnose()` of this process's running handle for host:port, or '' when there is none."""
     for handle in list(_live):
@@ -153,6 +184,8 @@ def start_server(
     netns: str | None = None,
     faults: tuple[str, ...] | list[str] = (),
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    secret: bytes | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> ServerHandle:
     """Start `python -m sparkv.executor.net.server` and wait (bounded) for it to report its port.
 
@@ -160,6 +193,8 @@ def start_server(
     times_s/rates_bps/duration_s (sparkv.traces.Trace), which is handed over as JSON.
     netns: run the server inside this network namespace (`ip netns exec`); `host` must be an address there.
     faults: server fault-injection specs, e.g. ("die-after-bytes=100000",) or ("corrupt-cell=0,1",).
+    secret: the shared secret clients must prove; a fresh random one when None and the server runs in a
+    namespace or on a non-loopback address (clients of this process find it with `secret_of`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -176,10 +211,22 @@ def start_server(
         cmd += ["--trace", str(trace_file)]
     for fault in faults:
         cmd += ["--fault", fault]
+    cmd += list(extra_args)
+    if secret is None and (netns is not None or not is_loopback(host)):
+        secret = new_secret()
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH", "")) if p)
+    env.pop(ENV_SECRET_FILE, None)
+    env.pop(ENV_SECRET, None)
+    if secret is not None:  # in a private file named by the environment: never on a command line (`ps`)
+        secret = secret.strip()
+        secret_file = workdir / "secret"
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+        env[ENV_SECRET_FILE] = str(secret_file)
     with open(workdir / "server.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
     t0 = time.perf_counter()
@@ -199,7 +246,7 @@ def start_server(
         text = (workdir / "server.log").read_text(errors="replace")[-2000:]
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"KV server did not start ({' '.join(cmd)}): {how}; log: {text.strip() or '(empty)'}")
-    return ServerHandle(host, bound, proc, workdir, netns, pacing_trace is not None)
+    return ServerHandle(host, bound, proc, workdir, netns, pacing_trace is not None, secret)
 
 
 def _read_line(proc: subprocess.Popen[bytes], deadline_s: float) -> str | None:

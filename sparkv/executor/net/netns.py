@@ -24,6 +24,7 @@ import atexit
 import fcntl
 import os
 import re
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ LATENCY_S = 0.05  # tbf queue limit, as the time a packet may wait in it
 # 1514-byte frame (14 Ethernet + 20 IP + 32 TCP with timestamps). Traces are taken as payload bytes per
 # second (as the simulator takes them), so the shaper runs this much faster than the trace rate.
 FRAME_OVERHEAD = 1514 / 1448
-_LOCK_FILE = Path("/tmp/sparkv-netns.lock")
+_LOCK_DIR = Path("/run/sparkv")  # root-owned, mode 0700: no other user can plant a symlink in it
 _NAME_RE = re.compile(r"^sparkv-(\d+)-(\d+)$")
 _created: dict[str, Netns] = {}
 
@@ -111,11 +112,29 @@ def _used_indices() -> set[int]:
     return used
 
 
+def _open_lock(lock_dir: Path | None = None) -> int:
+    """The namespace lock's descriptor: in a directory only this user owns and can write (made 0700 if
+    absent), opened without following a symlink, so a planted link cannot redirect a root write."""
+    d = lock_dir or _LOCK_DIR
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(d)
+    except OSError as exc:
+        raise NetnsUnavailable(f"cannot make the lock directory {d}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise NetnsUnavailable(f"lock directory {d} is not a private directory of this user "
+                               f"(mode {stat.filemode(st.st_mode)}, owner {st.st_uid})")
+    try:
+        return os.open(d / "netns.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise NetnsUnavailable(f"cannot open {d / 'netns.lock'}: {exc.strerror or exc}") from exc
+
+
 def create_netns() -> Netns:
     """A fresh namespace with its veth pair up and addressed; NetnsUnavailable if not permitted."""
     if os.geteuid() != 0:
         raise NetnsUnavailable("network namespaces need root (euid is not 0)")
-    with open(_LOCK_FILE, "a") as lock:
+    with os.fdopen(_open_lock(), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # other processes pick indices one at a time
         try:
             cleanup_stale()

@@ -5,279 +5,242 @@ it prints `PORT <n>` on stdout once listening and reads control lines on stdin (
 time 0 is perf_counter instant t0, acknowledged with a `CLOCK` line; `stop`); stdin closing (its parent
 died) stops it too. Start it from Python with `start_server` (sparkv.executor.net.launch).
 
-Each connection gets a reader thread (FETCH, CANCEL, PING) and a worker thread that streams the cells
-of its FETCHes in order, each as a CELL header and PIECE frames, checking for a CANCEL before every
-piece. Bad requests get an ERROR frame; malformed or oversized frames get an ERROR frame and the
-connection is closed; other clients are unaffected. With `--trace` every piece waits for the trace
-to carry it (sender-side pacing, sparkv.executor.net.pacing). Faults for tests: `die-after-bytes=N`
-(the process exits after sending N bytes in all) and `corrupt-cell=c,l` (one payload byte flipped after
-the crc was computed).
+One thread runs every connection: a `selectors` event loop (sparkv.executor.net.connection holds the
+per-connection state machine), so the server's threads do not grow with its clients (two in all: the
+loop and the control reader). Every resource is bounded by `Limits`: connections (one more is told
+ERROR E_BUSY and closed), queued FETCHes and unsent output per connection (beyond them the server stops
+reading that client: TCP pushes back), time to finish a handshake or a started frame, idle time, and
+time a client may read nothing. Out of descriptors, it still answers one refusal (a spare descriptor
+is kept for it) and then pauses accepting briefly instead of dying. With `--trace` every frame waits
+for the trace to carry it (sender-side pacing, sparkv.executor.net.pacing).
 
-It logs to stderr (the launcher keeps it as the server's log): one line per connection opened and
-closed, per FETCH answered (bytes, cells, seconds) and per fault, each stamped with perf_counter (the
-clock the client and the link use), so a client's failure can be matched with what the server saw.
+Authentication: with a shared secret (`--secret-file`, or sparkv.executor.net.auth's environment) every
+connection must pass a mutual HMAC challenge-response first; a server bound to a non-loopback address
+refuses to start without one, and warns when bound to a wildcard address.
+
+Faults for tests: `die-after-bytes=N` (the process exits after sending N bytes in all),
+`corrupt-cell=c,l` (one payload byte flipped on the wire), `corrupt-rate=P` (each frame a cell sends has
+one random byte flipped with probability P), `stall-rate=P` and `stall-s=S` (a FETCH pauses mid-stream
+for S seconds with probability P), `seed=N`.
+
+It logs through `logging` to stderr (the launcher keeps it as the server's log), one whole line per
+record, stamped with perf_counter (the clock the client and the link use).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
+import logging
 import os
-import queue
-import select
+import random
+import selectors
 import signal
 import socket
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparkv.executor.net import protocol as P
+from sparkv.executor.net.auth import SecretError, is_loopback, is_wildcard, secret_from_env
 from sparkv.executor.net.codecs import get_codec
-from sparkv.executor.net.io import FrameReader, limit_unsent, send_all
+from sparkv.executor.net.connection import Connection, Limits
 from sparkv.executor.net.launch import ServerHandle, start_server
-from sparkv.executor.net.pacing import Pacer, _pace_until, load_trace_arg
-from sparkv.executor.net.store import RequestRefused, StoreCache
+from sparkv.executor.net.pacing import Pacer, load_trace_arg
+from sparkv.executor.net.store import StoreCache
 
-__all__ = ["Faults", "KVServer", "ServerHandle", "main", "start_server"]
+__all__ = ["Faults", "KVServer", "Limits", "ServerHandle", "main", "start_server"]
 
-IDLE_S = 3600.0  # a connection that sends no frame for this long is closed
-SEND_STALL_S = 60.0  # a client that reads nothing for this long (or a link carrying nothing) is dropped
-POLL_S = 0.2  # accept loop and stdin checks: how soon a stop is noticed
-
-
-def say(message: str) -> None:
-    """One log line on stderr, stamped with perf_counter."""
-    with contextlib.suppress(OSError, ValueError):
-        print(f"{time.perf_counter():.3f} {message}", file=sys.stderr, flush=True)
+log = logging.getLogger("sparkv.kvserver")
+POLL_S = 0.2  # longest select wait: how soon a stop or a timeout is noticed
+ACCEPT_BATCH = 64  # connections accepted per loop turn at most
+ACCEPT_PAUSE_S = 0.1  # after running out of descriptors, accept nothing for this long
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 @dataclass(frozen=True)
 class Faults:
-    """Injected faults, for tests."""
+    """Injected faults, for tests and the soak."""
 
     die_after_bytes: int | None = None  # exit the process once this many bytes have been sent
     corrupt_cells: frozenset[tuple[int, int]] = field(default_factory=frozenset)  # (chunk, layer)
+    corrupt_rate: float = 0.0  # probability that a frame of a cell gets one random byte flipped
+    stall_rate: float = 0.0  # probability that a FETCH pauses mid-stream
+    stall_s: float = 2.0  # for this long
+    seed: int = 0
 
     @classmethod
     def parse(cls, specs: list[str]) -> Faults:
-        die, corrupt = None, set()
+        values: dict[str, object] = {}
+        corrupt: set[tuple[int, int]] = set()
         for spec in specs:
             name, _, value = spec.partition("=")
-            if name == "die-after-bytes" and value.isdigit():
-                die = int(value)
-            elif name == "corrupt-cell" and len(parts := value.split(",")) == 2 and all(p.isdigit() for p in parts):
-                corrupt.add((int(parts[0]), int(parts[1])))
-            else:
-                raise ValueError(f"bad fault {spec!r}: use die-after-bytes=N or corrupt-cell=c,l")
-        return cls(die, frozenset(corrupt))
+            try:
+                if name == "die-after-bytes" and value.isdigit():
+                    values["die_after_bytes"] = int(value)
+                elif name == "corrupt-cell" and len(parts := value.split(",")) == 2 and all(p.isdigit() for p in parts):
+                    corrupt.add((int(parts[0]), int(parts[1])))
+                elif name in ("corrupt-rate", "stall-rate") and 0.0 <= float(value) <= 1.0:
+                    values[name.replace("-", "_")] = float(value)
+                elif name == "stall-s" and 0.0 <= float(value) < 3600:
+                    values["stall_s"] = float(value)
+                elif name == "seed" and value.isdigit():
+                    values["seed"] = int(value)
+                else:
+                    raise ValueError(value)
+            except ValueError:
+                raise ValueError(f"bad fault {spec!r}: use die-after-bytes=N, corrupt-cell=c,l, corrupt-rate=P, "
+                                 "stall-rate=P, stall-s=S or seed=N") from None
+        return cls(corrupt_cells=frozenset(corrupt), **values)  # type: ignore[arg-type]
 
 
 class KVServer:
-    """Listens on (host, port) and serves every connection on its own threads until `stop` is set."""
+    """Listens on (host, port) and serves every connection from one event loop until `stop` is set."""
 
-    def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int = 0,
-                 pacer: Pacer | None = None, faults: Faults | None = None) -> None:
+    def __init__(self, root: Path | str, host: str = "127.0.0.1", port: int = 0, pacer: Pacer | None = None,
+                 faults: Faults | None = None, limits: Limits | None = None, secret: bytes | None = None) -> None:
         self.stores = StoreCache(root)
         self.pacer = pacer
         self.faults = faults or Faults()
+        self.limits = limits or Limits()
+        self.secret = secret
+        self.rng = random.Random(self.faults.seed)
         self.stop = threading.Event()
-        self.listener = socket.create_server((host, port), reuse_port=False)
+        self.listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self.listener.setblocking(False)
         self.port: int = self.listener.getsockname()[1]
-        self._sent_bytes = 0
-        self._sent_lock = threading.Lock()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.conns: set[Connection] = set()
+        self.sent_bytes = 0  # every byte to every client (for die-after-bytes)
+        self.refused = 0  # connections refused (full, or out of descriptors)
+        self._spare_fd: int | None = _spare()
+        self._accept_paused_until = 0.0
+        self._last_exhausted_log = -1e9
+
+    # ---- the loop ----
 
     def serve(self) -> None:
-        """Accept connections until stopped."""
+        """Run the event loop until stopped."""
         try:
             while not self.stop.is_set():
-                ready, _, _ = select.select([self.listener], [], [], POLL_S)
-                if ready:
-                    sock, peer = self.listener.accept()
-                    _Connection(self, sock, f"{peer[0]}:{peer[1]}").start()
+                now = time.perf_counter()
+                timeout = POLL_S
+                for conn in self.conns:
+                    timeout = min(timeout, max(0.0, conn.wake_at - now))
+                for key, mask in self.sel.select(timeout):
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        key.data.on_events(mask)
+                now = time.perf_counter()
+                if self._accept_paused_until and now >= self._accept_paused_until:
+                    self._accept_paused_until = 0.0
+                    self.sel.register(self.listener, selectors.EVENT_READ, None)
+                for conn in list(self.conns):
+                    conn.step(now)
         finally:
+            for conn in list(self.conns):
+                conn.close("server stopping")
+            self.sel.close()
             self.listener.close()
+            self.stores.close()
 
-    def send(self, sock: socket.socket, data: bytes) -> None:
-        """Every byte to a client passes here (so `die-after-bytes` can cut the stream anywhere)."""
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _EXHAUSTED:
+                    self._out_of_descriptors(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                log.warning("accept failed: %s", exc)
+                return
+            name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            if len(self.conns) >= self.limits.max_clients:
+                self.refused += 1
+                _refuse(sock, f"server full: {len(self.conns)} connections (max_clients {self.limits.max_clients})")
+                log.warning("refused %s: %d connections already", name, len(self.conns))
+                continue
+            try:
+                conn = Connection(self, sock, name, time.perf_counter())
+            except OSError as exc:  # setting it up needed a descriptor (the selector's) or memory
+                self.refused += 1
+                _refuse(sock, f"server cannot take a connection now: {exc.strerror or exc}")
+                continue
+            self.conns.add(conn)
+            log.info("connection from %s (%d open)", name, len(self.conns))
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """Answer one waiting client with a refusal through the spare descriptor, then pause accepting."""
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = self.listener.accept()
+                self.refused += 1
+                _refuse(sock, f"server out of descriptors ({exc.strerror})")
+            except OSError:
+                pass
+            self._spare_fd = _spare()
+        now = time.perf_counter()
+        if now - self._last_exhausted_log > 5.0:
+            self._last_exhausted_log = now
+            log.warning("accept: %s (%d connections open): refusing new ones for now", exc.strerror, len(self.conns))
+        if not self._accept_paused_until:
+            self.sel.unregister(self.listener)
+            self._accept_paused_until = now + ACCEPT_PAUSE_S
+
+    def forget(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+
+    def count_sent(self, n: int) -> int:
+        """Bytes of `n` that may go out before the die-after-bytes fault ends the process."""
         die = self.faults.die_after_bytes
         if die is None:
-            send_all(sock, data, time.perf_counter() + SEND_STALL_S, self.stop)
-            return
-        with self._sent_lock:
-            allowed = die - self._sent_bytes
-            send_all(sock, data[: max(0, allowed)], time.perf_counter() + SEND_STALL_S, self.stop)
-            self._sent_bytes += len(data)
-            if len(data) >= allowed:
-                say(f"fault die-after-bytes={die}: exiting")
-                os._exit(17)  # the injected crash: no cleanup, no goodbye
+            return n
+        return max(0, min(n, die - self.sent_bytes))
+
+    def sent(self, n: int) -> None:
+        self.sent_bytes += n
+        die = self.faults.die_after_bytes
+        if die is not None and self.sent_bytes >= die:
+            log.warning("fault die-after-bytes=%d: exiting", die)
+            logging.shutdown()
+            os._exit(17)  # the injected crash: no cleanup, no goodbye
 
 
-class _Connection:
-    """One client: a reader thread for requests, a worker thread streaming FETCH answers in order."""
+def _spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
 
-    def __init__(self, server: KVServer, sock: socket.socket, peer: str = "?") -> None:
-        self.server, self.sock, self.peer = server, sock, peer
-        sock.settimeout(SEND_STALL_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        limit_unsent(sock)
-        self.send_lock = threading.Lock()
-        self.fetches: queue.Queue[P.Fetch | None] = queue.Queue()
-        self.cancels: dict[int, threading.Event] = {}  # queued or running FETCHes by request id
-        self.closed = threading.Event()
 
-    def start(self) -> None:
-        say(f"connection from {self.peer}")
-        threading.Thread(target=self._read_loop, name="kv-reader", daemon=True).start()
-        threading.Thread(target=self._work_loop, name="kv-worker", daemon=True).start()
+def _refuse(sock: socket.socket, why: str) -> None:
+    """The polite refusal: one ERROR E_BUSY frame (it fits any socket buffer), then close."""
+    try:
+        sock.setblocking(False)
+        sock.send(P.encode(P.Error(0, P.E_BUSY, why)))
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
-    def send(self, data: bytes) -> None:
-        with self.send_lock:
-            self.server.send(self.sock, data)
 
-    def _close(self, why: str = "") -> None:
-        if not self.closed.is_set():
-            self.closed.set()
-            say(f"connection from {self.peer} closed{': ' + why if why else ''}")
-            for event in list(self.cancels.values()):
-                event.set()
-            self.fetches.put(None)
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the other thread
-
-    def _read_loop(self) -> None:
-        reader = FrameReader(self.sock)
-        try:
-            while not self.closed.is_set():
-                ftype, body = reader.read(time.perf_counter() + IDLE_S)
-                msg = P.decode(ftype, body)
-                if isinstance(msg, P.Fetch):
-                    if msg.request_id in self.cancels:
-                        self.send(P.encode(P.Error(msg.request_id, P.E_BAD_REQUEST, "request id already in use")))
-                        continue
-                    self.cancels[msg.request_id] = threading.Event()
-                    self.fetches.put(msg)
-                elif isinstance(msg, P.Cancel):
-                    event = self.cancels.get(msg.request_id)
-                    if event is not None:
-                        event.set()
-                elif isinstance(msg, P.Ping):
-                    self.send(P.encode(P.Pong(msg.nonce)))
-                else:
-                    raise P.CorruptFrame(f"a client may not send {P.FRAME_NAMES[ftype]} frames")
-        except P.CorruptFrame as exc:
-            say(f"connection from {self.peer}: bad frame: {exc}")
-            with contextlib.suppress(P.NetError, OSError):
-                self.send(P.encode(P.Error(0, exc.code, str(exc))))
-                self._discard_input()
-        except P.NetError as exc:  # the client left, or went quiet for IDLE_S
-            self._close(f"reading: {exc}")
-        finally:
-            self._close()
-            self.sock.close()
-
-    def _discard_input(self, for_s: float = 0.2) -> None:
-        """After an ERROR for a bad frame: stop sending, read and drop what the client still sends for a
-        moment, so closing does not reset the connection before the client has read the ERROR."""
-        self.sock.shutdown(socket.SHUT_WR)
-        deadline = time.perf_counter() + for_s
-        while (remaining := deadline - time.perf_counter()) > 0:
-            ready, _, _ = select.select([self.sock], [], [], remaining)
-            if ready and not self.sock.recv(65536):
-                return
-
-    def _work_loop(self) -> None:
-        try:
-            while not self.closed.is_set():
-                try:
-                    fetch = self.fetches.get(timeout=POLL_S)
-                except queue.Empty:
-                    continue
-                if fetch is None:
-                    return
-                try:
-                    self._serve(fetch, self.cancels[fetch.request_id])
-                finally:
-                    self.cancels.pop(fetch.request_id, None)
-        except P.NetError as exc:  # the client stopped reading, left, or the link carried nothing
-            self._close(f"sending: {exc}")
-
-    def _serve(self, f: P.Fetch, cancel: threading.Event) -> None:
-        rid = f.request_id
-        try:
-            store = self.server.stores.get(f.context_key)
-            store.check(f.chunk_tokens, f.block)
-            try:
-                codec = get_codec(f.codec)
-            except ImportError as exc:
-                raise RequestRefused(P.E_INTERNAL, f"codec registry unavailable: {exc!r}") from exc
-            except Exception as exc:  # the registry raises UserError or ValueError
-                raise RequestRefused(P.E_BAD_CODEC, f"codec {f.codec!r}: {exc}") from exc
-        except RequestRefused as exc:
-            say(f"request {rid} refused: {exc.message}")
-            self.send(P.encode(P.Error(rid, exc.code, exc.message)))
-            return
-        t0, total, cells = time.perf_counter(), 0, 0
-        for c, layer in f.block.cells():
-            if cancel.is_set():
-                break
-            try:
-                k, v = store.cell(f.chunk_tokens, c, layer)  # [kv_heads, tokens, head_dim] each
-                kb, vb = codec.encode(k, kind="k", layer=layer), codec.encode(v, kind="v", layer=layer)
-            except Exception as exc:
-                code = exc.code if isinstance(exc, RequestRefused) else P.E_INTERNAL
-                say(f"request {rid}: cell ({c}, {layer}) failed: {exc!r}")
-                self.send(P.encode(P.Error(rid, code, f"cell ({c}, {layer}): {exc}")))
-                return
-            payload = kb + vb
-            crc = zlib.crc32(payload)
-            if (c, layer) in self.server.faults.corrupt_cells:
-                payload = payload[:-1] + bytes([payload[-1] ^ 0xFF]) if payload else payload
-            head = P.encode(P.CellHeader(rid, c, layer, k.dtype, (k.shape[0], k.shape[1], k.shape[2]),
-                                         f.codec, len(payload), len(kb), crc))
-            sent, complete = self._send_cell(head, payload, cancel)
-            total += sent
-            if not complete:
-                if sent:  # a cell is open: tell the client to drop it
-                    abort = P.encode(P.Abort(rid))
-                    self.send(abort)
-                    total += len(abort)
-                if not cancel.is_set():  # the paced link carried nothing for SEND_STALL_S
-                    say(f"request {rid}: link stalled (the trace carried nothing for {SEND_STALL_S} s)")
-                    self.send(P.encode(P.Error(rid, P.E_INTERNAL, "link stalled: trace carried nothing")))
-                    return
-                break
-            cells += 1
-        status = P.END_COMPLETE if cells == f.block.num_cells else P.END_CANCELLED
-        say(f"request {rid} {f.block}: {'complete' if status == P.END_COMPLETE else 'cancelled'}, "
-            f"{cells} cells, {total} bytes in {time.perf_counter() - t0:.3f} s")
-        self.send(P.encode(P.End(rid, total, cells, status)))
-
-    def _send_cell(self, head: bytes, payload: bytes, cancel: threading.Event) -> tuple[int, bool]:
-        """Send a CELL header and its PIECEs; (bytes sent, False if cancelled or stalled part-way)."""
-        pacer, sent, offset, view = self.server.pacer, 0, 0, memoryview(payload)
-        frames = [head]
-        while offset < len(payload) or frames:
-            if not frames:
-                n = pacer.piece_bytes() if pacer is not None else P.PIECE_BYTES
-                frames.append(P.piece(view[offset : offset + n]))
-                offset += n
-            data = frames.pop()
-            if pacer is not None:
-                when = pacer.reserve(len(data))
-                if not _pace_until(when, cancel, self.server.stop, time.perf_counter() + SEND_STALL_S):
-                    return sent, False
-            if cancel.is_set():
-                return sent, False
-            self.send(data)
-            sent += len(data)
-        return sent, True
+# ---- the process ----
 
 
 def _control_loop(server: KVServer) -> None:
     """Read `clock <t0>` / `stop` lines from stdin; EOF (the parent is gone) stops the server."""
+    import select
+
     fd = sys.stdin.fileno()
     buf = b""
     while not server.stop.is_set():
@@ -286,20 +249,42 @@ def _control_loop(server: KVServer) -> None:
             continue
         data = os.read(fd, 4096)
         if not data:
-            say("stdin closed (the parent is gone): stopping")
+            log.info("stdin closed (the parent is gone): stopping")
             server.stop.set()
             return
         buf += data
+        if len(buf) > 65536:
+            buf = buf[-4096:]
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            cmd, _, arg = line.decode().strip().partition(" ")
+            cmd, _, arg = line.decode(errors="replace").strip().partition(" ")
             if cmd == "clock":
+                try:
+                    t0 = float(arg)
+                except ValueError:
+                    log.warning("bad control line %r", line[:80])
+                    continue
                 if server.pacer is not None:
-                    server.pacer.set_clock(float(arg))
+                    server.pacer.set_clock(t0)
                 print("CLOCK", flush=True)  # the parent waits for this before its next request
             elif cmd == "stop":
-                say("stop requested")
+                log.info("stop requested")
                 server.stop.set()
+
+
+class _Stamp(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{time.perf_counter():.3f} {record.getMessage()}"
+
+
+def setup_logging() -> None:
+    """One whole line per record on stderr (a handler's lock keeps threads' lines apart)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Stamp())
+    root = logging.getLogger("sparkv")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,21 +293,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0: any free port (printed as 'PORT <n>')")
     ap.add_argument("--trace", help="pace sends to this trace (JSON times_s/rates_bps/duration_s, or a trace file)")
-    ap.add_argument("--fault", action="append", default=[], help="die-after-bytes=N | corrupt-cell=c,l")
+    ap.add_argument("--fault", action="append", default=[], help="die-after-bytes=N | corrupt-cell=c,l | ...")
+    ap.add_argument("--secret-file", help="file holding the shared secret (else $SPARKV_KV_SECRET_FILE / "
+                    "$SPARKV_KV_SECRET); required when --host is not a loopback address")
+    ap.add_argument("--max-clients", type=int, default=Limits.max_clients, help="open connections at most")
+    ap.add_argument("--header-timeout-s", type=float, default=Limits.header_timeout_s,
+                    help="a handshake or a begun frame must complete within this")
+    ap.add_argument("--send-stall-s", type=float, default=Limits.send_stall_s,
+                    help="drop a client that reads nothing (or a paced link that carries nothing) this long")
+    ap.add_argument("--idle-timeout-s", type=float, default=Limits.idle_timeout_s)
     args = ap.parse_args(argv)
-    pacer = Pacer(load_trace_arg(args.trace)) if args.trace else None
+    setup_logging()
+    try:
+        secret = secret_from_env(args.secret_file)
+        if secret is None and not is_loopback(args.host):
+            raise SecretError(f"--host {args.host} is not a loopback address: set a shared secret "
+                              "(--secret-file, $SPARKV_KV_SECRET_FILE or $SPARKV_KV_SECRET)")
+        if args.max_clients < 1:
+            raise ValueError(f"--max-clients must be at least 1, got {args.max_clients}")
+        for flag in ("header_timeout_s", "send_stall_s", "idle_timeout_s"):
+            value = getattr(args, flag)
+            if not 0 < value < 1e6:
+                raise ValueError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {value}")
+        limits = Limits(max_clients=args.max_clients, header_timeout_s=args.header_timeout_s,
+                        send_stall_s=args.send_stall_s, idle_timeout_s=args.idle_timeout_s)
+        faults = Faults.parse(args.fault)
+        pacer = Pacer(load_trace_arg(args.trace)) if args.trace else None
+        server = KVServer(args.root, args.host, args.port, pacer, faults, limits, secret)
+    except (SecretError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if is_wildcard(args.host):
+        log.warning("listening on every address (%s): any host that can reach this one may connect; "
+                    "the shared secret is all that keeps them out", args.host or "*")
     try:
         get_codec("raw")  # import the codec registry now, not during the first request
     except ImportError as exc:  # requests will retry the import and report it
-        print(f"codec registry unavailable: {exc!r}", file=sys.stderr)
-    server = KVServer(args.root, args.host, args.port, pacer, Faults.parse(args.fault))
+        log.warning("codec registry unavailable: %r", exc)
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     threading.Thread(target=_control_loop, args=(server,), name="kv-control", daemon=True).start()
     print(f"PORT {server.port}", flush=True)
     paced = f", pacing to {args.trace}" if args.trace else ""
-    say(f"pid {os.getpid()} listening on {args.host}:{server.port}{paced}")
+    auth = ", shared secret required" if secret is not None else ""
+    log.info("pid %d listening on %s:%d%s%s", os.getpid(), args.host, server.port, paced, auth)
     server.serve()
-    say("stopped")
+    log.info("stopped")
     return 0
 
 

@@ -1,8 +1,11 @@
 """The KV server's read side of the on-disk KV stores (format in sparkv.executor.model.kvstore), without torch.
 
 A root folder holds one directory per context, named by its hex key; each holds meta.json and per layer
-k_{layer:03d}.npy / v_{layer:03d}.npy, arrays [num_kv_heads, context_tokens, head_dim], memory-mapped
-here. A cell (c, l) for chunk size S is tokens [c*S, min((c+1)*S, T)) of layer l's K and V.
+k_{layer:03d}.npy / v_{layer:03d}.npy, arrays [num_kv_heads, context_tokens, head_dim], with the
+checksums of sparkv.executor.net.storefmt. Files are read with pread, never memory-mapped, and every
+tile a cell touches is checked before it is sent: a store found corrupt is refused (E_STORE_CORRUPT)
+and forgotten, so the next request reopens it (rebuilt, or still refused).
+A cell (c, l) for chunk size S is tokens [c*S, min((c+1)*S, T)) of layer l's K and V.
 """
 
 from __future__ import annotations
@@ -16,9 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from sparkv.core.request import CellBlock
-from sparkv.executor.net.protocol import E_BAD_REQUEST, E_INTERNAL, E_OUT_OF_RANGE, E_UNKNOWN_CONTEXT
+from sparkv.executor.net.protocol import (
+    E_BAD_REQUEST,
+    E_INTERNAL,
+    E_OUT_OF_RANGE,
+    E_STORE_CORRUPT,
+    E_UNKNOWN_CONTEXT,
+)
+from sparkv.executor.net.storefmt import (
+    FORMAT_VERSION,
+    StoreCorrupt,
+    StoredArray,
+    load_meta,
+    open_arrays,
+    seal_meta,
+    write_array,
+)
 
-KEY_RE = re.compile(r"^[0-9A-Za-z_-]{1,128}$")  # store names; no dots or slashes, so no path escapes
+KEY_RE = re.compile(r"\A[0-9A-Za-z_-]{1,128}\Z")  # store names; no dots or slashes, so no path escapes
 
 
 class RequestRefused(Exception):
@@ -31,30 +49,14 @@ class RequestRefused(Exception):
 
 @dataclass
 class OpenStore:
-    """One context's store: its shape and lazily memory-mapped per-layer arrays."""
+    """One context's store: its shape and its checksummed per-layer files."""
 
     path: Path
     context_tokens: int  # T
     num_layers: int  # L
     shape: tuple[int, int, int]  # [num_kv_heads, T, head_dim] of every array
     dtype: np.dtype
-    _arrays: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def array(self, kind: str, layer: int) -> np.ndarray:
-        with self._lock:
-            arr = self._arrays.get((kind, layer))
-            if arr is None:
-                file = self.path / f"{kind}_{layer:03d}.npy"
-                try:
-                    arr = np.load(file, mmap_mode="r")
-                except (OSError, ValueError) as exc:
-                    raise RequestRefused(E_INTERNAL, f"store {self.path.name}: cannot read {file.name}") from exc
-                if arr.shape != self.shape or arr.dtype != self.dtype:
-                    raise RequestRefused(E_INTERNAL, f"store {self.path.name}: {file.name} is "
-                                         f"{arr.dtype}{list(arr.shape)}, meta says {self.dtype}{list(self.shape)}")
-                self._arrays[(kind, layer)] = arr
-            return arr
+    arrays: dict[tuple[str, int], StoredArray] = field(default_factory=dict)
 
     def num_chunks(self, chunk_tokens: int) -> int:
         return -(-self.context_tokens // chunk_tokens)
@@ -69,15 +71,18 @@ class OpenStore:
                                  f"(T={self.context_tokens}, S={chunk_tokens})")
 
     def cell(self, chunk_tokens: int, chunk: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """Contiguous K and V [num_kv_heads, tokens, head_dim] of cell (chunk, layer)."""
+        """Contiguous K and V [num_kv_heads, tokens, head_dim] of cell (chunk, layer), checksums verified
+        (StoreCorrupt otherwise)."""
         lo, hi = chunk * chunk_tokens, min((chunk + 1) * chunk_tokens, self.context_tokens)
-        k = np.ascontiguousarray(self.array("k", layer)[:, lo:hi])
-        v = np.ascontiguousarray(self.array("v", layer)[:, lo:hi])
-        return k, v
+        return self.arrays[("k", layer)].read(lo, hi), self.arrays[("v", layer)].read(lo, hi)
+
+    def close(self) -> None:
+        for arr in self.arrays.values():
+            arr.close()
 
 
 class StoreCache:
-    """Stores under one root, opened on first use and kept open."""
+    """Stores under one root, opened on first use and kept open until found corrupt."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -96,18 +101,37 @@ class StoreCache:
                 self._stores[key] = store
             return store
 
+    def forget(self, key: str) -> None:
+        """Close a store (found corrupt): the next request opens it afresh."""
+        with self._lock:
+            store = self._stores.pop(key, None)
+        if store is not None:
+            store.close()
+
+    def close(self) -> None:
+        for key in list(self._stores):
+            self.forget(key)
+
     def _open(self, key: str) -> OpenStore:
         path = self.root / key
         try:
-            meta = json.loads((path / "meta.json").read_text())
+            meta = load_meta(path)
             spec = meta["spec"]
             t = int(meta["context_tokens"])
             shape = (int(spec["num_kv_heads"]), t, int(spec["head_dim"]))
-            return OpenStore(path, t, int(spec["num_layers"]), shape, np.dtype(meta["dtype"]))
+            layers, dtype = int(spec["num_layers"]), np.dtype(meta["dtype"])
+            if min(*shape, layers) <= 0:
+                raise StoreCorrupt(f"meta.json gives shape {list(shape)} and {layers} layers")
+            arrays = open_arrays(path, meta, layers, shape, dtype)
         except FileNotFoundError as exc:
             raise RequestRefused(E_UNKNOWN_CONTEXT, f"unknown context {key!r}") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RequestRefused(E_INTERNAL, f"store {key!r} has a bad meta.json: {exc}") from exc
+        except StoreCorrupt as exc:
+            raise RequestRefused(E_STORE_CORRUPT, f"store {key!r} is corrupt: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RequestRefused(E_STORE_CORRUPT, f"store {key!r} has a bad meta.json: {exc!r}") from exc
+        except OSError as exc:  # e.g. out of descriptors: a passing condition, not a bad store
+            raise RequestRefused(E_INTERNAL, f"store {key!r} cannot be opened now: {exc.strerror or exc}") from exc
+        return OpenStore(path, t, layers, shape, dtype, arrays)
 
 
 def make_synthetic_store(root: Path | str, key: str = "0123456789abcdef", num_layers: int = 2,
@@ -118,10 +142,18 @@ def make_synthetic_store(root: Path | str, key: str = "0123456789abcdef", num_la
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shape = (num_kv_heads, context_tokens, head_dim)
+    files = {}
     for layer in range(num_layers):
         for kind in ("k", "v"):
-            np.save(path / f"{kind}_{layer:03d}.npy", rng.standard_normal(shape).astype(dtype))
+            name = f"{kind}_{layer:03d}.npy"
+            files[name] = write_array(path / name, rng.standard_normal(shape).astype(dtype))
     spec = {"name": "synthetic", "num_layers": num_layers, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
-    meta = {"format": 1, "model_id": "synthetic", "spec": spec, "context_tokens": context_tokens, "dtype": dtype}
-    (path / "meta.json").write_text(json.dumps(meta))
+    meta = {"format": FORMAT_VERSION, "model_id": "synthetic", "spec": spec, "context_tokens": context_tokens,
+            "dtype": dtype, "files": files}
+    (path / "meta.json").write_text(json_dump(seal_meta(meta)))
     return path
+
+
+def json_dump(meta: dict[str, object]) -> str:
+    """meta.json's text."""
+    return json.dumps(meta, indent=1) + "\n"
