@@ -84,3 +84,16 @@ def test_scenario_round_trip_and_with() -> None:
     assert Scenario.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError, match="unknown scenario keys"):
         Scenario.from_dict({"bogus": 1})
+
+
+def test_a_partial_failure_round_trips_and_splits() -> None:
+    from sparkv.core.events import TransferFailed, from_dict, to_dict
+    from sparkv.core.request import CellBlock
+
+    block = CellBlock(2, 5, 1, 4)
+    head, tail = block.split_after(7)
+    assert head == (CellBlock(2, 4, 1, 4), CellBlock(4, 5, 1, 2)) and tail == (CellBlock(4, 5, 2, 4),)
+    assert block.split_after(0) == ((), (block,)) and block.split_after(9) == ((block,), ())
+    event = TransferFailed(1.5, block, 300, "server gone", head)
+    assert from_dict(to_dict(event)) == event
+    assert from_dict(to_dict(TransferFailed(1.0, block, 0, "x"))).delivered == ()

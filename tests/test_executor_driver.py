@@ -83,11 +83,14 @@ def test_server_dying_mid_stream_still_answers_correctly(setup) -> None:  # type
     _, ref_tokens = full_prefill_reference(loaded, ctx_ids, query_ids, 4)
     prefill = LayerwisePrefill(loaded, ctx_ids, query_ids, CHUNK, max_new_tokens=4)
     driver = RealDriver(context(loaded, 70, 1e9), make_policy("stream"), prefill, store_fetch(store, 3),
-                        lambda rid: None, DriverConfig(poll_s=0.05))
+                        lambda rid: None, DriverConfig(poll_s=0.05, keep_partial=True))
     out = driver.run()
     assert [out.first_token, *prefill.generate(3)] == list(ref_tokens)
     assert out.faults and "server gone" in out.faults[0]
-    assert out.cells_computed == 5 * 4  # the link was given up: every cell computed locally
+    # the three cells that arrived whole stay; the link was given up, the chunks computed locally (a compute
+    # is a prefix of layers, so it covers those three cells again)
+    assert out.cells_streamed == 3 and out.cells_computed == 5 * 4
+    assert "3 cells kept" in out.faults[0]
     assert any(s.kind == "failed" for s in out.spans)
 
 

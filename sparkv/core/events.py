@@ -56,6 +56,9 @@ class TransferFailed:
     block: CellBlock  # cells that are missing again
     bytes: int  # wire bytes received before the failure
     reason: str  # e.g. "server closed", "checksum", "deadline"
+    # parts of `block` that did arrive whole and are installed before the failure (present now; the rest
+    # is missing again); only a real link delivers part of a block, the simulator's transfers are atomic
+    delivered: tuple[CellBlock, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,11 @@ def to_dict(item: Event | Command) -> dict[str, Any]:
     out: dict[str, Any] = {"type": type(item).__name__}
     for f in fields(item):
         value = getattr(item, f.name)
-        out[f.name] = value.to_list() if isinstance(value, CellBlock) else value
+        if isinstance(value, CellBlock):
+            value = value.to_list()
+        elif f.name == "delivered":
+            value = [b.to_list() for b in value]
+        out[f.name] = value
     return out
 
 
@@ -164,5 +171,8 @@ def from_dict(data: dict[str, Any]) -> Any:
     cls = _TYPES.get(str(data.get("type")))
     if cls is None:
         raise ValueError(f"unknown event or command type {data.get('type')!r}")
-    kwargs = {k: (CellBlock.from_list(v) if k == "block" else v) for k, v in data.items() if k != "type"}
+    kwargs: dict[str, Any] = {k: (CellBlock.from_list(v) if k == "block" else v) for k, v in data.items()
+                              if k != "type"}
+    if "delivered" in data:
+        kwargs["delivered"] = tuple(CellBlock.from_list(b) for b in data["delivered"])
     return cls(**kwargs)

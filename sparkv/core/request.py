@@ -78,6 +78,26 @@ class CellBlock:
     def to_list(self) -> list[int]:
         return [self.chunk_lo, self.chunk_hi, self.layer_lo, self.layer_hi]
 
+    def split_after(self, cells: int) -> tuple[tuple[CellBlock, ...], tuple[CellBlock, ...]]:
+        """(the first `cells` cells in chunk-major order, the rest), each as at most two blocks: whole
+        chunks, and one chunk's first (or last) layers."""
+        layers = self.layer_hi - self.layer_lo
+        if not 0 <= cells <= self.num_cells:
+            raise ValueError(f"{self}: cannot split after {cells} of {self.num_cells} cells")
+        whole, rest = divmod(cells, layers)
+        c = self.chunk_lo + whole
+        head: list[CellBlock] = []
+        tail: list[CellBlock] = []
+        if whole:
+            head.append(CellBlock(self.chunk_lo, c, self.layer_lo, self.layer_hi))
+        if rest:
+            head.append(CellBlock(c, c + 1, self.layer_lo, self.layer_lo + rest))
+            tail.append(CellBlock(c, c + 1, self.layer_lo + rest, self.layer_hi))
+            c += 1
+        if c < self.chunk_hi:
+            tail.append(CellBlock(c, self.chunk_hi, self.layer_lo, self.layer_hi))
+        return tuple(head), tuple(tail)
+
     @classmethod
     def from_list(cls, values: list[int]) -> CellBlock:
         return cls(*values)

@@ -127,6 +127,7 @@ class RequestEngine:
         self.send_samples = BandwidthSample not in ignored
         self.send_query_events = QueryLayerDone not in ignored or QueryLayerStarted not in ignored
         self.tick_s = hooks.tick_s
+        self.keeps_partial = hooks.keeps_partial_transfers
         self.check_mirror = check_mirror
         self.num_layers = ctx.model.num_layers
         self.progress = RequestProgress(ctx.request.num_chunks, self.num_layers)
@@ -186,22 +187,36 @@ class RequestEngine:
         self._dispatch(TransferDone(t_s, block, got, t_s - t.start_s), t_s if now_s is None else now_s)
 
     def transfer_lost(self, t_s: float, received_bytes: int, reason: str | None = None,
-                      now_s: float | None = None) -> None:  # fmt: skip
-        """The transfer in flight ended at `t_s` without its cells: cancelled (`reason` None) or failed."""
+                      now_s: float | None = None, delivered: tuple[CellBlock, ...] = (),
+                      delivered_bytes: int = 0) -> None:  # fmt: skip
+        """The transfer in flight ended at `t_s` without its cells: cancelled (`reason` None) or failed.
+
+        A failed transfer may have `delivered` parts of its block whole (sub-blocks, installed, carried
+        by `delivered_bytes` of the received bytes): they are present and streamed, the rest is lost."""
         t = self.transfer
         if t is None:
             raise self._no_flight("transfer_lost")
         kind = "cancelled" if reason is None else "failed"
         self.spans.append(make_span(("link", kind, t.start_s, t_s, t.block, received_bytes, -1)))
-        self.bytes_wasted += received_bytes
         self.progress.abort_fetch(t.block)
+        if delivered and reason is not None and self.keeps_partial:
+            for part in delivered:
+                self.progress.start_fetch(part)
+                self.progress.finish(part)
+                self.cells_streamed += part.num_cells
+            self.bytes_streamed += delivered_bytes
+            received_bytes_wasted = received_bytes - delivered_bytes
+        else:
+            delivered, received_bytes_wasted = (), received_bytes
+        self.bytes_wasted += received_bytes_wasted
         self.transfer = None
         event: Event
         if reason is None:
             event = TransferCancelled(t_s, t.block, received_bytes)
         else:
-            self.faults.append(f"t={t_s:.3f} s: transfer {t.block} failed ({reason})")
-            event = TransferFailed(t_s, t.block, received_bytes, reason)
+            self.faults.append(f"t={t_s:.3f} s: transfer {t.block} failed ({reason})"
+                               + (f", {sum(p.num_cells for p in delivered)} cells kept" if delivered else ""))
+            event = TransferFailed(t_s, t.block, received_bytes, reason, delivered)
         self._dispatch(event, t_s if now_s is None else now_s)
 
     def compute_done(self, t_s: float, start_s: float | None = None, now_s: float | None = None) -> None:

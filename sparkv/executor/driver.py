@@ -6,6 +6,18 @@ KV cells from the server and installs them into the model's cache as they arrive
 runs layer-wise prefill, and the query's layers with priority as soon as each layer is complete, on the
 caller's thread (see `RealDriver.run`); a control thread talks to the policy. Every
 wait has a deadline: a request that cannot finish raises `ExecutionTimeout` instead of hanging.
+
+Link faults, as a real link has them:
+- a stall: no byte for `stall_s` while the compute lane is idle ends the transfer as failed ("stalled")
+  at once, so the policy may compute those cells instead of waiting out the client's idle timeout;
+- a fault after some cells arrived whole: with `keep_partial` they stay installed and are reported as
+  `delivered` parts of the failed transfer (whole chunks of the block, then the first layers of one more
+  chunk), so a policy that keeps partial transfers fetches only the rest. Off by default: the simulator
+  models a failed transfer as losing its whole block, and the two worlds are compared on the same events;
+
+- a server that cannot be reached (refused, reset before the first byte, busy): the link worker
+  reconnects with exponential backoff (`backoff_s` doubling to `backoff_max_s`) for the same transfer
+  until it connects, the policy cancels, a stall is declared or the transfer's deadline comes.
 """
 
 from __future__ import annotations
@@ -66,6 +78,10 @@ class DriverConfig:
     transfer_timeout_s: float = 120.0  # a single transfer may take at most this long
     request_timeout_s: float = 1800.0  # the whole request, to the first token
     poll_s: float = 0.25  # how often the control loop checks the deadline when no tick is due
+    stall_s: float | None = 2.0  # no byte this long with the compute lane idle: the transfer failed
+    keep_partial: bool = False  # report the cells of a failed transfer that arrived whole as delivered
+    backoff_s: float = 0.05  # first wait before reconnecting to an unreachable server
+    backoff_max_s: float = 1.0  # the wait doubles up to this
 
 
 @dataclass
@@ -76,6 +92,9 @@ class _Job:
     block: CellBlock
     cancelled: bool = False
     rx_bytes: int = 0  # wire bytes received so far (written by the link worker)
+    started_s: float = field(default_factory=time.perf_counter)  # perf_counter instant it was handed over
+    stalled: str | None = None  # why the control loop ended it as stalled
+    wake: threading.Event = field(default_factory=threading.Event)  # cuts a reconnect backoff short
 
 
 @dataclass
@@ -90,6 +109,14 @@ class DriverOutput:
     cells_streamed: int = 0
     cells_computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
+
+
+def delivered_parts(block: CellBlock, cells: int) -> tuple[CellBlock, ...]:
+    """The first `cells` cells of `block` in chunk-major order (the order they arrive), as sub-blocks."""
+    return block.split_after(cells)[0]
+
+
+_UNREACHABLE = ("ServerGone",)  # fault types worth reconnecting for when no byte of the transfer came
 
 
 def fault_reason(exc: BaseException) -> str:
@@ -121,11 +148,13 @@ class RealDriver:
         cancel: CancelFn,
         config: DriverConfig | None = None,
         check_mirror: bool = False,
+        last_byte_s: Callable[[], float] | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy_name = policy.name
         self.engine = RequestEngine(ctx, policy, self, record=True, check_mirror=check_mirror)
         self.sink, self.fetch, self.cancel = sink, fetch, cancel
+        self.last_byte_s = last_byte_s  # perf_counter instant the link last received a byte (stall detection)
         self.config = config or DriverConfig()
         self.reports: queue.Queue[_Report] = queue.Queue()
         self.link_q: queue.Queue[_Job | None] = queue.Queue()
@@ -151,6 +180,7 @@ class RealDriver:
         job = self.job
         if job is not None and not job.cancelled:
             job.cancelled = True
+            job.wake.set()
             self.cancel(job.request_id)
 
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
@@ -170,25 +200,52 @@ class RealDriver:
 
     def _link_worker(self) -> None:
         while (job := self.link_q.get()) is not None:
-            cells = 0
+            self._carry(job)
+
+    def _carry(self, job: _Job) -> None:
+        """One transfer: fetch (reconnecting with backoff while the server is unreachable), install, report."""
+        cfg = self.config
+        deadline = time.perf_counter() + cfg.transfer_timeout_s
+        cells, cell_bytes, backoff = 0, 0, cfg.backoff_s
+        while True:
             try:
-                deadline = time.perf_counter() + self.config.transfer_timeout_s
                 for cell in self.fetch(job.request_id, job.block, deadline):
                     if cells == 0:  # the payload began: from here on, samples count its bytes
                         first = cell.head_s - self._t0 if cell.head_s is not None else self.now()
                         self.reports.put(("payload", job, first))
                     self.sink.install(cell.chunk, cell.layer, np.asarray(cell.k), np.asarray(cell.v))
                     job.rx_bytes += cell.wire_bytes
+                    cell_bytes += cell.wire_bytes
                     cells += 1
-                end = self.now()
-                if job.cancelled:
-                    self.reports.put(("lost", job, end, None))
-                elif cells != job.block.num_cells:
-                    self.reports.put(("lost", job, end, f"incomplete: {cells} of {job.block.num_cells} cells"))
-                else:
-                    self.reports.put(("done", job, end))
             except Exception as exc:  # a fault on the wire: the policy decides what to do next
-                self.reports.put(("lost", job, self.now(), fault_reason(exc)))
+                retry = (type(exc).__name__ in _UNREACHABLE and cells == 0 and job.rx_bytes == 0
+                         and job.stalled is None and not job.cancelled
+                         and time.perf_counter() + backoff < deadline)
+                if retry:
+                    job.wake.wait(backoff)  # a cancel or a stall ends the wait early
+                    backoff = min(2 * backoff, cfg.backoff_max_s)
+                    if not job.cancelled and job.stalled is None:
+                        continue
+                reason = fault_reason(exc)
+                if job.stalled is not None:
+                    waited_s = time.perf_counter() - job.started_s
+                    reason = f"{job.stalled}; {reason}" if cells else f"{reason} (reconnecting for {waited_s:.1f} s)"
+                self._lost(job, reason, cells, cell_bytes)
+                return
+            break
+        end = self.now()
+        if job.stalled is not None and cells != job.block.num_cells:
+            self._lost(job, job.stalled, cells, cell_bytes)
+        elif job.cancelled:
+            self.reports.put(("lost", job, end, None, (), 0))
+        elif cells != job.block.num_cells:
+            self._lost(job, f"incomplete: {cells} of {job.block.num_cells} cells", cells, cell_bytes)
+        else:
+            self.reports.put(("done", job, end))
+
+    def _lost(self, job: _Job, reason: str, cells: int, cell_bytes: int) -> None:
+        parts = delivered_parts(job.block, cells) if cells and self.config.keep_partial and not job.cancelled else ()
+        self.reports.put(("lost", job, self.now(), reason, parts, cell_bytes if parts else 0))
 
     def _compute_worker(self) -> None:
         try:
@@ -221,7 +278,8 @@ class RealDriver:
         elif what == "lost":
             job = report[1]
             self.job = None
-            eng.transfer_lost(report[2], job.rx_bytes, report[3], now_s=self.now())
+            eng.transfer_lost(report[2], job.rx_bytes, report[3], now_s=self.now(), delivered=report[4],
+                              delivered_bytes=report[5])
         elif what == "compute":
             eng.compute_done(report[1], report[2], now_s=self.now())
         elif what == "query":
@@ -263,6 +321,20 @@ class RealDriver:
         except BaseException as exc:  # handed to the caller's thread by `run`
             self._control_error = exc
 
+    def _check_stall(self, eng: RequestEngine) -> None:
+        """End the transfer in flight as stalled when no byte came for stall_s and the compute lane is idle."""
+        job, stall_s = self.job, self.config.stall_s
+        if job is None or stall_s is None or job.cancelled or job.stalled is not None or eng.compute_busy:
+            return
+        last = job.started_s
+        if self.last_byte_s is not None:
+            last = max(last, self.last_byte_s())
+        silent_s = time.perf_counter() - last
+        if silent_s > stall_s:
+            job.stalled = f"stalled: no byte for {silent_s:.1f} s with the compute lane idle"
+            job.wake.set()
+            self.cancel(job.request_id)
+
     def _control(self) -> None:
         """Feed the engine the workers' reports and the ticks until the first token is known."""
         eng = self.engine
@@ -277,6 +349,7 @@ class RealDriver:
                         f"policy {self.policy_name}: no first token after {self.config.request_timeout_s:.0f} s "
                         f"({eng.missing_cells()} cells missing)"
                     )
+                self._check_stall(eng)
                 wait = min(next_tick - now, self.config.poll_s)
                 try:
                     report = self.reports.get(timeout=max(0.0, wait))

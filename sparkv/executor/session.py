@@ -202,7 +202,7 @@ class RealSession:
             for cell in client.fetch(request_id, key, chunk, codec, block, deadline_s, expect=cell_shape):
                 yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes, cell.head_s)
 
-        driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config)
+        driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config, last_byte_s=client.last_byte_s)
         sensor = self.sensor
         link.start_clock()
         wall0 = time.perf_counter()

@@ -56,6 +56,11 @@ class Policy(Protocol):
     # otherwise build dozens of events nobody reads. A run with a log sends every event.
     ignored_events: frozenset[type] = frozenset()
 
+    # True when the policy handles `TransferFailed.delivered` (parts of a failed block that arrived whole and
+    # are present): it then fetches only the rest. A policy that does not say so sees whole-block failures,
+    # and the delivered cells are fetched or computed again.
+    keeps_partial_transfers: bool = False
+
     def begin(self, ctx: RequestContext) -> None:
         """A request starts: forget any earlier one and plan from `ctx`."""
 
@@ -83,6 +88,7 @@ class PolicyHooks:
     tick_s: float | None
     ignored_events: frozenset[type]
     stats: Callable[[], dict[str, Any]]
+    keeps_partial_transfers: bool = False
 
 
 def policy_hooks(policy: object) -> PolicyHooks:
@@ -96,6 +102,7 @@ def policy_hooks(policy: object) -> PolicyHooks:
         tick_s=float(tick) if tick is not None else None,
         ignored_events=frozenset(getattr(policy, "ignored_events", ())),
         stats=stats if callable(stats) else dict,
+        keeps_partial_transfers=bool(getattr(policy, "keeps_partial_transfers", False)),
     )
 
 

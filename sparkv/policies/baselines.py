@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sparkv.core.progress import CellState
 from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
 from sparkv.policies.tracking import TrackingPolicy
@@ -49,6 +50,7 @@ class StreamOnly(TrackingPolicy):
     """Fetch `layers_per_transfer` layers of every chunk per transfer, in layer order."""
 
     name = "stream"
+    keeps_partial_transfers = True  # a layer missing again is fetched from its first missing chunk
 
     def __init__(self, layers_per_transfer: int = 1) -> None:
         super().__init__()
@@ -74,6 +76,16 @@ class StreamOnly(TrackingPolicy):
         if lo >= progress.num_layers:
             return None
         hi = min(lo + self.layers_per_transfer, progress.num_layers)
+        if lo < next_layer and progress.present_per_layer[lo]:  # lost after a partial delivery
+            state, c = progress.state, 0
+            while c < progress.num_chunks and state[c][lo] != CellState.MISSING:
+                c += 1
+            if c == progress.num_chunks:  # its missing cells are being computed
+                return None
+            end = c + 1
+            while end < progress.num_chunks and state[end][lo] == CellState.MISSING:
+                end += 1
+            return _block(c, end, lo, lo + 1)  # its first run of missing cells, one layer
         self._next_layer = hi
         return _block(0, progress.num_chunks, lo, hi)
 
@@ -83,6 +95,8 @@ class StreamOnly(TrackingPolicy):
 
 class _MeetInTheMiddle(TrackingPolicy):
     """Whole chunks computed from the front, whole chunks streamed from the back."""
+
+    keeps_partial_transfers = True  # what a failed transfer left missing is fetched again, nothing more
 
     def __init__(self) -> None:
         super().__init__()

@@ -52,6 +52,7 @@ class TrackingPolicy:
     # ticks or query layers (its mirror of the query layers then lags in runs that keep no log)
     ignored_events: frozenset[type] = _NO_BOOKKEEPING
     tick_s: float | None = None
+    keeps_partial_transfers: bool = False  # see `sparkv.policies.base.Policy`
 
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
@@ -98,11 +99,18 @@ class TrackingPolicy:
         elif isinstance(event, (TransferCancelled, TransferFailed)):
             progress.abort_fetch(event.block)
             self.in_flight = None
+            lost: tuple[CellBlock, ...] = (event.block,)
             if isinstance(event, TransferFailed):
+                if event.delivered:  # parts that arrived whole before the failure are present
+                    for part in event.delivered:
+                        progress.start_fetch(part)
+                        progress.finish(part)
+                    lost = event.block.split_after(sum(p.num_cells for p in event.delivered))[1]
                 self.failed_fetches += 1
                 self.link_dead = self.link_dead or self.failed_fetches >= self.max_fetch_failures
             if self._loses:
-                self.on_fetch_lost(event.block)
+                for block in lost:
+                    self.on_fetch_lost(block)
         elif isinstance(event, ComputeDone):
             progress.finish(event.block)
             self.computing = None
@@ -147,7 +155,8 @@ class TrackingPolicy:
         """React to an event after the bookkeeping."""
 
     def on_fetch_lost(self, block: CellBlock) -> None:
-        """A fetch of `block` failed or was cancelled: its cells are missing again (after the bookkeeping)."""
+        """A fetch of `block` failed or was cancelled: its cells are missing again (after the bookkeeping).
+        After a partial delivery it is called once per block of cells still missing."""
 
     def next_fetch(self, now_s: float) -> CellBlock | None:
         return None

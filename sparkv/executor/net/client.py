@@ -150,6 +150,11 @@ class KVClient:
         except PeerGone as exc:
             raise ServerGone(f"{where} closed during the handshake: {exc}{self._why()}") from exc
 
+    def last_byte_s(self) -> float:
+        """perf_counter instant this client last received a byte (-inf before any): stall detection."""
+        reader = self._reader
+        return reader.last_recv_s if reader is not None else -math.inf
+
     def _drop(self) -> None:
         """Close the connection; the next fetch opens a new one."""
         if self._sock is not None:

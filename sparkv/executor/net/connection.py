@@ -21,21 +21,20 @@ import collections
 import contextlib
 import hmac
 import logging
+import random
 import secrets
 import selectors
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from sparkv.executor.net import protocol as P
 from sparkv.executor.net.codecs import WireCodec, get_codec
 from sparkv.executor.net.io import limit_unsent
-from sparkv.executor.net.store import OpenStore, RequestRefused
+from sparkv.executor.net.pacing import Pacer
+from sparkv.executor.net.store import OpenStore, RequestRefused, StoreCache
 from sparkv.executor.net.storefmt import StoreCorrupt
-
-if TYPE_CHECKING:
-    from sparkv.executor.net.server import KVServer
 
 log = logging.getLogger("sparkv.kvserver")
 RECV_BYTES = 64 * 1024
@@ -58,6 +57,37 @@ class Limits:
         per = (RECV_BYTES + P.MAX_REQUEST_FRAME_BYTES + self.output_bytes + P.MAX_FRAME_BYTES + P.HEADER.size
                + 3 * max_cell_bytes + self.max_pipelined * P.MAX_REQUEST_FRAME_BYTES)
         return self.max_clients * per
+
+
+class KVServer(Protocol):
+    """What a connection uses of its server (sparkv.executor.net.server.KVServer)."""
+
+    @property
+    def stores(self) -> StoreCache: ...
+
+    @property
+    def pacer(self) -> Pacer | None: ...
+
+    @property
+    def faults(self) -> Any: ...  # server.Faults
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def secret(self) -> bytes | None: ...
+
+    @property
+    def rng(self) -> random.Random: ...
+
+    @property
+    def sel(self) -> selectors.BaseSelector: ...
+
+    def count_sent(self, n: int) -> int: ...
+
+    def sent(self, n: int) -> None: ...
+
+    def forget(self, conn: Connection) -> None: ...
 
 
 class _Stream:

@@ -8,6 +8,7 @@ a cancel from another thread need not wait for the next byte.
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import threading
@@ -42,6 +43,7 @@ class FrameReader:
         self.wake = wake
         self._buf = bytearray()
         self.bytes_read = 0  # bytes taken off the socket so far
+        self.last_recv_s = -math.inf  # perf_counter instant of the last byte taken off the socket
 
     def read(self, deadline_s: float) -> tuple[int, bytes]:
         """(type, body) of the next frame, its crc checked; DeadlineExceeded, PeerGone, CorruptFrame or Woken
@@ -72,6 +74,7 @@ class FrameReader:
                     raise PeerGone("connection closed by the peer")
                 self._buf += data
                 self.bytes_read += len(data)
+                self.last_recv_s = time.perf_counter()
             elif self.wake is not None and self.wake in ready:
                 raise Woken()
 
