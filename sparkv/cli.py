@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
+from sparkv.commands.values import OneLineParser
 from sparkv.core.errors import UserError
 
 # Sub-command modules; each defines `register(subparsers) -> None` and sets `func` on its parser.
@@ -28,7 +30,7 @@ _COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparkv", description=__doc__)
+    parser = OneLineParser(prog="sparkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
         try:
@@ -42,12 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command. Exit status 2 for every refusal (a bad flag, value or file), one line on stderr;
+    set SPARKV_DEBUG=1 to see the traceback of an unexpected ValueError or OSError instead."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (2), or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         code = args.func(args)
     except UserError as exc:
         print(f"sparkv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:  # a value or a file no check caught earlier: still one line
+        if os.environ.get("SPARKV_DEBUG"):
+            raise
+        what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        first = what.splitlines()[0] if what else type(exc).__name__
+        print(f"sparkv {args.command}: error: {first}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sparkv {args.command}: interrupted", file=sys.stderr)

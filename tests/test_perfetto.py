@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -63,3 +64,25 @@ def test_cli_exports_from_result_files(results: list[Result], tmp_path: Path, mo
     assert len({e["pid"] for e in loaded["traceEvents"]}) == 2
     write_chrome_trace(results[:1], tmp_path / "one.json")
     assert json.loads((tmp_path / "one.json").read_text())["otherData"]["results"] == 1
+
+
+def test_breakpoints_never_repeat_across_many_loops() -> None:
+    """A run outlasting many passes of its trace: the counter walk ends and moves forward at every step,
+    including where rounding puts a loop's end a hair before the next loop's start."""
+    from sparkv.analysis.perfetto import _breakpoints_after
+
+    times = [0.0, 0.1, 0.7, 2.9999999999999996]
+    gen = _breakpoints_after(times, 3.0, 0.05)
+    got = [next(gen) for _ in range(400)]
+    assert all(b > a for a, b in itertools.pairwise(got)) and got[0] == pytest.approx(0.1)
+    assert got[-1] > 3.0 * 99
+
+
+def test_a_run_longer_than_its_trace_exports(tmp_path: Path) -> None:
+    scenario = Scenario(device="analytic-cpu-2core", context_tokens=1024,
+                        trace="steps:0.3s@1mbps,0.1s@0.2mbps").with_(trace_offset_s=0.37)
+    result = simulate(build_world(scenario), make_policy("stream"))
+    end = max(s.end_s for s in result.spans)
+    assert end > 10 * 0.4  # many loops of the trace
+    counter = [e["ts"] / 1e6 for e in to_chrome_trace([result])["traceEvents"] if e["ph"] == "C"]
+    assert counter == sorted(counter) and counter[-1] == pytest.approx(end)

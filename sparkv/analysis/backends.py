@@ -7,8 +7,10 @@ the worker (traces, model specs) are filled once per worker, not once per task.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -24,7 +26,7 @@ class Backend(Protocol):
 
     def imap(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
 
-    def close(self) -> None: ...
+    def close(self, now: bool = False) -> None: ...  # now: stop running work too (after a Ctrl-C)
 
 
 class SerialBackend:
@@ -37,7 +39,7 @@ class SerialBackend:
         for i, task in enumerate(tasks):
             yield i, fn(task)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         pass
 
 
@@ -54,7 +56,7 @@ class LocalBackend:
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods and preload:
             ctx.set_forkserver_preload(list(preload))
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
 
     def imap(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         futures: dict[Future[Any], int] = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
@@ -68,8 +70,18 @@ class LocalBackend:
             for fut in pending:
                 fut.cancel()
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Shut the pool down; `now` (after a Ctrl-C): cancel what is queued and end running workers too."""
+        if now:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):  # running batches: stop them
+                with contextlib.suppress(OSError, AttributeError):
+                    proc.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (no traceback from each of them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class RayBackend:
@@ -114,7 +126,7 @@ class RayBackend:
             for ref in pending:
                 ray.cancel(ref)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         if self._started:
             self._ray.shutdown()
 

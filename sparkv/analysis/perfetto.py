@@ -9,6 +9,7 @@ trace after scaling and offset) when the trace can be rebuilt from the result's 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +59,45 @@ def bandwidth_counter(result: Result, pid: int) -> list[dict[str, Any]]:
     offset = float(link.get("trace_offset_s", 0.0))
     end = max([result.ttft_s, *(s.end_s for s in result.spans)]) if result.spans else result.ttft_s
     events: list[dict[str, Any]] = []
-    t, last, times = 0.0, None, trace.times_s.tolist()
-    while t <= end and len(events) < MAX_COUNTER_POINTS:
+    t, last = 0.0, None
+    breakpoints = _breakpoints_after(trace.times_s.tolist(), float(trace.duration_s), offset)
+    for _ in range(4 * MAX_COUNTER_POINTS):  # bounded: a run outlasting many loops of its trace ends too
+        if t > end or len(events) >= MAX_COUNTER_POINTS:
+            break
         rate = trace.rate_at(t + offset) * scale * 8 / 1e6
         if rate != last:
             events.append({"name": "bandwidth", "ph": "C", "pid": pid, "ts": t * US, "args": {"Mbit/s": rate}})
             last = rate
-        t = _next_breakpoint(times, trace.duration_s, t + offset) - offset
+        t = next(breakpoints) - offset
     events.append({"name": "bandwidth", "ph": "C", "pid": pid, "ts": end * US, "args": {"Mbit/s": last or 0.0}})
     return events
 
 
-def _next_breakpoint(times: list[float], duration_s: float, t_s: float) -> float:
-    """The first breakpoint of a looping trace strictly after absolute time t_s."""
+def _breakpoints_after(times: list[float], duration_s: float, t_s: float) -> Iterator[float]:
+    """The breakpoints of a trace looping every duration_s, strictly after absolute time t_s, in order.
+
+    Counted by (loop, index), never recomputed from a float sum, so rounding cannot send it back to the
+    breakpoint it just gave (a loop's end is the next loop's start)."""
     from bisect import bisect_right
 
-    loops, r = divmod(t_s, duration_s)
-    i = bisect_right(times, r)
-    nxt = times[i] if i < len(times) else duration_s
-    return loops * duration_s + nxt if nxt > r else t_s + 1e-6
+    if not duration_s > 0:
+        raise ValueError(f"trace duration must be positive, got {duration_s}")
+    loop_f, r = divmod(t_s, duration_s)
+    loop = int(loop_f)
+    inner = [x for x in times if 0 < x < duration_s]  # breakpoints inside one loop; 0 is a loop's start
+    i = bisect_right(inner, r)
+    prev = t_s
+    while True:
+        for x in inner[i:]:
+            value = loop * duration_s + x
+            if value > prev:
+                prev = value
+                yield value
+        loop, i = loop + 1, 0
+        value = loop * duration_s
+        if value > prev:
+            prev = value
+            yield value
 
 
 def to_chrome_trace(results: list[Result], bandwidth: bool = True) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -183,6 +184,11 @@ def run_point(scenario: Scenario, policy: str, keep: str | None = None, world: A
         world = world or build_world(scenario, cached_trace(scenario.trace), cached_spec(scenario.model))
         result = simulate(world, make_named_policy(policy, world), record=False)
     except SimulationStalled as exc:
+        if keep:  # a stalled run is kept too: what it was and why it did not finish
+            record = {"status": "stalled", "error": str(exc), "policy": label, "needs_longer": exc.needs_longer,
+                      "config": {"scenario": scenario.to_dict(), "policy": policy}}
+            name = f"{label.replace(':', '-')}-{scenario_key(scenario)}.stalled.json"
+            (Path(keep) / name).write_text(json.dumps(record, indent=1) + "\n")
         return _failed_row(scenario, label, "stalled", str(exc))
     except (UserError, ValueError) as exc:
         return _failed_row(scenario, label, "error", str(exc))
@@ -239,9 +245,17 @@ def make_batches(points: list[dict[str, Any]], workers: int, keep: str | None = 
     return [{"points": ordered[i : i + size], "keep": keep} for i in range(0, len(ordered), size)]
 
 
+class SweepInterrupted(Exception):
+    """Ctrl-C during a sweep; `rows` holds the rows that had finished (in point order)."""
+
+    def __init__(self, rows: list[dict[str, Any]], total: int) -> None:
+        super().__init__(f"interrupted after {len(rows)} of {total} runs")
+        self.rows, self.total = rows, total
+
+
 def run_sweep(points: list[dict[str, Any]], backend: Backend | None = None, keep: Path | None = None,
               progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Every point's row, in point order."""
+    """Every point's row, in point order; SweepInterrupted (with the finished rows) on Ctrl-C."""
     from tqdm import tqdm
 
     backend = backend or SerialBackend()
@@ -249,13 +263,16 @@ def run_sweep(points: list[dict[str, Any]], backend: Backend | None = None, keep
         keep.mkdir(parents=True, exist_ok=True)
     batches = make_batches(points, backend.workers, str(keep) if keep else None)
     rows: list[dict[str, Any]] = []
-    with tqdm(total=len(points), unit="run", disable=not progress, dynamic_ncols=True) as bar:
-        for _, out in backend.imap(run_batch, batches):
-            rows.extend(out)
-            bar.update(len(out))
-            stalled = sum(r["status"] != "ok" for r in rows)
-            if stalled:
-                bar.set_postfix(not_ok=stalled)
+    try:
+        with tqdm(total=len(points), unit="run", disable=not progress, dynamic_ncols=True) as bar:
+            for _, out in backend.imap(run_batch, batches):
+                rows.extend(out)
+                bar.update(len(out))
+                stalled = sum(r["status"] != "ok" for r in rows)
+                if stalled:
+                    bar.set_postfix(not_ok=stalled)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(sorted(rows, key=lambda r: r["index"]), len(points)) from None
     return sorted(rows, key=lambda r: r["index"])
 
 

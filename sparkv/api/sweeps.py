@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparkv.analysis.sweep import SweepSpec, expand, load_spec, run_sweep
+from sparkv.analysis.sweep import SweepInterrupted, SweepSpec, expand, load_spec, run_sweep
 from sparkv.analysis.tables import summarise
 from sparkv.api.basics import frame
 from sparkv.core.config import Scenario
@@ -103,10 +103,14 @@ def sweep(
     points = expand(plan)
     runner = make_backend(backend, jobs, ray_address, preload=["sparkv.analysis.sweep"])
     start = time.perf_counter()
+    interrupted = False
     try:
         rows = run_sweep(points, runner, Path(keep_results) if keep_results else None, progress=progress)
+    except SweepInterrupted:  # Ctrl-C: its finished rows travel with it; running workers are stopped now
+        interrupted = True
+        raise
     finally:
-        runner.close()
+        runner.close(now=interrupted)
     wall_s = time.perf_counter() - start
     notes = _add_loop_columns(rows)
     return SweepRun(plan, points, rows, runner.name, runner.workers, wall_s, notes)
@@ -145,7 +149,7 @@ def save_sweep(run: SweepRun, out: Path, argv: Sequence[str] = ()) -> dict[str, 
     traces = list(dict.fromkeys(p["scenario"]["trace"] for p in run.points))
     meta = {"kind": "sweep", "spec": run.spec.to_dict(), "traces": traces, "runs": len(run.rows),
             "status": run.counts(), "backend": run.backend, "workers": run.workers, "wall_s": run.wall_s,
-            "notes": run.notes, "argv": list(argv), **provenance()}  # fmt: skip
+            "notes": run.notes, "complete": True, "argv": list(argv), **provenance()}  # fmt: skip
     (out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str))
     written["json"] = out / "sweep.json"
     return written

@@ -7,6 +7,7 @@ import statistics
 import time
 
 from sparkv.commands.common import deprecated_alias, format_table
+from sparkv.commands.values import pos_float, pos_int
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
@@ -39,12 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = bench_sub.add_parser("sim", help="simulated requests per second, and the trace integral vs 1 ms stepping")
     s.add_argument("--trace", help="trace file or spec (default: the Verizon LTE trace in ../shared, if present)")
     s.add_argument("--device", default="cpu-smollm2", help="device profile (default cpu-smollm2)")
-    s.add_argument("--requests", type=int, default=200, help="requests per policy per repeat (default 200)")
-    s.add_argument("--repeats", type=int, default=5, help="repeats; the median rate is printed (default 5)")
-    s.add_argument("--max-wall-s", dest="max_seconds", type=float, default=10.0,
+    s.add_argument("--requests", type=pos_int, default=200, help="requests per policy per repeat (default 200)")
+    s.add_argument("--repeats", type=pos_int, default=5, help="repeats; the median rate is printed (default 5)")
+    s.add_argument("--max-wall-s", dest="max_seconds", type=pos_float, default=10.0,
                    help="a repeat stops after this many wall-clock seconds even if fewer requests ran (default 10; "
                         "a policy that plans at run time can take seconds per request)")
-    s.add_argument("--max-seconds", dest="max_seconds", type=float, action=deprecated_alias("--max-wall-s"),
+    s.add_argument("--max-seconds", dest="max_seconds", type=pos_float, action=deprecated_alias("--max-wall-s"),
                    help=argparse.SUPPRESS)
     s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")
     s.set_defaults(func=bench_sim)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
 from sparkv.policies import Policy, make_policy
@@ -39,14 +40,14 @@ def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = No
     p.add_argument("--codec", help=f"KV codec on the wire (default {d.codec})")
     p.add_argument("--attention", help="attention of locally computed chunks: dense or block-sparse:tau=0.9,block=64 "
                    f"(default {d.attention})")
-    p.add_argument("--context-tokens", type=int, help=f"context length (default {d.context_tokens})")
-    p.add_argument("--query-tokens", type=int, help=f"query length (default {d.query_tokens})")
-    p.add_argument("--chunk-tokens", type=int, help=f"tokens per chunk (default {d.chunk_tokens})")
-    p.add_argument("--bandwidth-scale", type=float, help="multiply the trace's bandwidth (default 1)")
-    p.add_argument("--trace-offset", type=float, dest="trace_offset_s", help="start time in the trace, s")
-    p.add_argument("--rtt-ms", type=float, help=f"round trip per transfer, ms (default {d.link.rtt_s * 1e3:g})")
+    p.add_argument("--context-tokens", type=pos_int, help=f"context length (default {d.context_tokens})")
+    p.add_argument("--query-tokens", type=pos_int, help=f"query length (default {d.query_tokens})")
+    p.add_argument("--chunk-tokens", type=pos_int, help=f"tokens per chunk (default {d.chunk_tokens})")
+    p.add_argument("--bandwidth-scale", type=nonneg_float, help="multiply the trace's bandwidth (default 1)")
+    p.add_argument("--trace-offset", type=nonneg_float, dest="trace_offset_s", help="start time in the trace, s")
+    p.add_argument("--rtt-ms", type=nonneg_float, help=f"round trip per transfer, ms (default {d.link.rtt_s * 1e3:g})")
     p.add_argument("--radio", help=f"radio power model: lte, 5g, wifi, 3g (default {d.link.radio})")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, help="random seed (default 0)")
 
 
 def read_scenario_file(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from sparkv.analysis.evaluate import (
 from sparkv.commands.common import floats as _floats
 from sparkv.commands.common import format_table, write_csv
 from sparkv.commands.evaluate_paper import run_paper
+from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
 from sparkv.core.attention import parse_attention
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
@@ -63,18 +64,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", default="dense",
                    help="attention of locally computed chunks, the same for every policy: dense or "
                    "block-sparse:tau=0.9,block=64 (default dense)")
-    p.add_argument("--chunk-tokens", type=int, default=512, help="tokens per chunk (default 512)")
-    p.add_argument("--rtt-ms", type=float, help="round trip per transfer, ms (default 30)")
+    p.add_argument("--chunk-tokens", type=pos_int, default=512, help="tokens per chunk (default 512)")
+    p.add_argument("--rtt-ms", type=nonneg_float, help="round trip per transfer, ms (default 30)")
     p.add_argument("--policy-config", "--sparkv-config", dest="policy_config", type=Path,
                    help="the sparkv policy's config file, as `sparkv tune` writes it (--sparkv-config: old name)")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--jobs", type=pos_int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
-    p.add_argument("--planner-check", type=int, default=0, metavar="N",
+    p.add_argument("--planner-check", type=nonneg_int, default=0, metavar="N",
                    help="also compare the planner with exhaustive search on N random small instances")
-    p.add_argument("--oracle-check", type=int, default=0, metavar="N",
+    p.add_argument("--oracle-check", type=nonneg_int, default=0, metavar="N",
                    help="also compare the oracle with the exact optimum (every decision searched) on N random tiny "
                         "requests per shape (3x2, 4x2, 2x3, 3x3 chunks x layers)")
-    p.add_argument("--bench-repeats", type=int, default=30, help="timed first plans for the planning benchmark")
+    p.add_argument("--bench-repeats", type=pos_int, default=30, help="timed first plans for the planning benchmark")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.set_defaults(func=run)
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sparkv.commands.common import deprecated_alias
+from sparkv.commands.values import nonneg_float, nonneg_int, pos_float, pos_int
 from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import DeviceProfile
 
@@ -25,24 +26,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", dest="torch_device", action=deprecated_alias("--torch-device"),
                    help=argparse.SUPPRESS)  # elsewhere --device names a device profile
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch intra-op threads (default: torch's own)")
     p.add_argument("--name", help="profile name (default <cpu|cuda>-<model>)")
     p.add_argument("--out", type=Path, help="output JSON (default ./<name>.json)")
     p.add_argument("--quick", action="store_true", help="tiny random model and a small grid (seconds)")
-    p.add_argument("--max-context", type=int, help="longest context measured (default 8192)")
-    p.add_argument("--repeats", type=int, help="timed commands per point and pass (default 8)")
+    p.add_argument("--max-context", type=pos_int, help="longest context measured (default 8192)")
+    p.add_argument("--repeats", type=pos_int, help="timed commands per point and pass (default 8)")
     p.add_argument("--codecs", help="comma-separated codecs whose install cost to measure")
     p.add_argument(
         "--chunk-sizes",
         help="comma-separated chunk sizes (tokens) to measure; add the sizes your runs use "
         "(default 32,64,128,256,384,512,768,1024)",
     )
-    p.add_argument("--passes", type=int, help="passes over all points, at different times (default 3)")
+    p.add_argument("--passes", type=pos_int, help="passes over all points, at different times (default 3)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
     p.add_argument("--link", choices=("pacing", "netns"), help="calibrate the link with the real KV server")
     p.add_argument("--update", type=Path, help="with --link: add the calibration to this existing profile")
-    p.add_argument("--link-rate-mbps", type=float, default=20.0, help="shaped rate for link calibration")
-    p.add_argument("--link-rtt-ms", type=float, help="round trip to subtract (default: measured with pings)")
+    p.add_argument("--link-rate-mbps", type=pos_float, default=20.0, help="shaped rate for link calibration")
+    p.add_argument("--link-rtt-ms", type=nonneg_float, help="round trip to subtract (default: measured with pings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-contention", action="store_true",
                    help="with --link: skip measuring how much slower compute runs while cells arrive")

@@ -15,6 +15,7 @@ from typing import Any
 from sparkv.analysis.quality import ATTENTION_PREFIX, DEFAULT_CODECS, TASKS, DocumentCost, Outcome, QualityConfig
 from sparkv.analysis.sparse_study import CellRecord
 from sparkv.commands.common import format_table
+from sparkv.commands.values import pos_float, pos_int
 from sparkv.core.attention import parse_attention
 from sparkv.core.errors import UserError
 
@@ -29,13 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"LEval task ({', '.join(TASKS)}) or a JSONL file of documents: LEval's fields, or "
                         "FILE.jsonl?context=F&question=F&answer=F[&metric=exam|f1|rouge|contains]; repeatable "
                         "(default: the three LEval tasks)")  # fmt: skip
-    p.add_argument("--documents", type=int, default=d.documents, help=f"documents per dataset ({d.documents})")
-    p.add_argument("--questions-per-doc", type=int, default=d.questions_per_doc,
+    p.add_argument("--documents", type=pos_int, default=d.documents, help=f"documents per dataset ({d.documents})")
+    p.add_argument("--questions-per-doc", type=pos_int, default=d.questions_per_doc,
                    help=f"questions per document ({d.questions_per_doc})")
-    p.add_argument("--max-context-tokens", type=int, default=d.max_context_tokens,
+    p.add_argument("--max-context-tokens", type=pos_int, default=d.max_context_tokens,
                    help=f"truncate each document to this many tokens ({d.max_context_tokens})")
-    p.add_argument("--chunk-tokens", type=int, default=d.chunk_tokens, help=f"tokens per KV cell ({d.chunk_tokens})")
-    p.add_argument("--new-tokens", type=int, default=d.new_tokens,
+    p.add_argument("--chunk-tokens", type=pos_int, default=d.chunk_tokens,
+                   help=f"tokens per KV cell ({d.chunk_tokens})")
+    p.add_argument("--new-tokens", type=pos_int, default=d.new_tokens,
                    help=f"greedy tokens compared and scored ({d.new_tokens})")
     p.add_argument("--model", default=d.model, help="smollm2 or a Hugging Face model directory (default smollm2)")
     p.add_argument("--data-dir", type=Path, help="folder with the LEval JSONL files (default ../shared/datasets/leval)")
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-bits", metavar="CODECS",
                    help="instead: measure each layer's sensitivity (KL when that layer alone goes through each "
                    "of these comma-separated codecs) and choose a codec per layer within --byte-budget-pct")
-    p.add_argument("--byte-budget-pct", type=float, default=35.0,
+    p.add_argument("--byte-budget-pct", type=pos_float, default=35.0,
                    help="bytes of the per-layer choice, %% of fp16 (default 35)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=quality)

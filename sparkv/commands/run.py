@@ -17,6 +17,7 @@ from sparkv.commands.common import (
 )
 from sparkv.commands.machine import profile_note
 from sparkv.commands.simulate import write_outputs
+from sparkv.commands.values import pos_int
 from sparkv.core.config import Scenario
 from sparkv.policies import BASELINES, POLICIES
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", action="append", help="policy to run, repeatable (default: baselines and sparkv)")
     p.add_argument("--link", choices=["auto", "netns", "pacing"], default="auto",
                    help="tc token bucket in a network namespace, or sender-side pacing (default auto)")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens to generate (default 16)")
+    p.add_argument("--max-new-tokens", type=pos_int, default=16, help="greedy tokens to generate (default 16)")
     p.add_argument("--torch-device", dest="torch_device", default="cpu",
                    help="torch device: cpu or cuda[:n] (--device names the device profile)")
     p.add_argument("--device-torch", dest="torch_device", action=deprecated_alias("--torch-device"),

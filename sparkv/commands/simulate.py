@@ -1,4 +1,8 @@
-"""`sparkv simulate`: run policies over one scenario in the SimPy model and print a table."""
+"""`sparkv simulate`: run policies over one scenario in the SimPy model and print a table.
+
+Exit status: 0 when every policy's request finished, EXIT_STALLED (3) when one did not (within
+--max-sim-s, or at all), 2 for a usage error (a bad flag or value, an unreadable file).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from sparkv.commands.common import (
     scenario_from_args,
 )
 from sparkv.commands.machine import profile_note
+from sparkv.commands.values import pos_float
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.policies import POLICIES
@@ -30,6 +35,8 @@ COLUMNS = [
     ("cells_streamed", "cells streamed", "d"),
 ]
 
+EXIT_STALLED = 3  # a policy's request did not finish: not a usage error (2)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate policies on one scenario (SimPy model)")
@@ -37,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_policy_config_arg(p)
     p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)})")
     p.add_argument("--out", type=Path, help="folder for result JSON, timeline CSV and a Gantt PNG")
-    p.add_argument("--max-sim-s", type=float, default=DEFAULT_MAX_TIME_S,
+    p.add_argument("--max-sim-s", type=pos_float, default=DEFAULT_MAX_TIME_S,
                    help=f"simulated seconds a request may take before it counts as not finished "
                         f"(default {DEFAULT_MAX_TIME_S:g})")
     p.set_defaults(func=run)
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_outputs(outcome.results, args.out)
         print(f"wrote {args.out}/")
-    return 2 if outcome.stalled else 0
+    return EXIT_STALLED if outcome.stalled else 0
 
 
 def write_outputs(results: list[Result], out: Path) -> None:

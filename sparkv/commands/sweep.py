@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from sparkv.analysis.backends import BACKENDS, default_jobs
-from sparkv.analysis.sweep import SweepSpec, expand, load_spec
+from sparkv.analysis.sweep import SweepInterrupted, SweepSpec, expand, load_spec
 from sparkv.analysis.tables import SUMMARY_COLUMNS, summarise
 from sparkv.commands.common import format_table, read_scenario_file
+from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
 from sparkv.core.errors import UserError
+
+
+def _checked(convert: Any) -> Any:
+    """An argparse value type as an axis converter: its refusal becomes the ValueError the caller reports."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    return parse
+
 
 # flag -> (axis, converter); every flag takes comma lists and may be repeated.
 AXIS_FLAGS: dict[str, tuple[str, Any]] = {
-    "bandwidth_scale": ("bandwidth_scale", float),
-    "rtt_ms": ("rtt_ms", float),
-    "chunk_tokens": ("chunk_tokens", int),
-    "context_tokens": ("context_tokens", int),
-    "query_tokens": ("query_tokens", int),
+    "bandwidth_scale": ("bandwidth_scale", _checked(nonneg_float)),
+    "rtt_ms": ("rtt_ms", _checked(nonneg_float)),
+    "chunk_tokens": ("chunk_tokens", _checked(pos_int)),
+    "context_tokens": ("context_tokens", _checked(pos_int)),
+    "query_tokens": ("query_tokens", _checked(pos_int)),
     "model": ("model", str),
     "device": ("device", str),
     "codec": ("codec", str),
     "policy": ("policy", str),
     "radio": ("radio", str),
-    "seed": ("seed", int),
-    "trace_offset_s": ("trace_offset_s", float),
+    "seed": ("seed", _checked(nonneg_int)),
+    "trace_offset_s": ("trace_offset_s", _checked(nonneg_float)),
 }
 HELP = {
     "bandwidth_scale": "multiply the trace's bandwidth, e.g. 0.5,1,2",
@@ -55,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=name, action="append", help=HELP.get(name, name.replace("_", " ")) + "; comma list")
     p.add_argument("--mode", choices=("grid", "list"), help="grid: cartesian product (default); list: zip the axes")
     p.add_argument("--backend", choices=BACKENDS, help="local processes (default) or ray (--ray-address implies it)")
-    p.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="parallel workers (default: CPU count)")
+    p.add_argument("--jobs", "-j", type=pos_int, default=default_jobs(), help="parallel workers (default: CPU count)")
     p.add_argument("--ray-address", help="join this Ray cluster with --backend ray (default: start a local one)")
     p.add_argument("--out", type=Path, default=Path("sweep-out"), help="output folder (default sweep-out)")
     p.add_argument("--keep-results", action="store_true", help="also save every Result JSON under OUT/results/")
@@ -101,6 +116,39 @@ def backend_from_args(args: argparse.Namespace) -> str:
     return str(args.backend or "local")
 
 
+INCOMPLETE = "INCOMPLETE"  # a file in --out while a sweep runs, kept (saying why) if it did not finish
+
+
+def mark_running(out: Path, runs: int) -> None:
+    """Mark --out as a sweep in progress; an earlier sweep's results there are moved aside, not left to look
+    like this one's."""
+    out.mkdir(parents=True, exist_ok=True)
+    old = [p for p in (out / "results.csv", out / "results.parquet", out / "sweep.json") if p.exists()]
+    if old:
+        aside = out / "previous"
+        aside.mkdir(exist_ok=True)
+        for p in old:
+            p.replace(aside / p.name)
+        print(f"sweep: {out} held an earlier sweep's results: moved to {aside}/")
+    (out / INCOMPLETE).write_text(f"running: {runs} runs planned; results.csv is written at the end\n")
+
+
+def save_partial(stop: SweepInterrupted, spec: SweepSpec, out: Path) -> int:
+    """After Ctrl-C: the finished rows as results.csv, marked partial (INCOMPLETE, sweep.json); one line."""
+    from sparkv.analysis.sweep import provenance
+    from sparkv.analysis.tables import write_csv
+
+    csv_path = write_csv(stop.rows, out / "results.csv")
+    meta = {"kind": "sweep", "spec": spec.to_dict(), "runs": len(stop.rows), "planned_runs": stop.total,
+            "complete": False, "argv": sys.argv[1:], **provenance()}
+    (out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str))
+    (out / INCOMPLETE).write_text(f"interrupted (Ctrl-C) after {len(stop.rows)} of {stop.total} runs: "
+                                  "results.csv holds only those\n")
+    print(f"sparkv sweep: interrupted: {len(stop.rows)} of {stop.total} runs saved to {csv_path} (marked partial)",
+          file=sys.stderr)
+    return 130
+
+
 def run(args: argparse.Namespace) -> int:
     from sparkv import api
 
@@ -112,10 +160,15 @@ def run(args: argparse.Namespace) -> int:
           + (f", backend ray at {args.ray_address}" if args.ray_address else ""))  # fmt: skip
     if args.dry_run:
         return 0
-    outcome = api.sweep(spec=spec, jobs=args.jobs, backend=backend, ray_address=args.ray_address,
-                        keep_results=args.out / "results" if args.keep_results else None,
-                        progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
+    mark_running(args.out, len(points))
+    try:
+        outcome = api.sweep(spec=spec, jobs=args.jobs, backend=backend, ray_address=args.ray_address,
+                            keep_results=args.out / "results" if args.keep_results else None,
+                            progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
+    except SweepInterrupted as stop:
+        return save_partial(stop, spec, args.out)
     written = api.save_sweep(outcome, args.out, sys.argv[1:])
+    (args.out / INCOMPLETE).unlink(missing_ok=True)
     counts = outcome.counts()
     print(format_table(summarise(outcome.rows), SUMMARY_COLUMNS))
     wall_s = outcome.wall_s

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sparkv.commands.values import nonneg_float, pos_float
 from sparkv.core.errors import UserError
 from sparkv.traces import FORMATS, Trace, get_trace, is_spec, trace_stats
 from sparkv.traces.expand import expand_traces
@@ -35,19 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("traces", nargs="+", metavar="TRACE", help="trace file[?options], folder, glob or spec")
     show.add_argument("--format", choices=("auto", *FORMATS), help="file format (default: auto)")
     show.add_argument("--plot", metavar="PNG", type=Path, help="also plot the traces to this PNG, one panel each")
-    show.add_argument("--window-s", type=float, help="mahimahi: bin width in seconds (default 0.1)")
+    show.add_argument("--window-s", type=pos_float, help="mahimahi: bin width in seconds (default 0.1)")
     show.add_argument("--rate-col", help="columns/5gophers/gnettrack: rate column (name or 0-based index)")
     show.add_argument("--carrier", help="5gophers: the carrier column (sprint, tmobile, verizon)")
     show.add_argument("--rate-unit", help="columns: rate unit (bps, kbps, Mbps, Gbps, B/s, KB/s, MB/s)")
     show.add_argument("--time-col", help="columns: time column (name or index); omit for fixed intervals")
     show.add_argument("--time-unit", help="columns: time unit (s, ms) or a strptime pattern")
-    show.add_argument("--interval-s", type=float, help="columns: seconds per row without a time column")
+    show.add_argument("--interval-s", type=pos_float, help="columns: seconds per row without a time column")
     show.add_argument("--delimiter", help="columns: field separator (',', ';', tab)")
     show.add_argument("--gaps", choices=("fill", "outage", "error"), help="missing time: hold the rate before "
                       "(fill, default), 0 B/s (outage), or refuse the file (error)")  # fmt: skip
     show.add_argument("--loop", choices=("repeat", "error"), help="a request outliving the trace: replay it "
                       "(repeat, default) or count the run as an error")  # fmt: skip
-    show.add_argument("--outage-mbit-s", type=float, default=0.1, help="rate below which the link counts as down (0.1)")
+    show.add_argument("--outage-mbit-s", type=nonneg_float, default=0.1,
+                      help="rate below which the link counts as down (0.1)")
     show.set_defaults(func=run_show)
 
 

@@ -21,6 +21,7 @@ from sparkv.analysis.tune import (
     search_space,
 )
 from sparkv.commands.common import format_table, scenario_from_args
+from sparkv.commands.values import fraction, nonneg_float, nonneg_int, pos_int
 from sparkv.core.errors import UserError
 from sparkv.policies.config_file import config_class, config_to_dict, load_policy_config
 from sparkv.traces.expand import expand_traces
@@ -32,17 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", action="append", required=True, help="training trace: file, folder, glob or spec; "
                    "repeatable (held-out traces are split off it unless --test-trace is given)")  # fmt: skip
     p.add_argument("--test-trace", action="append", help="held-out trace(s); repeatable")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="share of --trace held out (default 0.3)")
+    p.add_argument("--test-fraction", type=fraction, default=0.3, help="share of --trace held out (default 0.3)")
     p.add_argument("--bandwidth-scale", help="comma list: every trace at each scale (default 1)")
-    p.add_argument("--budget", type=int, default=400, help="config evaluations, about (default 400)")
-    p.add_argument("--popsize", type=int, default=3, help="population per tuned parameter (default 3)")
-    p.add_argument("--energy-weight", type=float, default=0.0, help="objective += this many s per J (default 0)")
+    p.add_argument("--budget", type=pos_int, default=400, help="config evaluations, about (default 400)")
+    p.add_argument("--popsize", type=pos_int, default=3, help="population per tuned parameter (default 3)")
+    p.add_argument("--energy-weight", type=nonneg_float, default=0.0, help="objective += this many s per J (default 0)")
     p.add_argument("--stat", choices=("median", "mean"), default="median", help="over training runs (default median)")
     p.add_argument("--param", action="append", default=[], help="NAME=LOW:HIGH[:log] | NAME=a|b|c | NAME=bool; "
                    "replaces that field's range")  # fmt: skip
     p.add_argument("--fix", action="append", default=[], help="NAME=VALUE: hold a field (JSON value) fixed")
     p.add_argument("--start", type=Path, help="start from this policy config JSON instead of the defaults")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the optimiser (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the split and the optimiser (default 0)")
     scenario_flags = [("--config", Path, "base scenario JSON"), ("--model", str, "model spec"),
                       ("--device", str, "device profile"), ("--codec", str, "KV codec"),
                       ("--context-tokens", int, "context length"), ("--query-tokens", int, "query length"),
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag, kind, what in scenario_flags:
         p.add_argument(flag, type=kind, help=what)
     p.add_argument("--backend", choices=BACKENDS, default="local", help="local processes (default) or ray")
-    p.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="parallel workers (default: CPU count)")
+    p.add_argument("--jobs", "-j", type=pos_int, default=default_jobs(), help="parallel workers (default: CPU count)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.add_argument("--out", type=Path, help="tuned config JSON (default tuned-POLICY.json)")
     p.set_defaults(func=run)

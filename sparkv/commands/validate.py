@@ -15,6 +15,7 @@ from sparkv.commands.common import (
     scenario_from_args,
 )
 from sparkv.commands.run import RUN_DEFAULTS, auto_scale, load_document
+from sparkv.commands.values import nonneg_float, pos_int
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
 from sparkv.policies import POLICIES
@@ -49,15 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", action="append", help="policies (default: local, stream, cake, sparkv)")
     p.add_argument("--link", choices=["auto", "netns", "pacing"], default="pacing", help="real link (default pacing)")
     p.add_argument("--document", default="builtin", help="'builtin' or FILE.jsonl[:INDEX] (LEval format)")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=pos_int, default=1,
                    help="real runs per (trace, policy); the one with the median TTFT is compared (default 1)")
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="predict at the profile's compute speed only (default: also probe the device's speed "
                         "before and after each real run and predict at that speed)")
-    p.add_argument("--speed-tolerance", type=float, default=0.08,
+    p.add_argument("--speed-tolerance", type=nonneg_float, default=0.08,
                    help="probes before and after a run further apart than this (relative) mean the machine "
                         "changed speed during it: the run is measured again (default 0.08)")
-    p.add_argument("--attempts", type=int, default=3,
+    p.add_argument("--attempts", type=pos_int, default=3,
                    help="real runs at most per (trace, policy, repeat) while the speed keeps changing (default 3)")
     p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
     p.set_defaults(func=run)

@@ -1,0 +1,64 @@
+"""A sweep under Ctrl-C, with stalled runs kept, and in a reused output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sparkv.analysis.tables import read_csv
+
+DEVICE = "analytic-cpu-2core"
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _sweep(out: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "sparkv.cli", "sweep", "--trace", "const:20mbps,lte:seed=1,lte:seed=2,lte:seed=3",
+           "--context-tokens", "2048,4096,8192", "--bandwidth-scale", ",".join(str(x / 10) for x in range(1, 31)),
+           "--device", DEVICE, "--policy", "local,stream,cake", "--jobs", "2", "--no-progress", "--out", str(out),
+           *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def test_ctrl_c_saves_partial_results_marked_partial(tmp_path: Path) -> None:
+    out = tmp_path / "sw"
+    proc = _sweep(out)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "sweep: N runs": the pool is starting
+    time.sleep(4.0)  # let some batches finish
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "interrupted" in err
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["complete"] is False and meta["runs"] < meta["planned_runs"]
+    assert "interrupted" in (out / "INCOMPLETE").read_text()
+    assert len(read_csv(out / "results.csv")) == meta["runs"]
+
+
+def test_a_reused_out_folder_is_not_mistaken_for_this_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "results.csv").write_text("index,status\n0,ok\n")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    run = subprocess.run([sys.executable, "-m", "sparkv.cli", "sweep", "--trace", "steps:1s@1mbps,600s@0mbps",
+                          "--context-tokens", "1024", "--device", DEVICE, "--policy", "stream", "--jobs", "1",
+                          "--keep-results", "--no-progress", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert (out / "previous" / "results.csv").read_text() == "index,status\n0,ok\n", run.stderr
+    assert "earlier sweep" in run.stdout
+    assert not (out / "INCOMPLETE").exists() and json.loads((out / "sweep.json").read_text())["complete"]
+    assert read_csv(out / "results.csv")[0]["status"] == "stalled"  # the link goes silent
+    kept = list((out / "results").glob("*.stalled.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["status"] == "stalled"
