@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 from sparkv.commands.common import deprecated_alias, format_table
-from sparkv.commands.values import pos_float, pos_int
+from sparkv.commands.values import fraction, nonneg_float, nonneg_int, pos_float, pos_int
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
@@ -49,6 +51,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=argparse.SUPPRESS)
     s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")
     s.set_defaults(func=bench_sim)
+    v = bench_sub.add_parser("server", help="soak the KV server: clients x requests with kills, corrupt frames and "
+                             "stalls; exit 0 only when every request got the reference KV")
+    v.add_argument("--clients", type=pos_int, default=100, help="concurrent clients (default 100)")
+    v.add_argument("--requests", type=pos_int, default=20, help="requests per client (default 20)")
+    v.add_argument("--corrupt-rate", type=fraction, default=0.02, help="per cell frame: a flipped byte (0.02)")
+    v.add_argument("--stall-rate", type=fraction, default=0.05, help="per request: a stall mid-stream (0.05)")
+    v.add_argument("--stall-s", type=pos_float, default=1.0, help="length of a stall, s (default 1)")
+    v.add_argument("--kill-every-s", type=nonneg_float, default=10.0,
+                   help="SIGKILL and restart the server this often, s (default 10; 0: never)")
+    v.add_argument("--seed", type=nonneg_int, default=0)
+    v.add_argument("--out", type=Path, help="also write the report as JSON here")
+    v.set_defaults(func=bench_server)
+
+
+def bench_server(args: argparse.Namespace) -> int:
+    from sparkv.executor.net.soak import SoakConfig, run_soak
+
+    cfg = SoakConfig(clients=args.clients, requests=args.requests, corrupt_rate=args.corrupt_rate,
+                     stall_rate=args.stall_rate, stall_s=args.stall_s, kill_every_s=args.kill_every_s, seed=args.seed)
+    print(f"bench server: {cfg.clients} clients x {cfg.requests} requests over loopback; faults: corrupt-rate "
+          f"{cfg.corrupt_rate} per frame, stall-rate {cfg.stall_rate} per request ({cfg.stall_s} s), SIGKILL every "
+          f"{cfg.kill_every_s} s")
+    rep = run_soak(cfg)
+    print(f"requests correct (KV equal to the store's, compared as tensors): {rep.correct} / {rep.requests}; "
+          f"wrong {rep.wrong}, hangs {rep.hangs}")
+    print(f"faults met: {rep.faulted_requests} requests ({100 * rep.faulted_requests / max(1, rep.requests):.1f} %), "
+          f"{rep.retries} failed attempts retried; server killed {rep.kills} times, unexpected exits "
+          f"{rep.unexpected_exits}")
+    print(f"server max RSS {rep.max_rss_kb / 1024:.1f} MiB, max threads {rep.max_threads}; {rep.wall_s:.1f} s wall")
+    if args.out:
+        args.out.write_text(json.dumps(rep.to_dict(), indent=1) + "\n")
+    return 0 if rep.ok() else 1
 
 
 def bench_sim(args: argparse.Namespace) -> int:
