@@ -46,7 +46,8 @@ def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
     The context is rebuilt from the costs saved in the result, on `template`'s request and model.
     """
     costs = CostTable.from_dict(real.extra["context"]["costs"])
-    policy.begin(RequestContext(template.request, template.model, costs, 0.0))
+    hint = real.extra["context"].get("speed_hint")
+    policy.begin(RequestContext(template.request, template.model, costs, 0.0, hint))
     return len(replay(policy, real.log))
 
 
@@ -165,7 +166,8 @@ def run_validation(
                 if probed is None:
                     pair = Pair(session.world.trace.name, real, at_profile, mismatches)
                 else:
-                    sim = simulate(session.world_at(probed["factor"]), make(name))
+                    hint = real.extra["context"].get("speed_hint")
+                    sim = simulate(session.world_at(probed["factor"]), make(name), speed_hint=hint)
                     pair = Pair(session.world.trace.name, real, sim, mismatches, at_profile, probed["factor"])
                 pairs.append(pair)
                 progress(_progress_line(pair, name))
@@ -180,7 +182,7 @@ def _probed_run(
 
     for attempt in range(1, attempts + 1):
         before = session.probe_speed()
-        run = session.run(make(name), max_new_tokens=1)
+        run = session.run(make(name), max_new_tokens=1, speed_hint=before.factor)
         speed = RunSpeed(before, session.probe_speed())
         steady = speed.steady(tolerance)
         if steady or attempt == attempts:

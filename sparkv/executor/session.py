@@ -180,7 +180,10 @@ class RealSession:
 
     # ---- one request ----
 
-    def run(self, policy: Policy, max_new_tokens: int = 16, config: DriverConfig | None = None) -> Result:
+    def run(self, policy: Policy, max_new_tokens: int = 16, config: DriverConfig | None = None,
+            speed_hint: float | None = None) -> Result:
+        """One request under `policy`; `speed_hint` (a probe's factor, see `probe_speed`) is passed to the
+        policy in its `RequestContext`."""
         if self._link is None:
             raise RuntimeError("RealSession.run needs an open session (use it as a context manager)")
         from sparkv.executor.net.client import KVClient
@@ -190,7 +193,7 @@ class RealSession:
         prefill = LayerwisePrefill(self.loaded, self.prompt.context_ids, self.prompt.query_ids,
                                    self.scenario.chunk_tokens, max_new_tokens=max(1, max_new_tokens),
                                    attention=self.scenario.attention)  # fmt: skip
-        ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0)
+        ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0, speed_hint)
         codec, key, chunk = self.scenario.codec, self.store.key, self.scenario.chunk_tokens
 
         spec, context_t = self.loaded.spec, self.store.context_tokens
@@ -225,7 +228,7 @@ class RealSession:
             "torch_threads": torch.get_num_threads(),
         }
         extra = {
-            "context": {"costs": self.world.costs.to_dict()},
+            "context": {"costs": self.world.costs.to_dict(), "speed_hint": speed_hint},
             "link": link.kind,
             "link_constants": self.link_constants,
             "energy_kind": "modelled from the measured timeline",

@@ -38,6 +38,13 @@ class RequestContext:
     model: ModelSpec
     costs: CostTable  # predicted per-cell costs on this device and link
     start_s: float = 0.0  # request arrival time on the driver's clock
+    # the device's compute speed measured just before the request (measured / profiled seconds, e.g. from
+    # `RealSession.probe_speed`); None: unknown, plan with the profile's
+    speed_hint: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.speed_hint is not None and not (0 < self.speed_hint < float("inf")):
+            raise ValueError(f"speed_hint must be finite and > 0, got {self.speed_hint!r}")
 
 
 @runtime_checkable

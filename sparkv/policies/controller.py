@@ -36,22 +36,33 @@ class SparKVConfig:
     migration_cap_cells: int = 0  # most cells moved between the paths per re-plan (0: no cap)
     group_layers: int = 3  # planning granularity: k_c in multiples of it, one compute command per group
     transfer_target_s: float = 2.0  # transfer size: about this many seconds at the estimated goodput
+    first_transfer_s: float = 0.5  # ...and this many while no sample has come (the prior may be far off)
     tick_s: float = 0.25  # driver tick period (ticks carry in-flight bandwidth samples)
     stall_s: float = 0.75  # seconds of an in-flight transfer without bytes before a cancel is weighed
     cancel_gain: float = 0.02  # cancel a transfer when that predicts TTFT lower by this fraction
     probe_after_s: float = 2.0  # with no link work planned, probe the link after this long idle
     search_window: int = 3  # chunks either side of the cut in local search
     local_search: bool = True
+    speed_hint: float | None = None  # start the speed estimate here (measured / profiled s) unless the request's
+    # context brings a measured one
+    feasible_splits: bool = True  # no compute command may wait for a streamed cell (`planner.feasible_k`)
+    starvation_check: bool = True  # an idle compute lane with link work left re-plans (and weighs a cancel) at once
+    prior_weight_s: float = 0.5  # the bandwidth prior counts as this many seconds of samples (inf: plain EWMA)
+    ttft_drift: bool = True  # a rise of the predicted TTFT since the plan also counts as drift
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        for name in ("window_s", "ewma_alpha", "group_layers", "transfer_target_s", "tick_s"):
+        for name in ("window_s", "ewma_alpha", "group_layers", "transfer_target_s", "first_transfer_s", "tick_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SparKVConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("bandwidth_margin", "quantile", "compute_alpha"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"SparKVConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.speed_hint is not None and not (0 < self.speed_hint < math.inf):
+            raise ValueError(f"SparKVConfig.speed_hint must be finite and > 0, got {self.speed_hint!r}")
+        if not self.prior_weight_s >= 0:
+            raise ValueError(f"SparKVConfig.prior_weight_s must be >= 0, got {self.prior_weight_s}")
         if self.migration_cap_cells < 0 or self.search_window < 0:
             raise ValueError(f"caps must be >= 0: {self.migration_cap_cells}, {self.search_window}")
 
@@ -82,16 +93,19 @@ class SparKVConfig:
 class Controller:
     """Estimates and predictions for one request; the policy asks it when to re-plan or cancel."""
 
-    def __init__(self, costs: CostTable, config: SparKVConfig) -> None:
+    def __init__(self, costs: CostTable, config: SparKVConfig, speed_hint: float | None = None) -> None:
         self.cfg = config
         self.costs = costs
         self.ev = Evaluator(costs, config.group_layers)
-        self.planner = Planner(self.ev, window=config.search_window)
+        self.planner = Planner(self.ev, window=config.search_window, feasible=config.feasible_splits)
         self.bw = BandwidthEstimator(
-            config.estimator, costs.bandwidth_prior_bps, config.window_s, config.ewma_alpha, config.quantile
+            config.estimator, costs.bandwidth_prior_bps, config.window_s, config.ewma_alpha, config.quantile,
+            config.prior_weight_s,
         )
-        self.speed = SpeedEstimator(config.compute_alpha)
+        hint = speed_hint if speed_hint is not None else config.speed_hint
+        self.speed = SpeedEstimator(config.compute_alpha, 1.0 if hint is None else hint)
         self.drift_at_plan = 0.0  # link end - compute end when the current plan was made
+        self.ttft_at_plan = math.inf  # its predicted TTFT
 
     # ---- models under the current estimates ----
 
@@ -105,7 +119,8 @@ class Controller:
         return ComputeSpeed(self.speed.scale)
 
     def target_bytes(self) -> float:
-        return max(self.cfg.transfer_target_s * self.planning_bps(), 1.0)
+        target_s = self.cfg.transfer_target_s if self.bw.count else self.cfg.first_transfer_s
+        return max(target_s * self.planning_bps(), 1.0)
 
     def predict(self, k: list[int], snap: Snapshot) -> Prediction:
         return self.ev.predict(k, snap, self.link(), self.compute(), self.target_bytes())
@@ -124,13 +139,20 @@ class Controller:
 
     def adopt(self, pred: Prediction) -> None:
         self.drift_at_plan = _gap(pred)
+        self.ttft_at_plan = pred.ttft_s
 
     def drifted(self, pred: Prediction, now_s: float) -> bool:
-        """The paths' predicted ends have moved apart (or together) since the plan was made."""
+        """The paths' predicted ends have moved apart (or together) since the plan was made, or (with
+        `ttft_drift`) the predicted TTFT has risen: a compute lane waiting on the link moves both ends
+        together, so only the TTFT shows it."""
+        left = max(pred.link_end_s, pred.compute_end_s) - now_s
+        rise = pred.ttft_s - self.ttft_at_plan
+        finite = math.isfinite(pred.ttft_s) and math.isfinite(self.ttft_at_plan)
+        if self.cfg.ttft_drift and finite and rise > max(self.cfg.drift_min_s, self.cfg.drift_threshold * left):
+            return True
         gap = _gap(pred)
         if math.isinf(gap) or math.isinf(self.drift_at_plan):
             return math.isinf(gap) != math.isinf(self.drift_at_plan)
-        left = max(pred.link_end_s, pred.compute_end_s) - now_s
         change = abs(gap - self.drift_at_plan)
         return change > max(self.cfg.drift_min_s, self.cfg.drift_threshold * left)
 

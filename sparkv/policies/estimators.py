@@ -21,7 +21,10 @@ _FLOOR_BPS = 1.0  # an estimate never reaches zero: a stalled link is just very 
 class BandwidthEstimator:
     """Goodput estimate in bytes/s; starts at `prior_bps`."""
 
-    def __init__(self, kind: str, prior_bps: float, window_s: float, alpha: float, quantile: float) -> None:
+    def __init__(
+        self, kind: str, prior_bps: float, window_s: float, alpha: float, quantile: float,
+        prior_weight_s: float = float("inf"),
+    ) -> None:  # fmt: skip
         if kind not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
         if prior_bps <= 0 or window_s <= 0 or not 0 < alpha <= 1 or not 0 <= quantile <= 1:
@@ -30,6 +33,8 @@ class BandwidthEstimator:
                 f"quantile={quantile}"
             )
         self.kind, self.window_s, self.alpha, self.quantile = kind, window_s, alpha, quantile
+        self.prior_weight_s = prior_weight_s  # "ewma": the prior weighs as this many seconds of samples
+        self.seen_s = 0.0  # seconds of samples so far
         self.value = prior_bps
         self.samples: deque[tuple[float, float, float]] = deque()  # (end time, bytes, seconds)
         self.last_bytes_s = -1.0  # end of the last window that carried bytes
@@ -46,8 +51,11 @@ class BandwidthEstimator:
             self.zero_since = None
         elif self.zero_since is None:
             self.zero_since = t_s - duration_s
+        self.seen_s += duration_s
         if self.kind == "ewma":
-            w = 1.0 - (1.0 - self.alpha) ** duration_s
+            # a running mean over the prior (as `prior_weight_s` seconds) and the samples while that weighs
+            # more than the EWMA's own weight, so an unrepresentative prior fades within a second or two
+            w = max(1.0 - (1.0 - self.alpha) ** duration_s, duration_s / (self.seen_s + self.prior_weight_s))
             self.value = max(_FLOOR_BPS, w * rate + (1.0 - w) * self.value)
             return
         self.samples.append((t_s, n_bytes, duration_s))
@@ -89,13 +97,16 @@ class BandwidthEstimator:
 
 
 class SpeedEstimator:
-    """Measured / predicted compute time, EWMA over commands (weight `alpha` each); starts at 1."""
+    """Measured / predicted compute time, EWMA over commands (weight `alpha` each); starts at `start` (1: as
+    profiled; a probe's factor when the session measured one)."""
 
-    def __init__(self, alpha: float) -> None:
+    def __init__(self, alpha: float, start: float = 1.0) -> None:
         if not 0 <= alpha <= 1:
             raise ValueError(f"compute alpha must be in [0, 1], got {alpha}")
+        if not 0 < start < float("inf"):
+            raise ValueError(f"speed estimate must start finite and > 0, got {start}")
         self.alpha = alpha
-        self.scale = 1.0
+        self.scale = start
 
     def add(self, measured_s: float, predicted_s: float) -> None:
         if predicted_s <= 0 or measured_s < 0:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from sparkv.policies.planner_dp import dp_seeds
 from sparkv.policies.planner_model import ComputeSpeed, Evaluator, LinkModel, Prediction, Snapshot
 
+_MISSING = 0
+
 _TIE_S = 1e-9
 
 
@@ -38,13 +40,35 @@ class Plan:
         return sum(self.k)
 
 
+def _available(snap: Snapshot) -> list[int]:
+    """Per chunk, its leading layers already present, computed or in flight (none is missing)."""
+    out = []
+    for row in snap.state:
+        out.append(row.index(_MISSING) if _MISSING in row else len(row))
+    return out
+
+
+def feasible_k(k: list[int], lo: list[int], hi: list[int], avail: list[int]) -> list[int]:
+    """k clipped so no compute command waits for a streamed cell: chunk c computes a layer only if every
+    earlier chunk computes it too or already holds it (the link sends chunks last to first, so a cell an
+    earlier chunk streams comes late). Cells already computed (`lo`) stay; in-flight limits (`hi`) hold."""
+    out, cap = [], max(hi, default=0)
+    for c, x in enumerate(k):
+        kc = max(lo[c], min(x, cap, hi[c]))
+        out.append(kc)
+        cap = min(cap, max(kc, avail[c]))
+    return out
+
+
 class Planner:
     """Plans over one request's evaluator; `window` chunks either side of the cut take part in local search."""
 
     def __init__(
-        self, evaluator: Evaluator, window: int = 3, max_passes: int = 8, dp: bool = True, exhaustive_max: int = 600
-    ) -> None:
+        self, evaluator: Evaluator, window: int = 3, max_passes: int = 8, dp: bool = True, exhaustive_max: int = 600,
+        feasible: bool = False,
+    ) -> None:  # fmt: skip
         self.ev = evaluator
+        self.feasible = feasible  # project every candidate onto dependency-feasible k (`feasible_k`)
         self.dp = dp
         self.exhaustive_max = exhaustive_max  # score every k when there are at most this many
         self.window = window
@@ -72,7 +96,11 @@ class Planner:
         lo, hi = snap.k_bounds()
         cache: dict[tuple[int, ...], Prediction] = {}
 
+        avail = _available(snap) if self.feasible else None
+
         def score(k: list[int]) -> Prediction:
+            if avail is not None:
+                k[:] = feasible_k(k, lo, hi, avail)
             key = tuple(k)
             if key not in cache:
                 cache[key] = self.ev.predict(k, snap, link, speed, target_bytes)
@@ -115,7 +143,10 @@ class Planner:
                     seeds.append((k, score(k)))
         options = [sorted({a, b, *(x for x in self.ev.bounds if a <= x <= b)}) for a, b in zip(lo, hi, strict=True)]
         if math.prod(len(o) for o in options) <= self.exhaustive_max:  # small: score every k
-            seeds.extend((list(k), score(list(k))) for k in itertools.product(*options) if allowed(list(k)))
+            for combo in itertools.product(*options):
+                cand = list(combo)
+                if allowed(cand):
+                    seeds.append((cand, score(cand)))
         for k, pred in seeds:
             if better(k, pred, best, best_pred):
                 best, best_pred = k, pred

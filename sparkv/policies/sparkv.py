@@ -59,7 +59,7 @@ class SparKVPolicy(TrackingPolicy):
     # ---- events ----
 
     def on_begin(self, ctx: RequestContext) -> None:
-        self.ctl = Controller(ctx.costs, self.cfg)
+        self.ctl = Controller(ctx.costs, self.cfg, ctx.speed_hint)
         self.fetch_start_s = self.compute_start_s = ctx.start_s
         self.fetch_got = 0  # payload bytes of the in-flight transfer reported so far
         self.sample_t = ctx.start_s  # end of its last sample (or when its payload should start)
@@ -113,8 +113,9 @@ class SparKVPolicy(TrackingPolicy):
         ctl = self._ctl()
         snap = self._snapshot(now_s)
         # the current plan's timeline, predicted only when a decision reads it (most calls need none)
-        current = ctl.predict(self.k, snap) if now_s - self.last_replan_s >= ctl.cfg.tick_s else None
-        drifted = current is not None and ctl.drifted(current, now_s)
+        due = now_s - self.last_replan_s >= ctl.cfg.tick_s
+        current = ctl.predict(self.k, snap) if due else None
+        drifted = current is not None and (ctl.drifted(current, now_s) or self._starving(idle))
         if self.dirty or drifted:
             self.last_replan_s = now_s
             plan = ctl.plan(snap, self.k, quick=not self.dirty)
@@ -125,17 +126,27 @@ class SparKVPolicy(TrackingPolicy):
                 ctl.adopt(_known(current))  # keep the plan; measure further drift from here
             self.dirty = False
         if self.in_flight is not None and not self.cancelling:
-            self._weigh_cancel(now_s, snap)
+            self._weigh_cancel(now_s, snap, self._starving(idle))
         elif Resource.LINK in idle and self.in_flight is None and not self.link_q:
             self._probe(now_s, snap, current)
 
-    def _weigh_cancel(self, now_s: float, snap: Snapshot) -> None:
+    def _starving(self, idle: frozenset[Resource]) -> bool:
+        """The compute lane is idle with nothing it may start while the link still has work: the plan
+        leaves compute waiting, so it is weighed again at once (not only when the lanes' ends drift)."""
+        if not self.cfg.starvation_check or Resource.COMPUTE not in idle or self.query_since is not None:
+            return False
+        if self.compute_q and self._progress().can_compute(self.compute_q[0]):
+            return False
+        return self.in_flight is not None or bool(self.link_q)
+
+    def _weigh_cancel(self, now_s: float, snap: Snapshot, starving: bool = False) -> None:
         ctl = self._ctl()
-        if now_s - self.last_cancel_check_s < max(ctl.cfg.tick_s, ctl.cfg.stall_s):
+        wait = ctl.cfg.tick_s if starving else max(ctl.cfg.tick_s, ctl.cfg.stall_s)
+        if now_s - self.last_cancel_check_s < wait:
             return
         stalled = ctl.bw.silent_s(now_s, self.fetch_start_s + ctl.costs.transfer_fixed_s) >= ctl.cfg.stall_s
         slow = snap.link_free_s - now_s >= 2 * ctl.cfg.transfer_target_s and not self.probing
-        if not (stalled or slow):
+        if not (stalled or slow or starving):
             return
         self.last_cancel_check_s = now_s
         keep = ctl.plan(snap, self.k, quick=True)

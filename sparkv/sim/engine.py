@@ -61,10 +61,11 @@ class SimRun:
         max_time_s: float = DEFAULT_MAX_TIME_S,
         record: bool = True,
         check_mirror: bool = False,
+        speed_hint: float | None = None,
     ) -> None:
         self.world = world
         self.env = simpy.Environment()
-        self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0)
+        self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0, speed_hint)
         self.engine = RequestEngine(self.ctx, policy, self, record, check_mirror)
         self.policy_name = policy.name
         link = world.scenario.link
@@ -307,7 +308,7 @@ class SimRun:
         # what a replay of the log needs (without a log there is nothing to replay)
         extra: dict[str, Any] = {"energy_kind": "modelled"}
         if eng.recorder is not None:
-            extra = {"context": {"costs": w.costs_dict()}, "energy_kind": "modelled"}
+            extra = {"context": {"costs": w.costs_dict(), "speed_hint": self.ctx.speed_hint}, "energy_kind": "modelled"}
         return eng.result("sim", energy, config, extra)
 
 
@@ -327,7 +328,8 @@ def _call(step: Callable[[], None]) -> Any:
 
 
 def simulate(world: World, policy: Policy, max_time_s: float = DEFAULT_MAX_TIME_S, record: bool = True,
-             check_mirror: bool = False) -> Result:  # fmt: skip
+             check_mirror: bool = False, speed_hint: float | None = None) -> Result:  # fmt: skip
     """Run one request of `world` under `policy` in the SimPy model; `record` keeps the policy log,
-    `check_mirror` checks the policy's picture of the request against the engine's after every event."""
-    return SimRun(world, policy, max_time_s, record, check_mirror).run()
+    `check_mirror` checks the policy's picture of the request against the engine's after every event;
+    `speed_hint` is the device speed the policy is told at the start (as a real session's probe would)."""
+    return SimRun(world, policy, max_time_s, record, check_mirror, speed_hint).run()
