@@ -16,7 +16,7 @@ from sparkv.policies.estimators import BandwidthEstimator, SpeedEstimator
 from sparkv.policies.sparkv import SparKVPolicy
 from sparkv.sim import World, build_world, simulate
 
-FROZEN = {"drift_threshold": 1e9, "drift_min_s": 1e9, "stall_s": 1e9}  # never re-plans nor cancels
+FROZEN = {"drift_threshold": 1e9, "drift_min_s": 1e9, "stall_s": 1e9, "starvation_check": False}  # never re-plans
 
 
 def world_with_prior(trace: str, prior_mbps: float, context: int = 4096) -> World:

@@ -105,3 +105,14 @@ def test_transfers_are_short_until_the_first_sample() -> None:
     before = ctl.target_bytes()
     ctl.bw.add(0.25, ctl.planning_bps() * 0.25, 0.25)
     assert ctl.target_bytes() == pytest.approx(4 * before, rel=0.01)
+
+
+def test_transfers_carry_at_most_max_chunks_chunks() -> None:
+    world = build_world(Scenario(context_tokens=8192, trace="const:6mbps,600s", device="analytic-cpu-2core"))
+    snap = Snapshot.fresh(world.costs.num_chunks, world.costs.num_layers)
+    k = [0] * world.costs.num_chunks
+    merged = Evaluator(world.costs, 3).link_blocks(k, snap, 1e12)
+    capped = Evaluator(world.costs, 3, max_chunks=2).link_blocks(k, snap, 1e12)
+    assert max(c1 - c0 for c0, c1, *_ in merged) > 2
+    assert max(c1 - c0 for c0, c1, *_ in capped) == 2
+    assert sum(b[-1] for b in capped) == sum(b[-1] for b in merged)  # the same bytes, in more transfers

@@ -36,6 +36,7 @@ class SparKVConfig:
     migration_cap_cells: int = 0  # most cells moved between the paths per re-plan (0: no cap)
     group_layers: int = 3  # planning granularity: k_c in multiples of it, one compute command per group
     transfer_target_s: float = 2.0  # transfer size: about this many seconds at the estimated goodput
+    max_transfer_chunks: int = 0  # most whole chunks one transfer carries (0: no limit): its cells are locked
     first_transfer_s: float = 0.5  # ...and this many while no sample has come (the prior may be far off)
     tick_s: float = 0.25  # driver tick period (ticks carry in-flight bandwidth samples)
     stall_s: float = 0.75  # seconds of an in-flight transfer without bytes before a cancel is weighed
@@ -96,7 +97,7 @@ class Controller:
     def __init__(self, costs: CostTable, config: SparKVConfig, speed_hint: float | None = None) -> None:
         self.cfg = config
         self.costs = costs
-        self.ev = Evaluator(costs, config.group_layers)
+        self.ev = Evaluator(costs, config.group_layers, max_chunks=config.max_transfer_chunks)
         self.planner = Planner(self.ev, window=config.search_window, feasible=config.feasible_splits)
         self.bw = BandwidthEstimator(
             config.estimator, costs.bandwidth_prior_bps, config.window_s, config.ewma_alpha, config.quantile,

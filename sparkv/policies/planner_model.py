@@ -41,12 +41,13 @@ _MISSING = 0
 class Evaluator:
     """Predicts a plan's timeline from a snapshot; holds the request's per-cell costs as prefix sums."""
 
-    def __init__(self, costs: CostTable, group_layers: int, top_down: bool = True) -> None:
+    def __init__(self, costs: CostTable, group_layers: int, top_down: bool = True, max_chunks: int = 0) -> None:
         if group_layers <= 0:
             raise ValueError(f"group_layers must be positive, got {group_layers}")
         self.C, self.L = costs.num_chunks, costs.num_layers
         self.group = group_layers
         self.top_down = top_down  # a chunk's streamed layers top first: a lost transfer never strands computed ones
+        self.max_chunks = max_chunks  # most chunks one transfer merges (0: as many as fit the target bytes)
         self.launch_s = costs.compute_launch_s
         self.query_s = [float(x) for x in costs.query_layer_s]
         self.first_token_s = costs.first_token_s
@@ -77,7 +78,8 @@ class Evaluator:
             for lo, hi, n in self._pieces(c, k[c], snap, target_bytes):
                 if out:
                     c0, c1, l0, l1, n0 = out[-1]
-                    if c0 == c + 1 and l0 == lo and l1 == hi and n0 + n <= target_bytes:
+                    fits = n0 + n <= target_bytes and (not self.max_chunks or c1 - c <= self.max_chunks)
+                    if c0 == c + 1 and l0 == lo and l1 == hi and fits:
                         out[-1] = (c, c1, lo, hi, n0 + n)
                         continue
                 out.append((c, c + 1, lo, hi, n))
