@@ -46,7 +46,7 @@ def test_predicted_ttft_equals_simulated_on_constant_trace(group: int, context: 
     scenario = Scenario(context_tokens=context, trace=f"const:{rate},3000s", device=DEVICE,
                         link=LinkConfig(rtt_s=rtt, efficiency=0.9))  # fmt: skip
     world = build_world(scenario)
-    result = simulate(world, make_policy("sparkv", group_layers=group))
+    result = simulate(world, make_policy("sparkv", group_layers=group, first_transfer_s=2.0))  # one transfer size
     stats = result.extra["policy_stats"]
     assert stats["replans"] == 0 and stats["cancels"] == 0
     assert result.ttft_s == pytest.approx(stats["predicted_ttft_s"], rel=1e-6)
