@@ -81,6 +81,8 @@ class DeviceProfile:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if not self.links:  # profiles without per-kind calibrations keep their old form
+            del out["links"]
         out["compute"] = self.compute.to_dict()
         out["power"] = self.power.to_dict()
         return out
