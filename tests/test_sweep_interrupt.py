@@ -18,9 +18,12 @@ ROOT = str(Path(__file__).resolve().parents[1])
 
 def _sweep(out: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "sparkv.cli", "sweep", "--trace", "const:20mbps,lte:seed=1,lte:seed=2,lte:seed=3",
-           "--context-tokens", "2048,4096,8192", "--bandwidth-scale", ",".join(str(x / 10) for x in range(1, 31)),
-           "--device", DEVICE, "--policy", "local,stream,cake", "--jobs", "2", "--no-progress", "--out", str(out),
+    traces = [arg for spec in ("const:20mbps", "lte:seed=1", "lte:seed=2", "lte:seed=3") for arg in ("--trace", spec)]
+    cmd = [sys.executable, "-m", "sparkv.cli", "sweep", *traces,
+           "--context-tokens", "2048,4096,8192,16384,32768",
+           "--bandwidth-scale", ",".join(str(x / 20) for x in range(1, 121)),  # about 10,000 runs: tens of seconds
+           "--device", DEVICE, "--policy", "local,stream,cake,static", "--jobs", "2", "--no-progress",
+           "--out", str(out),
            *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -31,7 +34,7 @@ def test_ctrl_c_saves_partial_results_marked_partial(tmp_path: Path) -> None:
     proc = _sweep(out)
     assert proc.stdout is not None
     proc.stdout.readline()  # "sweep: N runs": the pool is starting
-    time.sleep(4.0)  # let some batches finish
+    time.sleep(3.0)  # let some batches finish
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
     try:
         _, err = proc.communicate(timeout=60)
