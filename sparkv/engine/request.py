@@ -122,7 +122,7 @@ class RequestEngine:
         self.fx = effects
         self.recorder: PolicyRecorder | None = PolicyRecorder(policy) if record else None
         self._io: Any = self.recorder if self.recorder is not None else policy  # update/schedule go here
-        hooks = policy_hooks(policy)
+        hooks = self.hooks = policy_hooks(policy)
         ignored = hooks.ignored_events if not record else frozenset()  # a log keeps every event
         self.send_samples = BandwidthSample not in ignored
         self.send_query_events = QueryLayerDone not in ignored or QueryLayerStarted not in ignored
@@ -359,7 +359,7 @@ class RequestEngine:
     def result(self, world: str, energy_j: dict[str, float], config: dict[str, Any],
                extra: dict[str, Any]) -> Result:  # fmt: skip
         """The request's `Result`; `config` gains the policy's settings, `extra` its run statistics."""
-        stats = policy_hooks(self.policy).stats()
+        stats = self.hooks.stats()
         return Result(
             world=world,
             policy=self.policy_name,

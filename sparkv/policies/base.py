@@ -111,8 +111,3 @@ def policy_hooks(policy: object) -> PolicyHooks:
         stats=stats if callable(stats) else dict,
         keeps_partial_transfers=bool(getattr(policy, "keeps_partial_transfers", False)),
     )
-
-
-def ignored_events(policy: object) -> frozenset[type]:
-    """The event types `policy` says it can do without (none unless it says so)."""
-    return policy_hooks(policy).ignored_events

@@ -89,7 +89,6 @@ class SimRun:
         self.max_time_s = max_time_s
         self.fails_at_s = link.server_fails_at_s  # the server's death, if the scenario injects one
         self.rtt_s = link.rtt_s
-        self.transfer: Flight | None = None  # the engine's record of the transfer in flight, shared
         self.compute_end_s = 0.0  # the clock when the compute lane's timeout fires
         self.finished = self.env.event()
         # the engine's report methods, bound once (each is called per piece of work)
@@ -127,7 +126,7 @@ class SimRun:
     # ---- effects (called by the engine) ----
 
     def start_fetch(self, flight: Flight, now_s: float) -> None:
-        t = self.transfer = flight
+        t = flight
         if self.fails_at_s is not None and now_s >= self.fails_at_s:  # nobody answers: refused after a round trip
             t.handle = self._after(self.rtt_s, lambda _ev: self._fail(t, "connection refused"))
             return
@@ -148,7 +147,7 @@ class SimRun:
         ev.callbacks.append(self._transfer_done)
 
     def cancel_fetch(self, block: CellBlock, now_s: float) -> None:
-        t = self.transfer
+        t = self.engine.transfer
         assert t is not None and t.block == block  # the engine checked
         if now_s < t.payload_end_s:  # a cancel during installation is ignored
             if isinstance(t.handle, simpy.Process):
@@ -178,7 +177,7 @@ class SimRun:
         self._after(self._compute_duration(work_s), self._first_token)
 
     def received_bytes(self, now_s: float) -> int:
-        t = self.transfer
+        t = self.engine.transfer
         if t is None or now_s <= t.data_start_s:  # the first byte had not arrived
             return 0
         got = self.trace.bytes_between(self._trace_t(t.data_start_s), self._trace_t(now_s)) * self.efficiency
@@ -188,7 +187,7 @@ class SimRun:
 
     def _wait(self, t: Flight, delay_s: float) -> None:
         """The transfer's last phase: a timeout whose callback ends it (the link runs one transfer at a
-        time, so the callback finds it in `self.transfer`)."""
+        time, so the callback finds it in the engine's `transfer`)."""
         t.end_s = self.env.now + delay_s
         if self.fails_at_s is not None and t.end_s > self.fails_at_s:
             self._fail_at(t)
@@ -205,7 +204,6 @@ class SimRun:
         t.handle = None
         now = self.env.now
         received = self.received_bytes(now)
-        self.transfer = None
         self.engine.transfer_lost(now, received, f"server gone (modelled): {why}")
 
     def _queue(self, t: Flight) -> Any:
@@ -230,14 +228,12 @@ class SimRun:
     def _cancel(self, t: Flight) -> None:
         t.handle = None
         received = self.received_bytes(self.env.now)
-        self.transfer = None
         self.engine.transfer_lost(self.env.now, received)
 
     def _transfer_done(self, _ev: simpy.Event) -> None:
         """The transfer in flight has arrived and been installed (the callback of its last timeout)."""
-        t = self.transfer
+        t = self.engine.transfer
         assert t is not None
-        self.transfer = None
         self.engine.transfer_done(t.end_s, t.bytes, t.payload_end_s)
 
     # ---- compute lane ----
@@ -281,7 +277,7 @@ class SimRun:
         if self.engine.compute_busy:
             return True
         delivers = self.trace.bytes_between(self._trace_t(0.0), self._trace_t(self.max_time_s)) > 0
-        return self.transfer is not None and delivers
+        return self.engine.transfer is not None and delivers
 
     def _stall_reason(self) -> str:
         missing = self.engine.missing_cells()
