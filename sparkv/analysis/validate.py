@@ -72,6 +72,7 @@ def pair_row(pair: Pair) -> dict[str, Any]:
         "ttft_err_profile_pct": 100 * _err(pair.sim_profile, real) if pair.sim_profile is not None else "",
         "probe_attempts": real.extra.get("device_speed", {}).get("attempts", ""),
         "speed_steady": real.extra.get("device_speed", {}).get("steady", ""),
+        "foreign_cpu_cores": ((real.extra.get("device_speed", {}).get("cpu_share") or {}).get("foreign_cores", "")),
         "sim_energy_j": sim.energy_total_j,
         "real_energy_j": real.energy_total_j,  # modelled over the measured timeline
         "sim_cells_computed": sim.cells_computed,
@@ -125,6 +126,7 @@ def run_validation(
     probe: bool = True,
     speed_tolerance: float = 0.08,
     attempts: int = 3,
+    max_foreign_cores: float = 0.25,
 ) -> list[Pair]:
     """Run every (trace, policy) for real, predict each in the simulator, and check replay.
 
@@ -135,7 +137,9 @@ def run_validation(
     in `extra["device_speed"]`) and the run is predicted both at that speed and at the profile's. A run
     whose two probes differ by more than `speed_tolerance` saw the machine change speed; it is measured
     again, up to `attempts` times in all, and the last attempt is kept either way (its
-    `extra["device_speed"]` records the attempts and whether the speed held).
+    `extra["device_speed"]` records the attempts and whether the speed held). So is a run during which
+    other processes used more than `max_foreign_cores` cores of CPU (a burst of foreign load inside a run
+    slows it without moving either probe); such a run is `disturbed`.
     """
     from sparkv.executor.session import RealSession
 
@@ -152,7 +156,7 @@ def run_validation(
             for name in policies:
                 template = RequestContext(session.world.request, session.world.spec, session.world.costs)
                 runs = [
-                    _probed_run(session, make, name, speed_tolerance, attempts) if probe
+                    _probed_run(session, make, name, speed_tolerance, attempts, max_foreign_cores) if probe
                     else session.run(make(name), max_new_tokens=1)
                     for _ in range(repeats)
                 ]
@@ -175,19 +179,29 @@ def run_validation(
 
 
 def _probed_run(
-    session: RealSession, make: Callable[[str], Policy], name: str, tolerance: float, attempts: int
+    session: RealSession, make: Callable[[str], Policy], name: str, tolerance: float, attempts: int,
+    max_foreign_cores: float = 0.25,
 ) -> Result:
-    """One real run between two speed probes, measured again while the probes disagree."""
+    """One real run between two speed probes, measured again while the probes disagree or while other
+    processes took more than `max_foreign_cores` of CPU during it (`sparkv.executor.cpu_share`)."""
+    from sparkv.executor.cpu_share import CpuMeter
     from sparkv.executor.model.speed import RunSpeed
 
+    meter = CpuMeter()
     for attempt in range(1, attempts + 1):
         before = session.probe_speed()
+        meter.start()
         run = session.run(make(name), max_new_tokens=1, speed_hint=before.factor)
+        share = meter.stop()
         speed = RunSpeed(before, session.probe_speed())
-        steady = speed.steady(tolerance)
+        foreign = share.foreign_cores if share is not None else 0.0
+        disturbed = foreign > max_foreign_cores
+        steady = speed.steady(tolerance) and not disturbed
         if steady or attempt == attempts:
             run.extra["device_speed"] = {**speed.to_dict(), "attempts": attempt, "steady": steady,
-                                         "tolerance": tolerance}  # fmt: skip
+                                         "tolerance": tolerance, "disturbed": disturbed,
+                                         "max_foreign_cores": max_foreign_cores,
+                                         "cpu_share": share.to_dict() if share is not None else None}  # fmt: skip
             return run
     raise AssertionError("unreachable: the last attempt returns")
 
@@ -199,7 +213,10 @@ def _progress_line(pair: Pair, name: str) -> str:
     if pair.sim_profile is not None and pair.device_speed is not None:
         ds = real.extra["device_speed"]
         note = "" if ds["attempts"] == 1 else f", attempt {ds['attempts']}"
-        note += "" if ds["steady"] else ", speed changed during the run"
+        if ds.get("disturbed"):
+            note += f", other processes used {ds['cpu_share']['foreign_cores']:.2f} cores during the run"
+        elif not ds["steady"]:
+            note += ", speed changed during the run"
         line += (f"  probes: compute x{ds['before']['factor']:.3f} / x{ds['after']['factor']:.3f} of profiled "
                  f"time{note}; at profiled speed sim {pair.sim_profile.ttft_s:7.3f} s "
                  f"({100 * _err(pair.sim_profile, real):+.1f}%)")  # fmt: skip
@@ -251,12 +268,15 @@ def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -
     rows = [pair_row(p) for p in pairs]
     write_csv(rows, out / "validation.csv")
     stats = grouped_stats(rows)
+    steady_rows = [r for r in rows if r["speed_steady"] is not False]
     runs = out / "runs"
     for i, p in enumerate(pairs):
         p.real.save(runs / f"{i:03d}-real-{p.real.policy}.json")
         p.sim.save(runs / f"{i:03d}-sim-{p.sim.policy}.json")
     meta = {"kind": "validation", "config": config, "stats": stats,
             "stats_at_profiled_speed": grouped_stats(rows, "ttft_err_profile_pct"), "lanes": lane_summary(pairs),
+            "stats_steady": grouped_stats(steady_rows) if len(steady_rows) < len(rows) else stats,
+            "unsteady_runs": len(rows) - len(steady_rows),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "python": platform.python_version()}}  # fmt: skip
     (out / "validation.json").write_text(json.dumps(meta, indent=1))

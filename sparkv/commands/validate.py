@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed-tolerance", type=nonneg_float, default=0.08,
                    help="probes before and after a run further apart than this (relative) mean the machine "
                         "changed speed during it: the run is measured again (default 0.08)")
+    p.add_argument("--max-foreign-cpu", type=float, default=0.25, metavar="CORES",
+                   help="a run during which other processes used more than this many cores of CPU was "
+                        "disturbed: it is measured again like a run whose speed changed (default 0.25)")
     p.add_argument("--attempts", type=pos_int, default=3,
                    help="real runs at most per (trace, policy, repeat) while the speed keeps changing (default 3)")
     p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
@@ -79,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if args.attempts < 1:
         raise UserError(f"--attempts must be >= 1, got {args.attempts}")
+    if not args.max_foreign_cpu > 0:
+        raise UserError(f"--max-foreign-cpu must be > 0 cores, got {args.max_foreign_cpu}")
     if not args.speed_tolerance > 0:
         raise UserError(f"--speed-tolerance must be > 0, got {args.speed_tolerance}")
     scenario = scenario_from_args(args, RUN_DEFAULTS)
@@ -94,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
           f"{scenario.context_tokens} context tokens, chunks of {scenario.chunk_tokens}")  # fmt: skip
     scale = None if args.bandwidth_scale is not None else auto_scale
     pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make, repeats=args.repeats,
-                           probe=args.probe, speed_tolerance=args.speed_tolerance, attempts=args.attempts)
+                           probe=args.probe, speed_tolerance=args.speed_tolerance, attempts=args.attempts,
+                           max_foreign_cores=args.max_foreign_cpu)
     config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
               "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale,
               "repeats": args.repeats, "probe": args.probe, "speed_tolerance": args.speed_tolerance,
-              "attempts": args.attempts}  # fmt: skip
+              "attempts": args.attempts, "max_foreign_cpu_cores": args.max_foreign_cpu}  # fmt: skip
     meta = write_validation(pairs, args.out, config)
     stats, at_profile = meta["stats"], meta["stats_at_profiled_speed"]
     if args.probe:
@@ -113,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
         changed = sum(not d["steady"] for d in probed)
         print(f"probed compute time / profiled: median x{statistics.median(speeds):.3f}, "
               f"range x{speeds[0]:.3f} to x{speeds[-1]:.3f}; {again} runs measured again because the speed "
-              f"changed during them (probes > {100 * args.speed_tolerance:.0f}% apart), {changed} kept "
-              f"although it still changed")  # fmt: skip
+              f"changed during them (probes > {100 * args.speed_tolerance:.0f}% apart) or other processes "
+              f"used > {args.max_foreign_cpu:g} cores, {changed} kept although they still did")  # fmt: skip
+        if meta["unsteady_runs"]:
+            print(f"TTFT error over the {len(pairs) - meta['unsteady_runs']} steady runs only (the "
+                  f"{meta['unsteady_runs']} others measured the machine's other load, not the model):")
+            print(format_table([{"group": k, **v} for k, v in meta["stats_steady"].items()], STAT_COLUMNS))
     for key, lane in meta["lanes"].items():
         print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
               f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip
