@@ -24,6 +24,8 @@ from sparkv.cost_models.profiles import load_profile
 from sparkv.cost_models.storage import StorageProfile, load_storage
 from sparkv.engine.decode import DecodeEngine, ReadJob
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
+from sparkv.policies.decode.storage_scoring import StorageScoring
+from sparkv.sim.decode_storage import run_storage_decode_sim
 from sparkv.traces.scores import ScoreTrace, get_score_trace
 
 
@@ -80,6 +82,8 @@ def run_decode_sim(
     world: DecodeWorld, policy: DecodePolicy, record: bool = True, log: bool = False
 ) -> tuple[Result, DecodeEngine]:
     """`simulate_decode`, also returning the engine (its `log` of policy calls when `log`, for replay)."""
+    if isinstance(policy, StorageScoring):  # scoring partly in storage: its own scoring phase per layer
+        return run_storage_decode_sim(world, policy, record=record, log=log)
     sc, geo = world.scenario, world.geometry
     ctx = DecodeContext(geometry=geo, model=world.spec.name)
     engine = DecodeEngine(ctx, policy, sc.max_request_bytes, record_spans=record, record_log=log)

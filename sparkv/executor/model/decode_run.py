@@ -23,6 +23,7 @@ from sparkv.core.decode import DecodeGeometry, DecodeScenario, decode_geometry
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
 from sparkv.core.result import Result
+from sparkv.cost_models.smartssd import get_smartssd
 from sparkv.engine.decode import DecodeEngine
 from sparkv.executor.model.decode import (
     CacheBuild,
@@ -37,6 +38,7 @@ from sparkv.executor.model.decode import prefill_keys as _prefill_keys
 from sparkv.executor.model.kvfile import LAYOUT_FILE, GroupReader, KVFiles, KVLayout
 from sparkv.executor.model.models import LoadedModel
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
+from sparkv.policies.decode.storage_scoring import StorageScoring
 from sparkv.traces.scores import ScoreTrace
 
 
@@ -132,6 +134,12 @@ def run_real_decode(
 
     With `token_scores`, every (step, layer) also records both kinds of score for every cached token (for
     recall and group-size studies; it costs time, so such a run is not a timing run)."""
+    if isinstance(policy, StorageScoring):  # scoring partly in storage (HillInfer): its own world loop
+        from sparkv.executor.model.decode_storage import run_real_storage_decode
+
+        if token_scores is not None:
+            raise ValueError(f"{policy.name}: per-token score recording is not supported")
+        return run_real_storage_decode(setup, policy, get_smartssd("samsung-smartssd"), log=log)
     sc, geo, lay = setup.scenario, setup.geometry, setup.files.layout
     spec = setup.loaded.spec
     ctx = DecodeContext(geometry=geo, model=spec.name)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sparkv.core.errors import UserError
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy, DecodePolicyBase, top_groups
+from sparkv.policies.decode.hillinfer import HillInfer
 from sparkv.policies.decode.kvswap import KVSwap, TopMOracle
 from sparkv.policies.decode.reference import FullKV, FullReload
 from sparkv.policies.decode.streaming import StreamingLLM
@@ -17,6 +18,7 @@ DECODE_POLICIES: dict[str, Callable[..., DecodePolicy]] = {
     "kvswap": KVSwap,
     "streaming": StreamingLLM,
     "oracle-topm": TopMOracle,
+    "hillinfer": HillInfer,
 }
 
 
