@@ -124,5 +124,7 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
         f"compute while cells arrive ({args.link}, {slow.received_bps * 8 / 1e6:.1f} Mbit/s received): "
         f"{slow.receiving_s * 1e3:.2f} ms vs {slow.alone_s * 1e3:.2f} ms alone per {slow.layers}-layer command, "
         f"x{slow.ratio:.3f}"
-    )
+        + (f" ({slow.discarded_rounds} rounds measured again: other processes loaded the CPU)"
+           if slow.discarded_rounds else "")
+    )  # fmt: skip
     return apply_slowdown(profile, slow)
