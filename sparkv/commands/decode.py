@@ -16,6 +16,7 @@ from typing import Any
 
 from sparkv.commands.bench import reference_rate
 from sparkv.commands.common import format_table
+from sparkv.commands.decode_kelle import add_kelle_args, is_head_run, run_kelle
 from sparkv.commands.decode_quality import add_quality_args, run_quality
 from sparkv.commands.decode_real import add_real_args, print_validation, run_real, validate
 from sparkv.commands.decode_studies import load_compute, sweep_g, what_if
@@ -104,6 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-compute", type=Path, help="a fitted decode compute JSON (as --validate writes)")
     add_real_args(p)
     add_quality_args(p)
+    add_kelle_args(p)
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -127,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     names = args.policy or list(DECODE_POLICIES)
     for name in names:
         make_decode_policy(name)  # an unknown name fails before any work
+    if is_head_run(names):  # aerp, h2o: per-head eviction in the Kelle worlds
+        return run_kelle(args, scenario, names)
     if args.quality:
         return run_quality(args, scenario, names)
     if args.what_if:

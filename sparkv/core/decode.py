@@ -205,7 +205,20 @@ class GroupAppended:
     group: int
 
 
-DecodeEvent = ReadDone | LayerDone | GroupAppended
+@dataclass(frozen=True, eq=False)
+class HeadAttention:
+    """The attention one layer's query gave, per KV head, at `step` (per-head eviction: H2O, Kelle's AERP).
+
+    `weights[h]` holds the softmax attention (summed over the query heads sharing KV head h) of each token of
+    the plan's `heads[h]`, in that order, then the current token's own weight last."""
+
+    t_s: float
+    step: int
+    layer: int
+    weights: tuple[np.ndarray, ...]  # float per KV head: [len(plan.heads[h]) + 1]
+
+
+DecodeEvent = ReadDone | LayerDone | GroupAppended | HeadAttention
 
 
 # ---- the plan (decode policy -> driver) ----
@@ -227,6 +240,7 @@ class LayerPlan:
     keep: tuple[int, ...] = ()  # groups resident after the layer (the reuse buffer), ascending
     recompute: tuple[int, ...] = ()  # groups rebuilt from stored inputs instead of read (Kelle); none yet
     source: str = DISK  # tier the reads come from (a computational-storage tier for HillInfer)
+    heads: tuple[tuple[int, ...], ...] = ()  # per KV head, the groups it attends (each within attend); (): all
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

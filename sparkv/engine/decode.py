@@ -14,6 +14,7 @@ from sparkv.core.decode import (
     DecodeSpan,
     DecodeSummary,
     GroupAppended,
+    HeadAttention,
     LayerDone,
     LayerPlan,
     ReadDone,
@@ -163,6 +164,9 @@ class DecodeEngine:
         if not valid:  # working must be exactly attend + keep: nothing missing, nothing read for nothing
             raise PlanError(f"{self.policy.name}: step {scores.step} layer {layer}: attend and keep must come from "
                             "resident groups and reads, and every read must be attended or kept")  # fmt: skip
+        if plan.heads and not all(set(h).issubset(attend) for h in plan.heads):
+            raise PlanError(f"{self.policy.name}: step {scores.step} layer {layer}: a head attends groups outside "
+                            "attend")  # fmt: skip
         sinks = self.geo.sink_groups
         sink_attended = 0
         for g in attend[:sinks]:
@@ -226,7 +230,11 @@ class DecodeEngine:
         self._check_memory()
         return event
 
-    def _event(self, event: ReadDone | LayerDone | GroupAppended) -> None:
+    def head_attention(self, event: HeadAttention) -> None:
+        """A layer's per-head attention weights (after its compute), for policies that evict per head."""
+        self._event(event)
+
+    def _event(self, event: ReadDone | LayerDone | GroupAppended | HeadAttention) -> None:
         if self.record_log:
             self.log.append(("event", event))
         self.policy.update(event)

@@ -37,6 +37,7 @@ class DecodeContext:
     model: str  # model name, for the record
     tiers: tuple[str, ...] = ("memory", "disk")  # tiers the driver can read from and hold in
     start_s: float = 0.0
+    prefill: Any = None  # what the prefill left a per-head policy (Kelle/H2O: importance per head), or None
 
 
 @runtime_checkable
