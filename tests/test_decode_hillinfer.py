@@ -95,14 +95,17 @@ def test_the_split_equalises_both_sides_of_the_latency_model() -> None:
         m = split_cpu_share(total, a_c, a_s)
         best = min(range(total + 1), key=lambda c: max(c * a_c, (total - c) * a_s))
         assert abs(m - best) <= 1
-    policy = _started(cpu_tokens_per_s=1e6, host_bps=1e8, ssd_tokens_per_s=1e7,
-                      ssd_internal_bps=3.2e8)  # fmt: skip
+    policy = _started(cpu_tokens_per_s=1e6, host_bps=1e8, ssd_tokens_per_s=2e6,
+                      ssd_internal_bps=1e8)  # fmt: skip
     sp = policy.split(0, 0, 64)
     cold = len(sp.cpu) + len(sp.storage)
     per_token = policy.record_bytes / 4
-    a_cpu, a_ssd = 1 / 1e6 + per_token / 1e8, 1 / 1e7 + per_token / 3.2e8
-    assert len(sp.cpu) == split_cpu_share(cold, a_cpu, a_ssd)
-    assert len(sp.cpu) == 6 and sp.cpu == tuple(sorted(sp.cpu))
+    a_cpu, a_ssd = 1 / 1e6 + per_token / 1e8, 1 / 2e6 + per_token / 1e8
+    hot_s = len(sp.hot) * 4 / 1e6  # the host scores the hot pool too: it takes that much less of the cold
+    assert len(sp.cpu) == split_cpu_share(cold, 4 * a_cpu, 4 * a_ssd, hot_s)
+    assert split_cpu_share(cold, a_cpu, a_ssd) > len(sp.cpu)
+    assert split_cpu_share(100, 1.0, 1.0, host_busy=1000.0) == 0
+    assert len(sp.cpu) == 14 and sp.cpu == tuple(sorted(sp.cpu))
     assert max(sp.storage) < min(sp.cpu)  # the host takes the newest cold groups
     fixed = _started(cpu_share=0.5).split(0, 0, 64)
     assert abs(len(fixed.cpu) - len(fixed.storage)) <= 1

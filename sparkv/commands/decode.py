@@ -17,8 +17,9 @@ from typing import Any
 from sparkv.commands.bench import reference_rate
 from sparkv.commands.common import format_table
 from sparkv.commands.decode_kelle import add_kelle_args, is_head_run, run_kelle
+from sparkv.commands.decode_hillinfer import add_hill_args, build_policy, print_hill_stats, sim_options
 from sparkv.commands.decode_quality import add_quality_args, run_quality
-from sparkv.commands.decode_real import add_real_args, print_validation, run_real, validate
+from sparkv.commands.decode_real import add_real_args, print_validation, run_hill_study, run_real, validate
 from sparkv.commands.decode_studies import load_compute, sweep_g, what_if
 from sparkv.core.decode import DecodeScenario, DecodeSummary
 from sparkv.core.errors import UserError
@@ -106,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_real_args(p)
     add_quality_args(p)
     add_kelle_args(p)
+    add_hill_args(p)
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -135,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         return run_quality(args, scenario, names)
     if args.what_if:
         return what_if(args, args.out)
+    if args.hill_study:
+        return run_hill_study(args, scenario)
     compute = load_compute(args.decode_compute)
     if args.sweep_g:
         try:
@@ -147,11 +151,12 @@ def run(args: argparse.Namespace) -> int:
     world = build_decode_world(scenario, compute=compute)
     if args.bench:
         return bench(world, names)
-    results = [simulate_decode(world, make_decode_policy(name)) for name in names]
+    results = [simulate_decode(world, build_policy(name, sim_options(world, args.hill_bits))) for name in names]
     print(describe(scenario, world.geometry.kv_bytes, world.geometry.budget_bytes, world.storage.name,
                    f"{world.compute.kind} decode compute ({world.compute.source})"))  # fmt: skip
     print(format_table([summary_row(r) for r in results], COLUMNS))
     print("read hidden: 1 - (compute waiting for reads) / (storage busy); sim times are modelled")
+    print_hill_stats(results)
     if args.out:
         write_results(results, args.out)
     return 0
@@ -162,6 +167,7 @@ def run_real_world(args: argparse.Namespace, scenario: DecodeScenario, names: li
         results, rows = validate(args, scenario, names)
         print(format_table([summary_row(r) for r in results], COLUMNS))
         print_validation(rows)
+        print_hill_stats(results)
         if args.out:
             write_results(results, args.out)
             (args.out / "decode-validation.json").write_text(json.dumps(rows, indent=1))
@@ -171,6 +177,7 @@ def run_real_world(args: argparse.Namespace, scenario: DecodeScenario, names: li
     results = run_real(args, scenario, names)
     print(format_table([summary_row(r) for r in results], COLUMNS))
     print("real: every time measured (O_DIRECT reads through the reader threads, compute on this CPU)")
+    print_hill_stats(results)
     if args.out:
         write_results(results, args.out)
     return 0

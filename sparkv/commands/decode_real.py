@@ -11,11 +11,21 @@ from typing import Any
 
 import torch
 
+from sparkv.analysis.decode_hillinfer import fit_host_scoring
 from sparkv.analysis.decode_validate import compare_runs, fit_decode_compute
 from sparkv.commands.common import format_table
+from sparkv.commands.decode_hillinfer import (
+    build_policy,
+    hill_options,
+    hill_study,
+    measure_host_scoring,
+    print_hill_stats,
+    settings_of,
+)
 from sparkv.core.decode import DecodeScenario
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
+from sparkv.cost_models.smartssd import HostScoring, get_smartssd
 from sparkv.cost_models.storage import load_storage
 from sparkv.executor.model.decode_run import (
     RealDecodeSetup,
@@ -24,10 +34,12 @@ from sparkv.executor.model.decode_run import (
     run_real_decode,
     spec_for_disk,
 )
+from sparkv.executor.model.decode_storage import run_real_storage_decode
 from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
 from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
 from sparkv.policies.decode import make_decode_policy
 from sparkv.sim.decode import build_decode_world, simulate_decode
+from sparkv.sim.decode_storage import run_storage_decode_sim
 
 CALIB_TOKENS = 2048  # tokens of the calibration text for the key projections
 
@@ -80,8 +92,18 @@ def prepare(args: argparse.Namespace, scenario: DecodeScenario) -> RealDecodeSet
     return setup
 
 
+def real_hill_options(args: argparse.Namespace, setup: RealDecodeSetup, host: HostScoring | None = None
+                      ) -> dict[str, Any]:  # fmt: skip
+    """HillInfer's settings for a real run: the host kernel measured on this machine's real keys (or `host`)."""
+    spec, sc = setup.loaded.spec, setup.scenario
+    keys = setup.cache.keys[0][:, : sc.context_tokens].transpose(0, 1).reshape(sc.context_tokens, -1).numpy()
+    host = host or measure_host_scoring(keys, spec, sc.group_tokens, args.hill_bits)
+    return hill_options(sc, spec, load_storage(sc.storage), get_smartssd("samsung-smartssd"), host, args.hill_bits)
+
+
 def run_real(args: argparse.Namespace, scenario: DecodeScenario, names: list[str]) -> list[Result]:
     setup = prepare(args, scenario)
+    hill = real_hill_options(args, setup) if "hillinfer" in names else None
     results = []
     try:
         for i, name in enumerate(names):
@@ -89,7 +111,7 @@ def run_real(args: argparse.Namespace, scenario: DecodeScenario, names: list[str
             if args.record_scores is not None and i == 0:
                 tokens = scenario.context_tokens + scenario.steps
                 record = TokenScores(scenario.steps, setup.geometry.num_layers, tokens)
-            result, _, _, _ = run_real_decode(setup, make_decode_policy(name), token_scores=record)
+            result, _, _, _ = run_real_decode(setup, build_policy(name, hill), token_scores=record)
             results.append(result)
             if record is not None:
                 path = record.trace(scenario.context_tokens, f"recorded: real {name} run, {setup.loaded.model_id}")
@@ -109,10 +131,19 @@ def validate(
         calib_sc = scenario.with_(steps=max(2, min(args.calib_steps, scenario.steps)))
         calib_setup = RealDecodeSetup(**{**setup.__dict__, "scenario": calib_sc})
         runs = []
+        hill = real_hill_options(args, setup) if "hillinfer" in names else None
+        host = None
         for name in names:
-            policy = make_decode_policy(name)
-            _, _, engine, _ = run_real_decode(calib_setup, policy, log=True)
-            runs.append((policy.score_kind, name, engine))
+            policy = build_policy(name, hill)
+            calib, _, engine, _ = run_real_decode(calib_setup, policy, log=True)
+            # hillinfer's layer spans hold no scoring (its scoring phase is fitted on its own)
+            runs.append(("none" if name == "hillinfer" else policy.score_kind, name, engine))
+            if name == "hillinfer":
+                host = fit_host_scoring(calib.extra["scoring_samples"])
+                hill = real_hill_options(args, setup, host)
+                print(f"hillinfer host scoring fitted: {host.per_token_s * 1e9:.1f} ns/token, hot phase "
+                      f"{host.hot_fixed_s * 1e3:.3f} ms + per token, cold share {host.cpu_fixed_s * 1e3:.3f} ms + "
+                      "per token")  # fmt: skip
         joint = fit_decode_compute(runs, scenario.rank)
         print(f"decode compute fitted on {len(runs)} calibration runs of {calib_sc.steps} steps: "
               f"{json.dumps({k: v for k, v in joint.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
@@ -123,10 +154,13 @@ def validate(
             print("each policy is predicted with the fit of its own calibration run (--calibrate per-policy)")
         reals, sims, rows = [], [], []
         for name in names:
-            real, trace, _, _ = run_real_decode(setup, make_decode_policy(name))
+            real, trace, _, _ = run_real_decode(setup, build_policy(name, hill))
             world = build_decode_world(scenario, compute=fits[name], scores=trace, storage=storage,
                                        spec=spec_for_disk(setup.loaded))  # fmt: skip
-            sim = simulate_decode(world, make_decode_policy(name))
+            if name == "hillinfer":  # the same settings as the real run, the fitted host kernel
+                sim, _ = run_storage_decode_sim(world, make_decode_policy(name, **settings_of(real)), host=host)
+            else:
+                sim = simulate_decode(world, make_decode_policy(name))
             reals.append(real)
             sims.append(sim)
             rows.append(compare_runs(real, sim))
@@ -155,3 +189,18 @@ def print_validation(rows: list[dict[str, Any]]) -> None:
     print(format_table(rows, VALIDATE_COLUMNS))
     print("median/p90 err: |sim - real| / real of the step-time median and p90; per-step err: the same per step, "
           "then its median and p90; bytes/hits equal: every step's bytes read and reuse hits identical")  # fmt: skip
+
+
+def run_hill_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
+    """A real HillInfer run probing INT8 (or INT4) vs fp16 overlap on its own decode queries, then the study
+    tables (split vs brute force, what-if) with the host kernel fitted to that run."""
+    setup = prepare(args, scenario)
+    try:
+        policy = build_policy("hillinfer", real_hill_options(args, setup))
+        real, _, _, _ = run_real_storage_decode(setup, policy, get_smartssd("samsung-smartssd"), probe_overlap=True)
+    finally:
+        setup.files.close()
+    values = [s["overlap"] for s in real.extra["scoring_samples"]]
+    overlap = {"overlap_mean": sum(values) / len(values), "overlap_min": min(values), "queries": float(len(values))}
+    print_hill_stats([real])
+    return hill_study(args, scenario, real, overlap, args.out, spec=spec_for_disk(setup.loaded))

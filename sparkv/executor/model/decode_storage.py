@@ -24,7 +24,7 @@ from sparkv.cost_models.smartssd import MODELLED, SmartSSDProfile
 from sparkv.engine.decode import DecodeEngine
 from sparkv.executor.model.decode import CacheBuild, SlotPool, SparseDecoder
 from sparkv.executor.model.keyplane_file import KeyPlane
-from sparkv.executor.model.keyscore import quantize_query, score_records
+from sparkv.executor.model.keyscore import dequantize_keys, quantize_query, score_records, token_scores
 from sparkv.executor.model.kvfile import GroupReader, KVFiles
 from sparkv.executor.model.models import LoadedModel
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
@@ -62,9 +62,10 @@ def _groups(k: torch.Tensor, group_tokens: int) -> np.ndarray:
 
 
 def run_real_storage_decode(
-    setup: RealSetupParts, policy: DecodePolicy, ssd: SmartSSDProfile, log: bool = False
+    setup: RealSetupParts, policy: DecodePolicy, ssd: SmartSSDProfile, log: bool = False, probe_overlap: bool = False
 ) -> tuple[Result, ScoreTrace, DecodeEngine, list[int]]:
-    """One decode run: (Result, the scores its plans saw, the engine, the generated tokens)."""
+    """One decode run: (Result, the scores its plans saw, the engine, the generated tokens). `probe_overlap`
+    also compares, off the clock, each scoring's top 10 % of tokens with fp16 keys and the exact query."""
     if not isinstance(policy, StorageScoring):
         raise TypeError(f"decode policy {policy.name!r} has no split hook (not a storage-scoring policy)")
     sc, geo, lay = setup.scenario, setup.geometry, setup.files.layout
@@ -95,7 +96,8 @@ def run_real_storage_decode(
         sp = policy.split(step, layer, full)
         t0 = now()
         batch = plane.submit_direct(reader.pool, sc.queue_depth, layer, sp.cpu) if sp.cpu else None
-        q = quantize_query(decoder.math.qkv(layer, x, pos)[0][:, 0].numpy())
+        q_exact = decoder.math.qkv(layer, x, pos)[0][:, 0].numpy()  # [H, hd]
+        q = quantize_query(q_exact)
         out = np.full(full, -np.inf, np.float32)
         kernel = _kernel(q, lay.group_tokens, lay.kv_heads, bits, decoder.math.scaling(layer))
         if sp.hot:
@@ -119,6 +121,10 @@ def run_real_storage_decode(
                         "hot_s": h1 - t0, "cpu_tokens": len(sp.cpu) * lay.group_tokens,
                         "cpu_s": c1 - c0 if batch is not None else 0.0, "key_read_s": k1 - k0,
                         "storage_tokens": len(sp.storage) * lay.group_tokens, "ssd_modelled_s": ssd_s})  # fmt: skip
+        if probe_overlap:
+            w0 = time.perf_counter()
+            samples[-1]["overlap"] = _overlap(plane, setup.cache.keys[layer], layer, sp, q_exact, lay.kv_heads, bits)
+            offset[0] -= time.perf_counter() - w0
         pred_arr[step, layer, :full] = out
         return out
 
@@ -182,6 +188,24 @@ def run_real_storage_decode(
 
 CLOCK = ("measured (perf_counter) for the model, the O_DIRECT reads and the host's scoring; the drive's "
          f"in-storage scoring {MODELLED}")  # fmt: skip
+
+
+def _overlap(plane: KeyPlane, keys: torch.Tensor, layer: int, sp: ScoreSplit, q: np.ndarray, kv_heads: int,
+             bits: int, fraction: float = 0.1) -> float:  # fmt: skip
+    """|top 10 % by the quantised kernel & top 10 % by fp16 keys and the fp32 query| / |top|, over the tokens
+    of every scored group."""
+    groups = tuple(sorted(sp.hot + sp.cpu + sp.storage))
+    if not groups:
+        return 1.0
+    g = plane.group_tokens
+    deq = dequantize_keys(plane.from_memory(layer, groups), g, plane.key_width, bits)
+    idx = (np.asarray(groups)[:, None] * g + np.arange(g)[None, :]).reshape(-1)
+    ref_keys = keys[:, idx].transpose(0, 1).reshape(idx.shape[0], -1).float().numpy()  # fp16 values, [T, d]
+    got = token_scores(deq, quantize_query(q), kv_heads, 1.0)
+    ref = token_scores(ref_keys, q.astype(np.float32), kv_heads, 1.0)
+    k = max(1, round(fraction * idx.shape[0]))
+    a = set(np.argpartition(-got, k - 1)[:k].tolist())
+    return len(a.intersection(np.argpartition(-ref, k - 1)[:k].tolist())) / k
 
 
 def _kernel(q: np.ndarray, group_tokens: int, kv_heads: int, bits: int, scaling: float) -> Any:

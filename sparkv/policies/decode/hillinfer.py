@@ -37,13 +37,15 @@ RESULT_BYTES_PER_GROUP = 8  # a candidate the drive returns: group id (int32) an
 COUNT_MAX = np.iinfo(np.uint16).max
 
 
-def split_cpu_share(total: int, a_cpu: float, a_ssd: float) -> int:
-    """The latency model's host share: M_c = M a_s / (a_c + a_s), so M_c a_c = (M - M_c) a_s; whole units."""
+def split_cpu_share(total: int, a_cpu: float, a_ssd: float, host_busy: float = 0.0) -> int:
+    """The latency model's host share: both sides finish together, M_c a_c + W = (M - M_c) a_s, so
+    M_c = (M a_s - W) / (a_c + a_s), clipped to [0, M]; W is work the host has anyway (the hot pool's scores),
+    and with W = 0 this is HillInfer's M_c = M a_s / (a_c + a_s). Whole units."""
     if total <= 0:
         return 0
     if a_cpu < 0 or a_ssd < 0 or a_cpu + a_ssd <= 0:
         raise ValueError(f"the latency model needs non-negative costs, one positive; got {a_cpu}, {a_ssd}")
-    return round(total * a_ssd / (a_cpu + a_ssd))
+    return min(total, max(0, round((total * a_ssd - host_busy) / (a_cpu + a_ssd))))
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ class HillInfer(DecodePolicyBase):
             per_token = self.record_bytes / self.geometry.group_tokens
             a_cpu = 1.0 / s.cpu_tokens_per_s + per_token / s.host_bps
             a_ssd = 1.0 / s.ssd_tokens_per_s + per_token / s.ssd_internal_bps
-            n_cpu = split_cpu_share(m, a_cpu, a_ssd)
+            hot_tokens = int(hot_g.shape[0]) * self.geometry.group_tokens
+            n_cpu = split_cpu_share(m, a_cpu * self.geometry.group_tokens, a_ssd * self.geometry.group_tokens,
+                                    hot_tokens / s.cpu_tokens_per_s)  # fmt: skip
         storage, cpu = cold_g[: m - n_cpu], cold_g[m - n_cpu :]
         result = RESULT_BYTES_PER_GROUP * min(len(storage), self.select_groups())
         out = ScoreSplit(step, layer, tuple(hot_g.tolist()), tuple(cpu.tolist()), tuple(storage.tolist()),
