@@ -16,8 +16,8 @@ from typing import Any
 
 from sparkv.commands.bench import reference_rate
 from sparkv.commands.common import format_table
-from sparkv.commands.decode_kelle import add_kelle_args, is_head_run, run_kelle
 from sparkv.commands.decode_hillinfer import add_hill_args, build_policy, print_hill_stats, sim_options
+from sparkv.commands.decode_kelle import add_kelle_args, is_head_run, run_kelle
 from sparkv.commands.decode_quality import add_quality_args, run_quality
 from sparkv.commands.decode_real import add_real_args, print_validation, run_hill_study, run_real, validate
 from sparkv.commands.decode_studies import load_compute, sweep_g, what_if
