@@ -41,3 +41,17 @@ def test_a_profile_of_one_kind_alone_still_answers_for_it() -> None:
     p = apply_calibration(base, calibration(5e6, 0.004, 0.0015), kind="netns")
     assert p.link["kind"] == "netns" and p.link_for("netns") == p.links["netns"]
     assert p.link_for("pacing") is None
+
+
+def test_link_samples_stay_the_default_links_and_every_kind_keeps_its_own() -> None:
+    base = dataclasses.replace(load_profile("analytic-cpu-2core"), link={}, links={}, measurements={})
+    pacing = calibration(5e6, 0.001, 0.0002)
+    netns = calibration(2.5e6, 0.004, 0.0015)
+    p = apply_calibration(base, pacing, kind="pacing")
+    p = apply_calibration(p, netns, kind="netns")
+    assert p.measurements["link_samples"] == pacing.samples  # the simulator's default link is pacing's
+    assert p.measurements["link_samples_by_kind"] == {"pacing": pacing.samples, "netns": netns.samples}
+    old_form = dataclasses.replace(base, link={**pacing.to_link_dict(), "kind": "pacing"},
+                                   measurements={"link_samples": pacing.samples})  # fmt: skip
+    q = apply_calibration(old_form, netns, kind="netns")
+    assert q.measurements["link_samples_by_kind"]["pacing"] == pacing.samples  # carried over, not lost

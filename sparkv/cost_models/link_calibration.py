@@ -108,8 +108,14 @@ def apply_calibration(profile: DeviceProfile, calibration: LinkCalibration, kind
         return replace(profile, link=link, measurements=measurements)
     link["kind"] = kind  # type: ignore[assignment]
     links = {**profile.links, kind: link}
-    samples = {**profile.measurements.get("link_samples_by_kind", {}), kind: calibration.samples}
-    measurements = {**profile.measurements, "link_samples": calibration.samples, "link_samples_by_kind": samples}
+    samples = dict(profile.measurements.get("link_samples_by_kind", {}))
+    old_kind = str(profile.link.get("kind", "")) if profile.link else ""
+    if old_kind and old_kind != kind and "link_samples" in profile.measurements:
+        samples.setdefault(old_kind, profile.measurements["link_samples"])  # the default link's, kept by kind
+    samples[kind] = calibration.samples
     # the simulator's default calibration: the first measured, or this kind's again
-    default = link if not profile.link or profile.link.get("kind") == kind else profile.link
+    default = link if not profile.link or old_kind == kind else profile.link
+    measurements = {**profile.measurements, "link_samples_by_kind": samples}
+    if default is link:
+        measurements["link_samples"] = calibration.samples  # `link_samples` are always the default link's
     return replace(profile, link=default, links=links, measurements=measurements)
