@@ -26,7 +26,7 @@ from sparkv.policies.decode.hillinfer import RESULT_BYTES_PER_GROUP, HillInfer
 from sparkv.sim.decode import DecodeWorld, build_decode_world
 from sparkv.sim.decode_storage import run_storage_decode_sim
 
-HOST_READ_BYTES = 64 << 10  # request size at which the host's key-plane bandwidth B_c is read off the profile
+HOST_READ_BYTES = 16 << 10  # B_c off the storage profile: the host's share is read in runs of ~10-20 records
 
 
 def add_hill_args(p: argparse.ArgumentParser) -> None:
