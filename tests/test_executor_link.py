@@ -64,8 +64,11 @@ def timed_fetch(link: Link, block: CellBlock) -> tuple[int, float]:
 
 def test_pacer_follows_the_trace() -> None:
     pacer = Pacer(constant(1000.0, 10.0), t0_s=time.perf_counter() - 5.0)
-    # An idle link banks BUCKET_S of credit at most: 500 bytes leave about 0.5 s - BUCKET_S from now.
+    # A sender running late catches up BUCKET_S at most: 500 bytes leave about 0.5 s - BUCKET_S from now.
     assert pacer.reserve(500) - time.perf_counter() == pytest.approx(0.5 - BUCKET_S, abs=0.05)
+    # A response's first frame gets no credit for idle time: 500 bytes leave 0.5 s after the link is free.
+    pacer.set_clock(time.perf_counter() - 5.0)
+    assert pacer.reserve(500, fresh=True) - time.perf_counter() == pytest.approx(0.5, abs=0.05)
     pacer.set_clock(time.perf_counter())
     first = pacer.reserve(1000)
     assert pacer.reserve(1000) == pytest.approx(first + 1.0)

@@ -30,6 +30,10 @@ def test_each_link_kind_keeps_its_own_calibration() -> None:
     netns = p.link_for("netns")
     assert netns is not None and netns["compute_slowdown"] == 1.45 and netns["rtt_s"] == 0.0015
     assert p.link_for("pacing (network namespaces unavailable)") == p.links["pacing"]
+    from sparkv.executor.net.link import NetnsLink, PacingLink
+
+    # the names the executor's links report find their calibrations (a real session looks them up so)
+    assert p.link_for(NetnsLink.kind) == p.links["netns"] and p.link_for(PacingLink.kind) == p.links["pacing"]
     assert p.on_link("netns").link["compute_slowdown"] == 1.45
     assert p.link_for("wifi") is None and p.on_link("wifi") is p
     loaded = type(p).from_dict(p.to_dict())

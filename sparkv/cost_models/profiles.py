@@ -57,8 +57,8 @@ class DeviceProfile:
 
     def link_for(self, kind: str) -> dict[str, float] | None:
         """The calibration measured on real links of `kind` ("pacing", "netns"; "pacing (why)" counts as
-        pacing), or None when this profile has none."""
-        base = kind.split(" ")[0]
+        pacing and "netns-tbf", the executor link's own name, as netns), or None when this profile has none."""
+        base = kind.split(" ")[0].split("-")[0]
         if base in self.links:
             return self.links[base]
         if self.link and str(self.link.get("kind", "")) == base:

@@ -203,7 +203,8 @@ class _Stream:
             i = server.rng.randrange(len(frame))
             frame = frame[:i] + bytes([frame[i] ^ (1 << server.rng.randrange(8))]) + frame[i + 1 :]
         self.pending = frame
-        self.release_at = server.pacer.reserve(len(frame)) if server.pacer is not None else now
+        # a response's first frame gets no credit for idle link time (see `pacing`)
+        self.release_at = server.pacer.reserve(len(frame), fresh=self.total == 0) if server.pacer is not None else now
         return None
 
 

@@ -2,8 +2,11 @@
 
 The pacer is a token bucket whose fill is the trace's cumulative byte count: a piece of n bytes may
 leave when the trace has delivered n more bytes since the previous piece's bytes were delivered. The
-bucket is BUCKET_S deep in trace time: a sender running late (timer overshoot, encoding a cell) may
-catch up by that much, and a link that sat idle banks at most BUCKET_S of its rate. Trace time 0 is the
+bucket is BUCKET_S deep in trace time: a sender running late inside a response (timer overshoot,
+encoding a cell) may catch up by that much. The first frame of a response starts from now: capacity
+the link had while nothing was being sent is lost, as on a wireless link and in the simulator, whose
+transfer's payload flows from its first byte (banked idle credit made real transfers up to 12 % faster
+than the trace at 300 Mbit/s). Trace time 0 is the
 clock start (`set_clock`), by default the pacer's creation. Pieces are sized to about 10 ms of the
 current rate, so the flow is smooth and a cancel takes effect within one small piece.
 
@@ -88,10 +91,12 @@ class Pacer:
         n = self.trace.bytes_between(tau, tau + PIECE_WINDOW_S)
         return int(min(PIECE_BYTES, max(MIN_PIECE_BYTES, n)))
 
-    def reserve(self, n_bytes: int) -> float:
-        """perf_counter instant when `n_bytes` more will have crossed the link (math.inf: never)."""
+    def reserve(self, n_bytes: int, fresh: bool = False) -> float:
+        """perf_counter instant when `n_bytes` more will have crossed the link (math.inf: never). A `fresh`
+        reservation (a response's first frame) gets no credit for the time the link sat idle."""
         with self._lock:
-            start = max(self._free_at_s, self.trace_time() - BUCKET_S, 0.0)
+            now = self.trace_time()
+            start = max(self._free_at_s, now if fresh else now - BUCKET_S, 0.0)
             finish = self.trace.time_to_deliver(start, float(n_bytes))
             self._free_at_s = finish
             return self._t0_s + finish
