@@ -95,16 +95,38 @@ class Planner:
         """The best k found; `quick` (a run-time re-plan from `current`) searches only near the current cut."""
         lo, hi = snap.k_bounds()
         cache: dict[tuple[int, ...], Prediction] = {}
+        projected: dict[tuple[int, ...], list[int]] = {}  # a candidate -> its dependency-feasible k
 
         avail = _available(snap) if self.feasible else None
+        floor = self.ev.lower_bound(snap, link, speed, target_bytes)
+
+        def project(k: list[int]) -> None:
+            if avail is not None:
+                raw = tuple(k)
+                got = projected.get(raw)
+                if got is None:
+                    got = projected[raw] = feasible_k(k, lo, hi, avail)
+                k[:] = got
 
         def score(k: list[int]) -> Prediction:
-            if avail is not None:
-                k[:] = feasible_k(k, lo, hi, avail)
+            project(k)
             key = tuple(k)
-            if key not in cache:
-                cache[key] = self.ev.predict(k, snap, link, speed, target_bytes)
-            return cache[key]
+            got = cache.get(key)
+            if got is None:
+                got = cache[key] = self.ev.predict(k, snap, link, speed, target_bytes)
+            return got
+
+        def rival(k: list[int], incumbent: Prediction | None) -> Prediction | None:
+            """`score(k)`, or None when k's TTFT provably exceeds the incumbent's by more than a tie (so
+            `better` would reject it): its timeline is then not predicted at all."""
+            if incumbent is None or floor is None:
+                return score(k)
+            project(k)
+            key = tuple(k)
+            got = cache.get(key)
+            if got is None and floor(k) > incumbent.ttft_s + _TIE_S:
+                return None
+            return got if got is not None else score(k)
 
         def allowed(k: list[int]) -> bool:
             if current is None or cap_cells is None:
@@ -121,6 +143,19 @@ class Planner:
         best: list[int] | None = None
         best_pred: Prediction | None = None
         seeds: list[tuple[list[int], Prediction]] = []
+
+        def offer(k: list[int], pred: Prediction | None = None) -> None:
+            """A seed: kept, and the best so far if `better`. A quick plan descends from the seed of least
+            TTFT only, which is never one the bound rules out, so those are dropped unscored."""
+            nonlocal best, best_pred
+            if pred is None:
+                pred = rival(k, best_pred) if quick else score(k)
+                if pred is None:
+                    return
+            seeds.append((k, pred))
+            if better(k, pred, best, best_pred):
+                best, best_pred = k, pred
+
         groups = len(self.ev.bounds) - 1
         cuts = range(self.ev.C * groups + 1)
         if quick and current is not None:
@@ -132,28 +167,25 @@ class Planner:
         ]
         for positions, family in families[: 1 if quick else 2]:
             capped = current is not None and cap_cells is not None
-            k, pred = self._family_best(positions, family, score, allowed if capped else None, better)
+            k, pred = self._family_best(positions, family, score, rival, allowed if capped else None, better)
             if k is not None and pred is not None:
-                seeds.append((k, pred))
+                offer(k, pred)
         if current is not None:
-            seeds.append((list(current), score(current)))
+            offer(list(current))
         if self.dp:
             for k in dp_seeds(self.ev, snap, link, speed, target_bytes, lo, hi):
                 if allowed(k):
-                    seeds.append((k, score(k)))
+                    offer(k)
         options = [sorted({a, b, *(x for x in self.ev.bounds if a <= x <= b)}) for a, b in zip(lo, hi, strict=True)]
         if math.prod(len(o) for o in options) <= self.exhaustive_max:  # small: score every k
             for combo in itertools.product(*options):
                 cand = list(combo)
                 if allowed(cand):
-                    seeds.append((cand, score(cand)))
-        for k, pred in seeds:
-            if better(k, pred, best, best_pred):
-                best, best_pred = k, pred
+                    offer(cand)
         assert best is not None and best_pred is not None
         if local_search:
             for k, pred in sorted(seeds, key=lambda s: s[1].ttft_s)[: 1 if quick else 2]:
-                k, pred = self._descend(k, pred, lo, hi, score, allowed, better, quick)
+                k, pred = self._descend(k, pred, lo, hi, rival, allowed, better, quick)
                 if better(k, pred, best, best_pred):
                     best, best_pred = k, pred
         return Plan(tuple(best), best_pred, len(cache))
@@ -176,6 +208,7 @@ class Planner:
         positions: range,
         family: Callable[[int], list[int]],
         score: Callable[[list[int]], Prediction],
+        rival: Callable[[list[int], Prediction | None], Prediction | None],
         allowed: Callable[[list[int]], bool] | None,
         better: Callable[[list[int], Prediction, list[int] | None, Prediction | None], bool],
     ) -> tuple[list[int] | None, Prediction | None]:
@@ -195,9 +228,9 @@ class Planner:
         best_pred: Prediction | None = None
         for i in range(max(0, a - 2), min(len(valid), a + 3)):
             k = family(valid[i])
-            pred = score(k)
-            if better(k, pred, best, best_pred):
-                best, best_pred = k, pred
+            got = rival(k, best_pred)
+            if got is not None and better(k, got, best, best_pred):
+                best, best_pred = k, got
         return best, best_pred
 
     def _descend(
@@ -206,7 +239,7 @@ class Planner:
         pred: Prediction,
         lo: list[int],
         hi: list[int],
-        score: Callable[[list[int]], Prediction],
+        rival: Callable[[list[int], Prediction | None], Prediction | None],
         allowed: Callable[[list[int]], bool],
         better: Callable[[list[int], Prediction, list[int], Prediction], bool],
         quick: bool = False,
@@ -221,8 +254,8 @@ class Planner:
             for cand in self._moves(k, chunks, lo, hi, bounds):
                 if not allowed(cand):
                     continue
-                p = score(cand)
-                if better(cand, p, k, pred):
+                p = rival(cand, pred)
+                if p is not None and better(cand, p, k, pred):
                     k, pred, improved = cand, p, True
                     break
             if not improved:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Callable
 from functools import lru_cache
 
 from sparkv.core.costs import CostTable
@@ -86,22 +87,24 @@ class Evaluator:
         return out
 
     def _pieces(self, c: int, kc: int, snap: Snapshot, target_bytes: float) -> list[tuple[int, int, int]]:
-        """Chunk c's missing layers from kc on, as (layer_lo, layer_hi, bytes) transfers (cached per snapshot)."""
+        """Chunk c's missing layers from kc on, as (layer_lo, layer_hi, bytes) transfers, cut greedily bottom
+        up at `target_bytes` and at cells not missing (cached per snapshot; the list is shared, read only).
+
+        The cut from kc is the first piece from kc and then the cut from where it ends, so every kc of a
+        chunk is built from the ones above it in one pass of its layers."""
         key = (c, kc, target_bytes)
         got = snap.pieces.get(key)
         if got is not None:
             return got
-        got = []
-        row, cum, stops, lo = snap.state[c], self.cum_bytes[c], snap.stops()[c], kc
-        while lo < self.L:
-            if row[lo] != _MISSING:
-                lo += 1
-                continue
-            hi = min(max(bisect_right(cum, cum[lo] + target_bytes) - 1, lo + 1), stops[lo])
-            got.append((lo, hi, cum[hi] - cum[lo]))
-            lo = hi
-        if self.top_down:
-            got.reverse()
+        if kc >= self.L:
+            got = []
+        elif snap.state[c][kc] != _MISSING:
+            got = self._pieces(c, kc + 1, snap, target_bytes)
+        else:
+            cum = self.cum_bytes[c]
+            hi = min(max(bisect_right(cum, cum[kc] + target_bytes) - 1, kc + 1), snap.stops()[c][kc])
+            rest, piece = self._pieces(c, hi, snap, target_bytes), (kc, hi, cum[hi] - cum[kc])
+            got = [*rest, piece] if self.top_down else [piece, *rest]
         snap.pieces[key] = got
         return got
 
@@ -109,6 +112,52 @@ class Evaluator:
         comp = [_block(c, c + 1, lo, hi) for c, lo, hi in self.compute_blocks(k, snap)]
         link = [_block(c0, c1, lo, hi) for c0, c1, lo, hi, _ in self.link_blocks(k, snap, target_bytes)]
         return comp, link
+
+    # ---- a bound on the timeline ----
+
+    def lower_bound(
+        self, snap: Snapshot, link: LinkModel, speed: ComputeSpeed, target_bytes: float
+    ) -> Callable[[list[int]], float] | None:
+        """A cheap function of k that never exceeds `predict(k, ...).ttft_s`, or None where the models are
+        not ones it bounds (a device shared over time, compute faster while receiving).
+
+        The compute lane runs every planned command and every remaining query layer back to back at
+        best, from when it frees up; the link sends every missing byte at its rate with one fixed cost at
+        least, and a query layer and the first token follow the last byte. A planner skips the timeline
+        of a candidate whose bound already loses (`Planner.plan`)."""
+        if speed.availability is not None or speed.receive_slowdown < 1.0:
+            return None
+        scale, g, launch, L = speed.scale, self.group, self.launch_s, self.L
+        work: list[list[float]] = []  # [C][L+1]: compute seconds (unscaled) of layers [prefix, x)
+        for c in range(self.C):
+            p, cum = snap.prefix[c], self.cum_s[c]
+            work.append([((x - 1) // g - p // g + 1) * launch + cum[x] - cum[p] if x > p else 0.0
+                         for x in range(L + 1)])  # fmt: skip
+        tail = sum(self.query_s[snap.query_next :]) + self.first_token_s
+        compute_free, first_token = snap.compute_free_s, self.first_token_s * scale
+        missing: list[list[int]] | None = None  # [C][L+1]: bytes of missing cells at layers >= x
+        fixed = per_byte = 0.0
+        if isinstance(link, ConstantLink):
+            fixed, per_byte = link.fixed_s, 1.0 / max(link.bandwidth_bps, 1e-9) + link.install_s_per_byte
+            missing = []
+            for c, row in enumerate(snap.state):
+                out, acc, b = [0] * (L + 1), 0, self.bytes[c]
+                for layer in range(L - 1, -1, -1):
+                    if row[layer] == _MISSING:
+                        acc += b[layer]
+                    out[layer] = acc
+                missing.append(out)
+        link_free = snap.link_free_s
+
+        def bound(k: list[int]) -> float:
+            lb = compute_free + (sum(row[x] for row, x in zip(work, k, strict=True)) + tail) * scale
+            if missing is not None:
+                n = sum(row[x] for row, x in zip(missing, k, strict=True))
+                if n > 0:
+                    lb = max(lb, link_free + fixed + n * per_byte + first_token)
+            return lb - 1e-9 * abs(lb)  # below any rounding of the timeline's own sums
+
+        return bound
 
     # ---- the timeline ----
 
