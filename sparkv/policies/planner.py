@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sparkv.policies.planner_dp import dp_seeds
-from sparkv.policies.planner_model import ComputeSpeed, Evaluator, LinkModel, Prediction, Snapshot
+from sparkv.policies.planner_model import ComputeSpeed, Evaluator, LinkModel, Prediction, Snapshot, TimelineBound
 
 _MISSING = 0
 
@@ -60,14 +60,46 @@ def feasible_k(k: list[int], lo: list[int], hi: list[int], avail: list[int]) -> 
     return out
 
 
+def _every_k(
+    options: list[list[int]], lo: list[int], hi: list[int], avail: list[int] | None, floor: TimelineBound,
+    limit: Callable[[], float],
+) -> Iterator[tuple[list[int], bool]]:
+    """Every k of `options` in `itertools.product` order, projected as `feasible_k` would (with `avail`),
+    each with whether its bound exceeds `limit()` (read as each is reached, so it may fall as the caller
+    finds better plans). A subtree whose bound, with every later chunk at its least, already exceeds
+    the limit is left out whole: the caller changes nothing while the k it would hold go by."""
+    C = len(options)
+    work, missing = floor.work, floor.missing
+    rest_w, rest_n = [0.0] * (C + 1), [0] * (C + 1)  # least work and bytes of chunks c.. (monotone in k)
+    for c in range(C - 1, -1, -1):
+        rest_w[c] = rest_w[c + 1] + work[c][lo[c]]
+        rest_n[c] = rest_n[c + 1] + (missing[c][hi[c]] if missing else 0)
+    k = [0] * C
+
+    def walk(c: int, cap: int, w: float, n: int) -> Iterator[tuple[list[int], bool]]:
+        if c == C:
+            yield list(k), floor.of_sums(w, n) > limit()
+            return
+        if floor.of_sums(w + rest_w[c], n + rest_n[c]) > limit():
+            return
+        for x in options[c]:
+            kc = max(lo[c], min(x, cap, hi[c])) if avail is not None else x
+            k[c] = kc
+            nxt = min(cap, max(kc, avail[c])) if avail is not None else cap
+            yield from walk(c + 1, nxt, w + work[c][kc], n + (missing[c][kc] if missing else 0))
+
+    yield from walk(0, max(hi, default=0), 0.0, 0)
+
+
 class Planner:
     """Plans over one request's evaluator; `window` chunks either side of the cut take part in local search."""
 
     def __init__(
         self, evaluator: Evaluator, window: int = 3, max_passes: int = 8, dp: bool = True, exhaustive_max: int = 600,
-        feasible: bool = False,
+        feasible: bool = False, prune: bool = True,
     ) -> None:  # fmt: skip
         self.ev = evaluator
+        self.prune = prune  # skip candidates whose timeline bound already loses (the same plans, found faster)
         self.feasible = feasible  # project every candidate onto dependency-feasible k (`feasible_k`)
         self.dp = dp
         self.exhaustive_max = exhaustive_max  # score every k when there are at most this many
@@ -98,7 +130,7 @@ class Planner:
         projected: dict[tuple[int, ...], list[int]] = {}  # a candidate -> its dependency-feasible k
 
         avail = _available(snap) if self.feasible else None
-        floor = self.ev.lower_bound(snap, link, speed, target_bytes)
+        floor = self.ev.lower_bound(snap, link, speed, target_bytes) if self.prune else None
 
         def project(k: list[int]) -> None:
             if avail is not None:
@@ -178,10 +210,19 @@ class Planner:
                     offer(k)
         options = [sorted({a, b, *(x for x in self.ev.bounds if a <= x <= b)}) for a, b in zip(lo, hi, strict=True)]
         if math.prod(len(o) for o in options) <= self.exhaustive_max:  # small: score every k
-            for combo in itertools.product(*options):
-                cand = list(combo)
-                if allowed(cand):
-                    offer(cand)
+            if quick and floor is not None and (current is None or cap_cells is None):
+                def limit() -> float:
+                    return best_pred.ttft_s + _TIE_S if best_pred is not None else math.inf
+
+                for cand, beaten in _every_k(options, lo, hi, avail, floor, limit):
+                    if not beaten:
+                        key = tuple(cand)
+                        offer(cand, cache.get(key) or score(cand))
+            else:
+                for combo in itertools.product(*options):
+                    cand = list(combo)
+                    if allowed(cand):
+                        offer(cand)
         assert best is not None and best_pred is not None
         if local_search:
             for k, pred in sorted(seeds, key=lambda s: s[1].ttft_s)[: 1 if quick else 2]:

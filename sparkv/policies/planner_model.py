@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 from sparkv.core.costs import CostTable
@@ -33,7 +33,9 @@ from sparkv.policies.planner_types import (
     Snapshot,
 )
 
-__all__ = ["ComputeSpeed", "ConstantLink", "Evaluator", "ForecastLink", "LinkModel", "Prediction", "Snapshot"]
+__all__ = [
+    "ComputeSpeed", "ConstantLink", "Evaluator", "ForecastLink", "LinkModel", "Prediction", "Snapshot", "TimelineBound",
+]
 
 _INF = math.inf
 _MISSING = 0
@@ -117,25 +119,18 @@ class Evaluator:
 
     def lower_bound(
         self, snap: Snapshot, link: LinkModel, speed: ComputeSpeed, target_bytes: float
-    ) -> Callable[[list[int]], float] | None:
-        """A cheap function of k that never exceeds `predict(k, ...).ttft_s`, or None where the models are
-        not ones it bounds (a device shared over time, compute faster while receiving).
-
-        The compute lane runs every planned command and every remaining query layer back to back at
-        best, from when it frees up; the link sends every missing byte at its rate with one fixed cost at
-        least, and a query layer and the first token follow the last byte. A planner skips the timeline
-        of a candidate whose bound already loses (`Planner.plan`)."""
+    ) -> TimelineBound | None:
+        """A bound below `predict(k, ...).ttft_s` for every k, or None where the models are not ones it
+        bounds (a device shared over time, compute faster while receiving)."""
         if speed.availability is not None or speed.receive_slowdown < 1.0:
             return None
-        scale, g, launch, L = speed.scale, self.group, self.launch_s, self.L
-        work: list[list[float]] = []  # [C][L+1]: compute seconds (unscaled) of layers [prefix, x)
+        g, launch, L = self.group, self.launch_s, self.L
+        work: list[list[float]] = []
         for c in range(self.C):
             p, cum = snap.prefix[c], self.cum_s[c]
             work.append([((x - 1) // g - p // g + 1) * launch + cum[x] - cum[p] if x > p else 0.0
                          for x in range(L + 1)])  # fmt: skip
-        tail = sum(self.query_s[snap.query_next :]) + self.first_token_s
-        compute_free, first_token = snap.compute_free_s, self.first_token_s * scale
-        missing: list[list[int]] | None = None  # [C][L+1]: bytes of missing cells at layers >= x
+        missing: list[list[int]] | None = None
         fixed = per_byte = 0.0
         if isinstance(link, ConstantLink):
             fixed, per_byte = link.fixed_s, 1.0 / max(link.bandwidth_bps, 1e-9) + link.install_s_per_byte
@@ -147,17 +142,9 @@ class Evaluator:
                         acc += b[layer]
                     out[layer] = acc
                 missing.append(out)
-        link_free = snap.link_free_s
-
-        def bound(k: list[int]) -> float:
-            lb = compute_free + (sum(row[x] for row, x in zip(work, k, strict=True)) + tail) * scale
-            if missing is not None:
-                n = sum(row[x] for row, x in zip(missing, k, strict=True))
-                if n > 0:
-                    lb = max(lb, link_free + fixed + n * per_byte + first_token)
-            return lb - 1e-9 * abs(lb)  # below any rounding of the timeline's own sums
-
-        return bound
+        tail = sum(self.query_s[snap.query_next :]) + self.first_token_s
+        return TimelineBound(work, missing, snap.compute_free_s, tail, speed.scale, snap.link_free_s, fixed,
+                             per_byte, self.first_token_s * speed.scale)  # fmt: skip
 
     # ---- the timeline ----
 
@@ -284,6 +271,38 @@ class Evaluator:
             if t == _INF:
                 break
         return t, q
+
+
+@dataclass(frozen=True)
+class TimelineBound:
+    """A lower bound on a plan's predicted TTFT that costs a sum over chunks, not a timeline.
+
+    The compute lane at best runs every planned command and every remaining query layer back to back
+    from when it frees up; the link at best sends every missing byte at its rate with one fixed cost,
+    and the first token follows the last byte. A planner skips the timeline of a candidate whose bound
+    already loses (`Planner.plan`)."""
+
+    work: list[list[float]]  # [C][L+1]: compute seconds (as profiled) of a chunk's layers [prefix, x)
+    missing: list[list[int]] | None  # [C][L+1]: bytes of a chunk's missing cells at layers >= x (a constant link)
+    compute_free_s: float
+    tail_s: float  # remaining query layers and the first token, as profiled
+    scale: float  # measured / profiled compute time
+    link_free_s: float
+    fixed_s: float  # per transfer
+    per_byte_s: float
+    first_token_s: float  # scaled
+
+    def of_sums(self, work_s: float, n_bytes: int) -> float:
+        """The bound for a plan whose compute work sums to `work_s` and which streams `n_bytes`."""
+        lb = self.compute_free_s + (work_s + self.tail_s) * self.scale
+        if self.missing is not None and n_bytes > 0:
+            lb = max(lb, self.link_free_s + self.fixed_s + n_bytes * self.per_byte_s + self.first_token_s)
+        return lb - 1e-9 * abs(lb)  # below any rounding of the timeline's own sums
+
+    def __call__(self, k: list[int]) -> float:
+        work = sum(row[x] for row, x in zip(self.work, k, strict=True))
+        missing = self.missing
+        return self.of_sums(work, sum(row[x] for row, x in zip(missing, k, strict=True)) if missing else 0)
 
 
 class _Lane:
