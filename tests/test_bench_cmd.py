@@ -28,3 +28,11 @@ def test_bench_sim_stops_a_repeat_at_max_seconds(capsys: pytest.CaptureFixture[s
 def test_bench_sim_rejects_bad_counts(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "sim", "--trace", "const:20mbps", *flag]) == 2
     assert "--" in capsys.readouterr().err
+
+
+def test_bench_sim_prints_one_table_per_context(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "sim", "--trace", "const:20mbps,600s", "--requests", "1", "--repeats", "1",
+                 "--policy", "local", "--policy", "stream", "--context", "1024", "--context", "2048"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1024 tokens in 2 chunks" in out and "2048 tokens in 4 chunks" in out
+    assert out.count("rate / local's") == 2 and "ms/request" in out

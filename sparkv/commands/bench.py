@@ -14,7 +14,7 @@ from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.paths import shared_path
 from sparkv.policies import BASELINES, POLICIES, make_policy
-from sparkv.sim import build_world, simulate
+from sparkv.sim import World, build_world, simulate
 from sparkv.traces import integral_vs_stepping
 
 DEFAULT_TRACE = ("traces", "mahimahi_lte_us", "Verizon-LTE-short.down")
@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-seconds", dest="max_seconds", type=pos_float, action=deprecated_alias("--max-wall-s"),
                    help=argparse.SUPPRESS)
     s.add_argument("--policy", action="append", help="policies (default: the baselines and any registered)")
+    s.add_argument("--context", action="append", type=pos_int, dest="contexts",
+                   help="context tokens, repeatable (default 8192); each gets its own table")
     s.set_defaults(func=bench_sim)
     v = bench_sub.add_parser("server", help="soak the KV server: clients x requests with kills, corrupt frames and "
                              "stalls; exit 0 only when every request got the reference KV")
@@ -85,16 +87,8 @@ def bench_server(args: argparse.Namespace) -> int:
     return 0 if rep.ok() else 1
 
 
-def bench_sim(args: argparse.Namespace) -> int:
-    if args.requests < 1 or args.repeats < 1 or not args.max_seconds > 0:
-        raise UserError("--requests and --repeats must be >= 1 and --max-wall-s > 0")
-    trace = args.trace
-    if trace is None:
-        found = shared_path(*DEFAULT_TRACE)
-        trace = str(found) if found else "lte:seed=0"
-    scenario = Scenario(context_tokens=8192, chunk_tokens=512, model="smollm2-135m", trace=trace, device=args.device)
-    world = build_world(scenario)
-    names = args.policy or [*BASELINES, *(n for n in POLICIES if n not in BASELINES and n != "oracle")]
+def _bench_context(args: argparse.Namespace, scenario: Scenario, world: World, names: list[str]) -> None:
+    """One table: every policy's simulated requests per second on one world, policies taking turns."""
     print(
         f"bench sim: {scenario.model}, {scenario.context_tokens} tokens in {world.request.num_chunks} chunks, "
         f"trace {world.trace.name}, {args.requests} requests x {args.repeats} repeats per policy (policies take "
@@ -116,16 +110,36 @@ def bench_sim(args: argparse.Namespace) -> int:
                 n += 1
             rates[name].append(n / (time.perf_counter() - t0))
             counts[name] += n
-    rows = [{"policy": name, "rate": statistics.median(r), "min": min(r), "max": max(r), "requests": counts[name]}
+    first = statistics.median(rates[names[0]])
+    rows = [{"policy": name, "rate": statistics.median(r), "min": min(r), "max": max(r), "requests": counts[name],
+             "ms": 1e3 / statistics.median(r), "ratio": statistics.median(r) / first}
             for name, r in rates.items()]  # fmt: skip
     print(format_table(rows, [("policy", "policy", ""), ("rate", "median req/s", ".0f"),
                               ("min", "min req/s", ".0f"), ("max", "max req/s", ".0f"),
+                              ("ms", "ms/request", ".2f"), ("ratio", f"rate / {names[0]}'s", ".3g"),
                               ("requests", "requests timed", "d")]))  # fmt: skip
     print(
         f"machine reference (a fixed pure-Python loop of {REFERENCE_N} additions, before each repeat): "
         f"median {statistics.median(reference):.0f} loops/s, min {min(reference):.0f}, max {max(reference):.0f}; "
         "a slow repeat of the machine shows here too"
     )
+
+
+def bench_sim(args: argparse.Namespace) -> int:
+    if args.requests < 1 or args.repeats < 1 or not args.max_seconds > 0:
+        raise UserError("--requests and --repeats must be >= 1 and --max-wall-s > 0")
+    trace = args.trace
+    if trace is None:
+        found = shared_path(*DEFAULT_TRACE)
+        trace = str(found) if found else "lte:seed=0"
+    names = args.policy or [*BASELINES, *(n for n in POLICIES if n not in BASELINES and n != "oracle")]
+    scenario = world = None
+    for context in args.contexts or [8192]:
+        scenario = Scenario(context_tokens=context, chunk_tokens=512, model="smollm2-135m", trace=trace,
+                            device=args.device)  # fmt: skip
+        world = build_world(scenario)
+        _bench_context(args, scenario, world, names)
+    assert scenario is not None and world is not None
     # the link alone: a stream-only request's transfers (one per layer) by integral vs 1 ms stepping
     layer_bytes = float(world.costs.cell_bytes[:, 0].sum() / scenario.link.efficiency)
     link = integral_vs_stepping(world.trace, world.spec.num_layers, layer_bytes, step_s=0.001)
