@@ -27,13 +27,27 @@ def test_calibration_reaches_the_ratio_where_stream_only_cannot_finish_at_scale_
     scenario = Scenario(device="analytic-cpu-2core", context_tokens=2048, trace="lte:seed=1,mean=0.01mbps")
     trace = get_trace(scenario.trace)
     scale, how = calibrate_scale(scenario, trace, target)
-    assert how == "bytes+simulated" and scale > 100
+    assert how == "trace-integral+simulated" and scale > 100
     world = build_world(scenario.with_(bandwidth_scale=scale), trace=trace)
     ratio = simulate(world, make_policy("stream"), record=False).ttft_s / simulate(
         world, make_policy("local"), record=False).ttft_s
     assert ratio == pytest.approx(target, rel=0.05)
 
 
+
+def test_integral_scale_alone_is_close_on_a_varying_trace() -> None:
+    """The first guess, before any simulation: stream-only at the solved scale takes about the asked time."""
+    from sparkv.analysis.evaluate import integral_scale
+    from sparkv.engine.world import build_world
+    from sparkv.policies import make_policy
+    from sparkv.sim import simulate
+
+    scenario = Scenario(device="analytic-cpu-2core", context_tokens=4096, trace="steps:20s@4mbps,20s@0.5mbps")
+    world = build_world(scenario)
+    for goal_s in (8.0, 30.0):
+        scale = integral_scale(world, goal_s)
+        scaled = build_world(scenario.with_(bandwidth_scale=scale))
+        assert simulate(scaled, make_policy("stream"), record=False).ttft_s == pytest.approx(goal_s, rel=0.1)
 
 
 def test_one_scenario_rows_hit_the_ratio_and_carry_their_configuration() -> None:

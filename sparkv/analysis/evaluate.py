@@ -3,8 +3,8 @@
 A bandwidth scale is either absolute (multiply the trace) or set from a target ratio of stream-only to
 local-only TTFT (`ratios`): local and stream-only are simulated at scale 1, and the scale that brings
 their ratio to the target is used, so every trace is evaluated in the regime where the split matters.
-Where stream-only cannot finish at scale 1 (long contexts on slow traces), the scale is found from the
-bytes and the trace's mean, refined by simulation (`calibrate_scale`); each row says which (`calibration`).
+Where stream-only cannot finish at scale 1 (long contexts on slow traces), the scale is solved from the
+trace's integral and refined by simulation (`calibrate_scale`); each row says which (`calibration`).
 Each scenario also gets the oracle (the trace itself as forecast, see `oracle_options`) and the fluid
 lower bound. One row per (scenario, policy), with the scenario's full configuration.
 """
@@ -141,30 +141,59 @@ CALIBRATION_TOLERANCE = 0.02  # relative error of the stream/local ratio that en
 def calibrate_scale(scenario: Scenario, trace: Trace, target: float) -> tuple[float, str]:
     """Bandwidth scale (relative to the scenario's) at which stream-only TTFT / local-only TTFT is `target`.
 
-    Where stream-only finishes at scale 1, its ratio sets the scale in one step ("simulated"). Where it does
-    not (a slow trace, a long context), the first guess comes from the bytes to stream over the trace's mean
-    goodput, and is refined by simulating stream-only at the guess, up to `CALIBRATION_STEPS` times
-    ("bytes+simulated"); a guess at which stream-only still does not finish is raised 4x.
+    Where stream-only finishes at scale 1, that run is the first trial ("simulated"). Where it does not (a
+    slow trace, a long context: the simulator stops at `DEFAULT_MAX_TIME_S`), stream-only need not finish
+    at scale 1 at all: the first guess solves the trace's own integral, transfer by transfer, for the scale
+    at which stream-only takes the target time (`integral_scale`; "trace-integral+simulated"). Either way
+    each trial simulates stream-only and scales by its ratio's error, until within `CALIBRATION_TOLERANCE`
+    or `CALIBRATION_STEPS` trials; a guess at which stream-only still does not finish is raised 4x.
     """
     world = build_world(scenario, trace=trace)
     local = _ttft(world, "local")
-    stream = _ttft(world, "stream")
-    if math.isfinite(stream):
-        return stream / local / target, "simulated"
-    goodput_bps = world.trace.mean_bps * scenario.link.efficiency
-    est_s = float(world.costs.cell_bytes.sum()) / max(goodput_bps, 1e-9)
-    scale = max(est_s / local / target, 1e-6)
+    stream: float | None = _ttft(world, "stream")
+    finished = stream is not None and math.isfinite(stream)
+    scale = 1.0
+    if not finished:
+        scale, stream = integral_scale(world, target * local), None
     for _ in range(CALIBRATION_STEPS):
-        trial = build_world(scenario.with_(bandwidth_scale=scale * scenario.link.bandwidth_scale), trace=trace)
-        stream = _ttft(trial, "stream")
+        if stream is None:
+            trial = build_world(scenario.with_(bandwidth_scale=scale * scenario.link.bandwidth_scale), trace=trace)
+            stream = _ttft(trial, "stream")
         if not math.isfinite(stream):
-            scale *= 4.0
+            scale, stream = scale * 4.0, None
             continue
         ratio = stream / local
         if abs(ratio / target - 1.0) <= CALIBRATION_TOLERANCE:
             break
-        scale *= ratio / target
-    return scale, "bytes+simulated"
+        scale, stream = scale * ratio / target, None
+    return scale, "simulated" if finished else "trace-integral+simulated"
+
+
+def stream_estimate_s(world: World, scale: float) -> float:
+    """Stream-only TTFT at `scale` x `world`'s bandwidth from the trace's integral, without simulating: one
+    transfer per layer, back to back, each its fixed cost, then its payload as the trace carries it, then
+    installing; the last query layer and the first token after the last."""
+    costs, link = world.costs, world.scenario.link
+    t = link.trace_offset_s
+    for n in costs.cell_bytes.sum(axis=0).tolist():
+        t = world.trace.time_to_deliver(t + costs.transfer_fixed_s, n / link.efficiency / scale)
+        t += n * costs.install_s_per_byte
+    return t - link.trace_offset_s + float(costs.query_layer_s[-1]) + costs.first_token_s
+
+
+def integral_scale(world: World, ttft_s: float) -> float:
+    """The bandwidth scale (relative to `world`'s) at which `stream_estimate_s` is `ttft_s`: bisection in
+    log scale (the estimate falls as the scale rises), to 0.1 %."""
+    lo, hi = 1e-6, 1e9
+    if stream_estimate_s(world, hi) > ttft_s:  # the fixed costs alone take longer
+        return hi
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        if stream_estimate_s(world, mid) > ttft_s:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
