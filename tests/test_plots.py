@@ -69,3 +69,11 @@ def test_single_scale_uses_mean_rate_and_traces(tmp_path: Path) -> None:
     for fn in (plot_ttft_vs_bandwidth, plot_best_policy):
         assert fn(rows, tmp_path / f"{fn.__name__}.png").read_bytes()[:8] == PNG
     assert standard_figures([{"policy": "x", "status": "error"}], tmp_path) == []
+
+
+def test_gantt_axis_cuts_only_a_run_far_longer_than_the_rest() -> None:
+    from sparkv.analysis.gantt import _x_limit
+
+    assert _x_limit([10.0, 12.0, 20.0]) == pytest.approx(20.4)  # every first token shown
+    assert _x_limit([10.0, 12.0, 100.0]) == pytest.approx(30.0)  # the long run is cut at 2.5x the next
+    assert _x_limit([5.0]) == pytest.approx(5.1)
