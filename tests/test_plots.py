@@ -77,3 +77,26 @@ def test_gantt_axis_cuts_only_a_run_far_longer_than_the_rest() -> None:
     assert _x_limit([10.0, 12.0, 20.0]) == pytest.approx(20.4)  # every first token shown
     assert _x_limit([10.0, 12.0, 100.0]) == pytest.approx(30.0)  # the long run is cut at 2.5x the next
     assert _x_limit([5.0]) == pytest.approx(5.1)
+
+
+def test_energy_is_averaged_over_the_settings_every_policy_finished() -> None:
+    from sparkv.analysis.plots import _settings_all_finished
+
+    def row(trace: str, policy: str, ttft: float, status: str = "ok") -> dict[str, object]:
+        return {"trace": trace, "context_tokens": 2048, "policy": policy, "ttft_s": ttft, "status": status,
+                "energy_j": 1.0}  # fmt: skip
+
+    rows = [row("a", "local", 5.0), row("a", "stream", 9.0), row("b", "local", 5.0),
+            row("b", "stream", math.inf, "stalled")]  # fmt: skip
+    kept, dropped = _settings_all_finished(rows)
+    assert dropped == 1 and {r["trace"] for r in kept} == {"a"} and len(kept) == 2
+
+
+def test_a_difference_under_one_percent_is_a_tie_not_a_win() -> None:
+    from sparkv.analysis.plots import best_policy_grid
+
+    rows = [{"bandwidth_scale": 1.0, "context_tokens": 2048, "policy": p, "ttft_s": t, "status": "ok"}
+            for p, t in (("cake", 10.0), ("sparkv", 10.05), ("stream", 20.0))]  # fmt: skip
+    _, _, cells = best_policy_grid(rows, "bandwidth_scale")
+    best, median, ratio = cells[0][0]
+    assert best == "cake = sparkv" and median == 10.0 and ratio == pytest.approx(2.0)

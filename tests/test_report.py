@@ -135,3 +135,12 @@ def test_generic_table_and_errors(tmp_path: Path, main: Callable[[list[str]], in
     assert main(["report", str(tmp_path / "missing.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["report", str(path), str(path)]) == 2
+
+
+def test_report_numbers_and_paths_read_as_a_person_would_write_them() -> None:
+    from sparkv.analysis.report import _fmt, figure_caption, short_paths
+
+    assert _fmt(16384.0) == "16384" and _fmt(10400.4) == "10400" and _fmt(None) == "-"
+    assert _fmt(float("inf")) == "did not finish" and _fmt(3.14159) == "3.142"
+    assert short_paths("trace /home/me/traces/3g/bus_1 (155 s), '/root/a.csv'") == "trace bus_1 (155 s), 'a.csv'"
+    assert "context length" in figure_caption(Path("figs/ttft_cdf.png"))

@@ -101,7 +101,16 @@ def plot_ttft_vs_bandwidth(rows: Sequence[Row], path: Path) -> Path:
     contexts = distinct(rows, "context_tokens")[:4] or [None]
     policies = distinct(rows, "policy")
     colours = policy_colours(policies)
-    fig, axes = plt.subplots(1, len(contexts), figsize=(4.6 * len(contexts) + 1.2, 4.2), squeeze=False, sharey=True,
+    # a scale means little across traces whose rates differ: place each scale at its median Mbit/s
+    mbps: dict[Any, float] = {}
+    if col == "bandwidth_scale" and numbers(rows, "trace_mean_mbps"):
+        mbps = {x: float(np.median(numbers(g, "trace_mean_mbps"))) for (x,), g in group_by(rows, col).items()}
+        label = "mean bandwidth, Mbit/s (bandwidth scale)"
+    # lines that coincide stay visible: each policy its own marker, the baselines dashed
+    shapes = "osD^vP*X"
+    markers = {p: shapes[i % len(shapes)] for i, p in enumerate(policies)}
+    styles = {p: "-" if p in ("sparkv", "oracle") else "--" for p in policies}
+    fig, axes = plt.subplots(1, len(contexts), figsize=(4.6 * len(contexts) + 1.2, 4.4), squeeze=False, sharey=True,
                              layout="constrained")
     for ax, ctx in zip(axes[0], contexts, strict=False):
         panel = [r for r in rows if ctx is None or r.get("context_tokens") == ctx]
@@ -116,15 +125,20 @@ def plot_ttft_vs_bandwidth(rows: Sequence[Row], path: Path) -> Path:
             med = [quantile(ttft_values(groups[(x,)]), 0.5) for x in xs]
             lo = [quantile(ttft_values(groups[(x,)]), 0.25) for x in xs]
             hi = [quantile(ttft_values(groups[(x,)]), 0.75) for x in xs]
-            ax.plot(xs, _finite(med), marker="o", ms=4, color=colours[policy], label=policy)
-            ax.fill_between(xs, _finite(lo), _finite(hi), color=colours[policy], alpha=0.12, linewidth=0)
+            at = [mbps.get(x, x) for x in xs]
+            ax.plot(at, _finite(med), marker=markers[policy], ms=5, color=colours[policy], label=policy,
+                    linestyle=styles[policy], alpha=0.9)  # fmt: skip
+            ax.fill_between(at, _finite(lo), _finite(hi), color=colours[policy], alpha=0.12, linewidth=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain(ax.yaxis)
         _plain(ax.xaxis)
         if col != "trace_mean_mbps":
             ticks = distinct(panel, col)
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            if mbps:  # Mbit/s on the axis, the scale under it
+                ax.set_xticks([mbps[t] for t in ticks], [f"{mbps[t]:.3g}\n(x{t:g})" for t in ticks])
+            else:
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.25)
@@ -133,34 +147,42 @@ def plot_ttft_vs_bandwidth(rows: Sequence[Row], path: Path) -> Path:
     axes[0][0].set_ylabel("time to first token (s)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", title="policy")
-    fig.suptitle("TTFT vs bandwidth: median over traces, band = 25-75 % (gaps: most runs did not finish)",
-                 fontsize=11)
+    where = "; each scale at the median over traces of their mean Mbit/s" if mbps else ""
+    fig.suptitle(f"TTFT vs bandwidth: median over traces, band = 25-75 % (gaps: most runs did not finish){where}",
+                 fontsize=10)  # fmt: skip
     return _save(fig, path)
 
 
 def plot_ttft_cdf(rows: Sequence[Row], path: Path) -> Path:
-    """Empirical CDF of TTFT over every run of each policy; a curve short of 1 means runs that stalled."""
+    """Empirical CDF of TTFT over every run of each policy, one panel per context length (pooled lengths
+    make a staircase of the lengths, not a distribution); a curve short of 1 means runs that stalled."""
     policies = distinct(rows, "policy")
     colours = policy_colours(policies)
-    fig, ax = plt.subplots(figsize=(7, 4.4), layout="constrained")
-    for policy in policies:
-        values = sorted(ttft_values([r for r in rows if r.get("policy") == policy]))
-        n = len(values)
-        finite = [v for v in values if math.isfinite(v)]
-        if not finite:
-            continue
-        ys = np.arange(1, len(finite) + 1) / n
-        stalled = n - len(finite)
-        label = f"{policy} (n={n}" + (f", {stalled} did not finish)" if stalled else ")")
-        ax.step(finite, ys, where="post", color=colours[policy], label=label)
-    ax.set_xscale("log")
-    _plain(ax.xaxis)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("time to first token (s)")
-    ax.set_ylabel("fraction of runs")
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("CDF of TTFT over all runs (traces x settings)", fontsize=11)
+    contexts = distinct(rows, "context_tokens")[:4] or [None]
+    fig, axes = plt.subplots(1, len(contexts), figsize=(4.8 * len(contexts) + 0.8, 4.4), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for ax, ctx in zip(axes[0], contexts, strict=False):
+        panel = [r for r in rows if ctx is None or r.get("context_tokens") == ctx]
+        for policy in policies:
+            values = sorted(ttft_values([r for r in panel if r.get("policy") == policy]))
+            n = len(values)
+            finite = [v for v in values if math.isfinite(v)]
+            if not finite:
+                continue
+            ys = np.arange(1, len(finite) + 1) / n
+            stalled = n - len(finite)
+            label = f"{policy} (n={n}" + (f", {stalled} did not finish)" if stalled else ")")
+            ax.step(finite, ys, where="post", color=colours[policy], label=label)
+        ax.set_xscale("log")
+        _plain(ax.xaxis)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("time to first token (s)")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(loc="lower right", fontsize=7)
+        if ctx is not None:
+            ax.set_title(f"context {int(ctx):,} tokens", fontsize=10)
+    axes[0][0].set_ylabel("fraction of runs")
+    fig.suptitle("CDF of TTFT over all runs (traces x settings)", fontsize=11)
     return _save(fig, path)
 
 
@@ -171,9 +193,34 @@ def energy_components(rows: Sequence[Row]) -> list[str]:
                                         if n in ENERGY_COLOURS else 0, n))  # fmt: skip
 
 
+def _settings_all_finished(rows: Sequence[Row]) -> tuple[list[Row], int]:
+    """The finished runs of the settings (all but policy) in which every policy finished, and how many
+    settings were left out: averaging each policy over its own finished runs drops the slow policy's
+    worst settings and biases its mean low."""
+    policies = set(distinct(rows, "policy"))
+    key_cols = [c for c in ("trace", "trace_name", "context_tokens", "bandwidth_scale", "chunk_tokens", "codec",
+                            "model", "device", "rtt_s", "seed", "scale_target") if distinct(rows, c)]  # fmt: skip
+    by_setting: dict[tuple[Any, ...], list[Row]] = {}
+    for r in rows:
+        by_setting.setdefault(tuple(r.get(c) for c in key_cols), []).append(r)
+    done = {id(r) for r in ok_rows(rows)}
+    kept: list[Row] = []
+    dropped = 0
+    for group in by_setting.values():
+        finished = [r for r in group if id(r) in done]
+        if {r.get("policy") for r in finished} == policies:
+            kept += finished
+        else:
+            dropped += 1
+    return kept, dropped
+
+
 def plot_energy(rows: Sequence[Row], path: Path) -> Path:
-    """Mean energy per finished run, stacked by component, one bar per policy (sorted by total)."""
-    done = ok_rows(rows)
+    """Mean energy per run, stacked by component, one bar per policy (sorted by total), over the settings
+    in which every policy finished (the same settings for every bar)."""
+    done, dropped = _settings_all_finished(rows)
+    if not done:
+        done, dropped = ok_rows(rows), -1
     comps = energy_components(done)
     groups = group_by(done, "policy")
     policies = sorted((p for (p,) in groups), key=lambda p: np.mean(numbers(groups[(p,)], "energy_j") or [0]))
@@ -186,14 +233,19 @@ def plot_energy(rows: Sequence[Row], path: Path) -> Path:
         bottom += vals
     for i, total in enumerate(bottom):
         ax.annotate(f"{total:,.0f} J", (i, total), ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("energy per request (J), mean over finished runs")
-    ax.set_xlabel("policy")
+    if dropped == -1:
+        basis = "mean over each policy's finished runs (no setting where all finished)"
+    else:
+        basis = "mean over the settings every policy finished" + (f" ({dropped} settings left out)" if dropped else "")
+    ax.set_ylabel("energy per request (J)")
+    ax.set_xlabel(f"policy; {basis}")
     ax.set_ylim(0, max(bottom.max(initial=0) * 1.12, 1.0))
     ax.legend(title="component", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("energy to first token by component", fontsize=11)
     return _save(fig, path)
 
 
+TIE = 1.01  # medians within 1 % of the best are a tie, not a win (run-to-run noise is larger than 0.1 %)
 Cell = tuple[str, float, float]  # best policy (ties joined by " = "), its median TTFT s, runner-up / best
 
 
@@ -210,8 +262,8 @@ def best_policy_grid(rows: Sequence[Row], x_col: str) -> tuple[list[Any], list[A
                 line.append(("", math.nan, math.nan))
                 continue
             best = meds[0][0]
-            tied = [p for m, p in meds if m <= best * 1.001]
-            rest = [m for m, _ in meds if m > best * 1.001]
+            tied = [p for m, p in meds if m <= best * TIE]
+            rest = [m for m, _ in meds if m > best * TIE]
             ratio = rest[0] / best if rest and best > 0 else math.nan
             line.append((" = ".join(tied), best, ratio))
         cells.append(line)
@@ -239,7 +291,7 @@ def plot_best_policy(rows: Sequence[Row], path: Path) -> Path:
     for i, line in enumerate(cells):
         for j, (best, med, ratio) in enumerate(line):
             if best:
-                gain = f"\n{ratio:.{2 if ratio >= 1.01 else 3}f}x faster" if math.isfinite(ratio) else ""
+                gain = f"\n{ratio:.2f}x faster" if math.isfinite(ratio) else ""
                 name = best.replace(" = ", " =\n") if len(best) > 12 else best
                 ax.text(j, i, f"{name}\n{med:.3g} s{gain}", ha="center", va="center", fontsize=7.5)
     named = col in ("trace_name", "trace")

@@ -9,6 +9,7 @@ import base64
 import html
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def detect_kind(rows: list[Row], meta: dict[str, Any]) -> str:
 def config_tables(rows: list[Row]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(fixed settings, varied settings) over the configuration columns present."""
     fixed, varied = [], []
-    skip = {"index", "policy_config"} | ({"trace"} if distinct(rows, "trace_name") else set())
+    skip = {"index", "policy_config"} | DERIVED | ({"trace"} if distinct(rows, "trace_name") else set())
     for col in [c for c in CONFIG_COLUMNS if c not in skip] + ["scale_kind", "scale_target", "link"]:
         values = distinct(rows, col)
         if len(values) == 1:
@@ -100,13 +101,54 @@ VALIDATION_COLUMNS = [("quantity", "quantity", ""), ("policy", "policy", ""), ("
                       ("mean_signed_err", "mean sim - real (unit of quantity)", ".3g")]  # fmt: skip
 
 
+CAPTIONS = {
+    "ttft_vs_bandwidth": "Time to first token against bandwidth: median over traces (band: 25-75 %), one panel "
+                         "per context length.",
+    "ttft_cdf": "Distribution of time to first token over every run of each policy, one panel per context length; "
+                "a curve that stops short of 1 has runs that did not finish.",
+    "energy": "Energy to the first token by component, averaged over the settings every policy finished.",
+    "best_policy": "The policy with the lowest median TTFT in each setting, its median, and how much faster it "
+                   "is than the runner-up (within 1 %: a tie).",
+    "ttft_scatter": "Predicted (simulated) against measured (real) time to first token, one point per run.",
+    "ttft_error_by_policy": "Prediction error of time to first token by policy.",
+}  # fmt: skip
+DERIVED = {"trace_mean_mbps", "trace_duration_s", "trace_looped"}  # follow from the settings: not axes of a run
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s/\"',:;()\[\]]+/)+([^\s/\"',:;()\[\]]+)")
+
+
+def short_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part (a report is shared: the author's folders are
+    not the reader's business, and the names are what identifies a trace)."""
+    return _ABS_PATH.sub(lambda m: m.group(1), text)
+
+
+def figure_caption(figure: Path) -> str:
+    stem = figure.stem
+    for key, text in CAPTIONS.items():
+        if stem == key or stem.endswith("_" + key):
+            return text
+    if stem.startswith("pred_vs_meas_"):
+        return f"Predicted against measured {stem[len('pred_vs_meas_'):].replace('_', ' ')}, one point per run."
+    return stem.replace("_", " ")
+
+
 def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float) and not math.isfinite(value):
         return "-" if math.isnan(value) else "did not finish"
-    if isinstance(value, int | float) and not isinstance(value, bool) and spec:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e7 and spec in ("", ".4g"):
+        return str(int(value))  # 16384, not 1.638e+04
+    if isinstance(value, float) and abs(value) >= 1e4 and spec in ("", ".4g"):
+        return f"{value:.0f}"
+    if isinstance(value, float) and spec:
         return format(value, spec)
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, str):
+        return short_paths(value)
     return str(value)
 
 
@@ -129,7 +171,7 @@ def sections(path: Path, figures_dir: Path) -> tuple[str, list[tuple[str, Any]]]
     kind = detect_kind(rows, meta)
     out: list[tuple[str, Any]] = [("h2", "What was run")]
     article = "An" if kind[0] in "aeiou" else "A"
-    out.append(("p", f"{article} {kind} of {len(rows)} runs, read from {path}."))
+    out.append(("p", f"{article} {kind} of {len(rows)} runs, read from {path.name}."))
     fixed, varied = config_tables(rows)
     if varied:
         out.append(("kv", ("Varied", varied)))
@@ -137,9 +179,10 @@ def sections(path: Path, figures_dir: Path) -> tuple[str, list[tuple[str, Any]]]
         out.append(("kv", ("Fixed", fixed)))
     spec = {k: v for k, v in meta.items() if k not in ("versions", "machine", "_file", "argv")}
     if spec:
-        out.append(("pre", ("Run metadata (" + meta["_file"] + ")", json.dumps(spec, indent=1, default=str))))
+        text = short_paths(json.dumps(spec, indent=1, default=str))
+        out.append(("pre", ("Run metadata (" + meta["_file"] + ")", text)))
     if meta.get("argv"):
-        out.append(("p", "Command: sparkv " + " ".join(map(str, meta["argv"]))))
+        out.append(("p", "Command: sparkv " + short_paths(" ".join(map(str, meta["argv"])))))
     out.append(("h2", "Headline"))
     if kind == "validation":
         out.append(("table", (validation_rows(rows), VALIDATION_COLUMNS)))
@@ -195,7 +238,7 @@ def render_html(title: str, parts: list[tuple[str, Any]]) -> str:
         elif kind == "figure":
             data = base64.b64encode(Path(payload).read_bytes()).decode()
             body.append(f"<figure><img alt=\"{e(Path(payload).stem)}\" src=\"data:image/png;base64,{data}\"/>"
-                        f"<figcaption>{e(Path(payload).stem.replace('_', ' '))}</figcaption></figure>")  # fmt: skip
+                        f"<figcaption>{e(figure_caption(Path(payload)))}</figcaption></figure>")  # fmt: skip
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;"
              "padding:3px 8px;text-align:right}th{background:#f3f3f3}table.kv th{text-align:left}"
@@ -224,7 +267,7 @@ def render_markdown(title: str, parts: list[tuple[str, Any]], out_dir: Path) -> 
             lines += ["| " + " | ".join(_fmt(r.get(k, ""), f) for k, _, f in cols) + " |" for r in rows] + [""]
         elif kind == "figure":
             rel = Path(payload).relative_to(out_dir) if Path(payload).is_relative_to(out_dir) else Path(payload)
-            lines += [f"![{Path(payload).stem}]({rel.as_posix()})", ""]
+            lines += [f"![{Path(payload).stem}]({rel.as_posix()})", "", f"*{figure_caption(Path(payload))}*", ""]
     return "\n".join(lines)
 
 
