@@ -75,7 +75,9 @@ def build_world(scenario: Scenario, trace: Trace | None = None, spec: ModelSpec 
     base = trace if trace is not None else get_trace(scenario.trace)
     scaled = base.scale(scenario.link.bandwidth_scale) if scenario.link.bandwidth_scale != 1.0 else base
     if scaled.loop_bytes <= 0:
-        raise UserError(f"trace {base.name!r} carries no bytes at all: nothing can be streamed over it")
+        raise UserError(f"trace {base.name!r} carries no bytes at all: nothing can be streamed over it (a "
+                        f"world needs a link that can carry something; for a device with no network, run "
+                        f"--policy local over any trace, which it never uses)")
     profile = load_profile(scenario.device)
     prior = scaled.mean_bps
     costs = build_cost_table(request, spec, profile, scenario.link, scenario.codec, prior, scenario.attention,
