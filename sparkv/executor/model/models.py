@@ -18,7 +18,7 @@ from torch import nn
 
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
-from sparkv.executor.model.smollm2 import SMOLLM2_NAME, SMOLLM2_NAMES, ensure_smollm2
+from sparkv.executor.model.smollm2 import SMOLLM2_NAME, SMOLLM2_NAMES, ensure_smollm2, library_bars_off
 
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "gpt2")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -127,6 +127,7 @@ def load_model(name_or_dir: str = "smollm2", device: str = "cpu", dtype: str = "
             )
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    library_bars_off()
     try:
         model_type = AutoConfig.from_pretrained(str(path)).model_type
         if model_type not in SUPPORTED_TYPES:

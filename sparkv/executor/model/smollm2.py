@@ -7,11 +7,14 @@ load saves a plain Hugging Face copy (model + tokenizer) under `$SPARKV_CACHE/mo
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +69,38 @@ def ensure_smollm2(show_progress: bool = True) -> Path:
     return target
 
 
+def library_bars_off() -> None:
+    """No progress bars from transformers itself ("Loading weights", "Writing model shards"): sparkv shows
+    one bar of its own for long work, and a bar per library call nested inside it is a tangle."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def _gguf_bar_off() -> Iterator[None]:
+    """The GGUF reader's own tensor bar (plain tqdm, not transformers' switch) off while converting."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _convert(gguf: Path, out: Path, show_progress: bool) -> None:
     """Dequantise the GGUF with transformers and save model + tokenizer as a plain HF directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    library_bars_off()
 
     t0 = time.perf_counter()
     steps = ["dequantise GGUF weights", "convert tokenizer", "save safetensors"]
@@ -77,10 +109,13 @@ def _convert(gguf: Path, out: Path, show_progress: bool) -> None:
     ) as bar:
         bar.write(f"sparkv: converting {gguf.name} to {out.parent / SMOLLM2_NAME} (once, ~30 s)", file=sys.stderr)
         bar.set_postfix_str(steps[0])
-        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with _gguf_bar_off():
+            model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.float32)  # fmt: skip
         bar.update()
         bar.set_postfix_str(steps[1])
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        with _gguf_bar_off():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         bar.update()
         bar.set_postfix_str(steps[2])
         # The weights are already dequantised float32; drop the GGUF marker so they save as plain tensors.
