@@ -29,10 +29,15 @@ _COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, that sub-command's module alone is imported and the others are
+    bare names (a command's module imports what it runs on, torch or matplotlib: seconds at start-up)."""
     parser = OneLineParser(prog="sparkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name)  # never parsed into: `only` is the command on the line
+            continue
         try:
             module = importlib.import_module(f"sparkv.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -46,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command. Exit status 2 for every refusal (a bad flag, value or file), one line on stderr;
     set SPARKV_DEBUG=1 to see the traceback of an unexpected ValueError or OSError instead."""
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(first if first in _COMMANDS else None)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as exc:  # a usage error (2), or --help (0)
         return exc.code if isinstance(exc.code, int) else 2
     try:
