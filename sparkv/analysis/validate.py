@@ -127,6 +127,7 @@ def run_validation(
     speed_tolerance: float = 0.08,
     attempts: int = 3,
     max_foreign_cores: float = 0.25,
+    background_cores: int = 0,
 ) -> list[Pair]:
     """Run every (trace, policy) for real, predict each in the simulator, and check replay.
 
@@ -139,8 +140,11 @@ def run_validation(
     again, up to `attempts` times in all, and the last attempt is kept either way (its
     `extra["device_speed"]` records the attempts and whether the speed held). So is a run during which
     other processes used more than `max_foreign_cores` cores of CPU (a burst of foreign load inside a run
-    slows it without moving either probe); such a run is `disturbed`.
+    slows it without moving either probe); such a run is `disturbed`. With `background_cores`, that many
+    busy processes run through every session (`executor.background`): the probes, taken under the load,
+    give the speed both the policy and the prediction use.
     """
+    from sparkv.executor.background import BackgroundLoad
     from sparkv.executor.session import RealSession
 
     pairs: list[Pair] = []
@@ -152,7 +156,7 @@ def run_validation(
             session = RealSession(
                 session.scenario.with_(bandwidth_scale=auto_scale(session.scenario)), document, link_kind, loaded=loaded
             )
-        with session:
+        with session, BackgroundLoad(background_cores):
             for name in policies:
                 template = RequestContext(session.world.request, session.world.spec, session.world.costs)
                 runs = [
@@ -163,6 +167,7 @@ def run_validation(
                 mismatches = sum(replay_check(r, make(name), template) for r in runs)
                 runs.sort(key=lambda r: r.ttft_s)
                 real = runs[(len(runs) - 1) // 2]
+                real.extra["background_load_cores"] = background_cores
                 if repeats > 1:
                     real.extra["repeat_ttft_s"] = [r.ttft_s for r in runs]
                 at_profile = simulate(session.world, make(name))

@@ -66,12 +66,17 @@ def run_real(
     max_new_tokens: int = 16,
     bandwidth_scale: float | str | None = None,
     on_start: Any = None,
+    probe: bool = True,
+    background_cores: int = 0,
 ) -> RealRun:
     """Run `policies` for real: the model prefilled layer by layer, a KV server process, a link replaying
     the trace (`link`: netns, pacing or auto). `document` is `builtin` or `FILE.jsonl[:INDEX][?fields]`
     (see `sparkv.analysis.documents`); `bandwidth_scale="auto"` picks the scale at which streaming and
     computing everything take as long (predicted), a number sets it, None keeps the scenario's.
-    `on_start(session)` is called once the link is up (the CLI prints what it uses)."""
+    `on_start(session)` is called once the link is up (the CLI prints what it uses). With `probe`, the
+    device's compute speed is probed before each policy's run and handed to the policy (its
+    `RequestContext.speed_hint`), so a policy plans with the machine's speed now, not the profile's;
+    `background_cores` busy processes run through the whole session (a loaded device)."""
     from sparkv.analysis.documents import load_document
 
     sc = scenario or Scenario()
@@ -89,13 +94,20 @@ def run_real(
         scale = auto_bandwidth_scale(session.scenario) if bandwidth_scale == "auto" else float(bandwidth_scale)
         session = RealSession(session.scenario.with_(bandwidth_scale=scale), (context, question, answer),
                               link_kind=link, loaded=session.loaded)  # fmt: skip
+    from sparkv.executor.background import BackgroundLoad
+
     results: list[Result] = []
-    with session:
+    with session, BackgroundLoad(background_cores):
         if on_start is not None:
             on_start(session)
         for name in names:
-            result = session.run(make_policy(name), max_new_tokens=max_new_tokens)
+            speed = session.probe_speed() if probe else None
+            hint = speed.factor if speed is not None else None
+            result = session.run(make_policy(name), max_new_tokens=max_new_tokens, speed_hint=hint)
             result.policy = policy_label(name)
+            if speed is not None:
+                result.extra["device_speed_probe"] = speed.to_dict()
+            result.extra["background_load_cores"] = background_cores
             results.append(result)
     return RealRun(session.scenario, results, session.link_description(), session.link_constants,
                    session.loaded.model_id, question, answer, metric)  # fmt: skip

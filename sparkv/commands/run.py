@@ -19,6 +19,7 @@ from sparkv.commands.machine import profile_note
 from sparkv.commands.simulate import write_outputs
 from sparkv.commands.values import pos_int
 from sparkv.core.config import Scenario
+from sparkv.core.errors import UserError
 from sparkv.policies import BASELINES, POLICIES
 
 RUN_DEFAULTS = Scenario(context_tokens=2048, chunk_tokens=256)
@@ -52,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "FILE.jsonl[:INDEX]?context=F&question=F&answer=F[&metric=exam|f1|rouge|contains] for "
                         "other field names")  # fmt: skip
     p.add_argument("--out", type=Path, help="folder for result JSONs, timelines and a Gantt PNG")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="plan with the profile's compute speed (default: probe the device's speed before each "
+                        "policy's run, about a second, and plan with that)")
+    p.add_argument("--background-load", type=int, default=0, metavar="CORES",
+                   help="run this many CPU-bound processes through the runs (a loaded device; default 0)")
     p.set_defaults(func=run)
 
 
@@ -71,6 +77,8 @@ def auto_scale(scenario: Scenario) -> float:
 def run(args: argparse.Namespace) -> int:
     from sparkv import api
 
+    if not 0 <= args.background_load <= 64:
+        raise UserError(f"--background-load must be 0-64 cores, got {args.background_load}")
     scenario = scenario_from_args(args, RUN_DEFAULTS)
     names = args.policy or [*BASELINES, *(n for n in ("sparkv",) if n in POLICIES)]
     options = policy_options(args)
@@ -95,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
 
     outcome = api.run_real(scenario, names, document=args.document, link=args.link, torch_device=args.torch_device,
                            max_new_tokens=args.max_new_tokens,
-                           bandwidth_scale="auto" if args.bandwidth_scale is None else None, on_start=started)
+                           bandwidth_scale="auto" if args.bandwidth_scale is None else None, on_start=started,
+                           probe=args.probe, background_cores=args.background_load)
+    for r in outcome.results:
+        probed = r.extra.get("device_speed_probe")
+        if probed is not None:
+            print(f"speed probe before {r.policy}: compute x{probed['factor']:.3f} of the profile's time")
     table = outcome.table
     rows = [{**r.summary(), "idle_pct": idle, "match": "yes" if ok else "no"}
             for r, idle, ok in zip(outcome.results, table["idle_pct"], table["answer_matches"], strict=True)]

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-foreign-cpu", type=float, default=0.25, metavar="CORES",
                    help="a run during which other processes used more than this many cores of CPU was "
                         "disturbed: it is measured again like a run whose speed changed (default 0.25)")
+    p.add_argument("--background-load", type=int, default=0, metavar="CORES",
+                   help="run this many CPU-bound processes through every real run (a loaded device; the speed "
+                        "probes measure it and the simulator predicts at the probed speed; default 0)")
     p.add_argument("--attempts", type=pos_int, default=3,
                    help="real runs at most per (trace, policy, repeat) while the speed keeps changing (default 3)")
     p.add_argument("--out", type=Path, default=Path("results/validation"), help="output folder")
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if args.attempts < 1:
         raise UserError(f"--attempts must be >= 1, got {args.attempts}")
+    if not 0 <= args.background_load <= 64:
+        raise UserError(f"--background-load must be 0-64 cores, got {args.background_load}")
+    if args.background_load and not args.probe:
+        raise UserError("--background-load needs the speed probes (drop --no-probe): they measure the load")
     if not args.max_foreign_cpu > 0:
         raise UserError(f"--max-foreign-cpu must be > 0 cores, got {args.max_foreign_cpu}")
     if not args.speed_tolerance > 0:
@@ -100,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
     scale = None if args.bandwidth_scale is not None else auto_scale
     pairs = run_validation(traces, policies, scenario, document, args.link, scale, make=make, repeats=args.repeats,
                            probe=args.probe, speed_tolerance=args.speed_tolerance, attempts=args.attempts,
-                           max_foreign_cores=args.max_foreign_cpu)
+                           max_foreign_cores=args.max_foreign_cpu, background_cores=args.background_load)
     config = {"scenario": scenario.to_dict(), "traces": traces, "policies": policies, "link": args.link,
               "document": args.document, "bandwidth_scale": "auto" if scale else args.bandwidth_scale,
               "repeats": args.repeats, "probe": args.probe, "speed_tolerance": args.speed_tolerance,
-              "attempts": args.attempts, "max_foreign_cpu_cores": args.max_foreign_cpu}  # fmt: skip
+              "attempts": args.attempts, "max_foreign_cpu_cores": args.max_foreign_cpu,
+              "background_load_cores": args.background_load}  # fmt: skip
     meta = write_validation(pairs, args.out, config)
     stats, at_profile = meta["stats"], meta["stats_at_profiled_speed"]
     if args.probe:
