@@ -21,7 +21,8 @@ def test_simulated_aerp_and_h2o_print_runs_and_the_energy_ledger(tmp_path: Path,
     assert "eDRAM+2DRP" in out and "modelled" in out and "synthetic" in out
     data = json.loads((tmp_path / "decode-kelle.json").read_text())
     assert {r["policy"] for r in data["rows"]} == {"aerp", "h2o"}
-    kelle = next(e for e in data["energy"] if e["policy"] == "aerp" and e["config"] == "eDRAM+2DRP")
+    kelle = next(e for e in data["energy"]["rows"] if e["policy"] == "aerp" and e["config"] == "eDRAM+2DRP")
+    assert len(data["energy"]["paper_workloads"]) == 4 and data["energy"]["geomean_ratio"] > 1.0
     assert kelle["modelled"] and kelle["vs"] > 1.0  # less energy per token than the full cache on SRAM
     saved = json.loads((tmp_path / "decode-sim-aerp-n128.json").read_text())
     assert saved["config"]["policy"]["budget_tokens"] == 128

@@ -21,6 +21,7 @@ from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec, resolve_model_spec
 from sparkv.core.result import Result
 from sparkv.cost_models.kelle import (
+    LLAMA2_7B,
     SOURCES,
     HeadDecodeCompute,
     MemoryConfig,
@@ -28,6 +29,7 @@ from sparkv.cost_models.kelle import (
     TokenTraffic,
     fit_retention,
     kelle_configs,
+    paper_workloads,
     token_energy,
     two_drp,
     uniform_refresh,
@@ -153,14 +155,31 @@ def _energy_row(policy: str, e: Any, base_j: float) -> dict[str, Any]:
             "modelled": True, "bound": e.bound}  # fmt: skip
 
 
-def print_energy(spec: ModelSpec, results: list[Result], batch: int, context_tokens: int) -> list[dict[str, Any]]:
+def print_energy(spec: ModelSpec, results: list[Result], batch: int, context_tokens: int) -> dict[str, Any]:
     rows = energy_rows(spec, results, batch, context_tokens)
     print(f"modelled energy per generated token (Kelle memories, 4 MB on-chip KV tier, LPDDR4; batch {batch}; "
           f"weights INT8 from DRAM); paper: Kelle+eDRAM {PAPER_ENERGY_RATIO}x more energy-efficient than "
           "Original+SRAM (LLaMA2-7B, its own workloads)")  # fmt: skip
     print(format_table(rows, ENERGY_COLUMNS))
-    print("sources: " + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()))
-    return rows
+    work = paper_workloads(spec, batch)
+    paper = paper_workloads(LLAMA2_7B, batch)
+    for name, table in ((spec.name, work), (LLAMA2_7B.name, paper)):
+        print(f"modelled, Kelle's workloads on {name}'s dimensions (full cache at its mean length vs AERP at N', "
+              "no recompute):")
+        _workload_table(table)
+    geo = float(np.exp(np.mean([np.log(r["ratio"]) for r in work])))
+    geo_paper = float(np.exp(np.mean([np.log(r["ratio"]) for r in paper])))
+    print(f"geometric mean {geo:.2f}x ({spec.name}), {geo_paper:.2f}x ({LLAMA2_7B.name}); sources: "
+          + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()))  # fmt: skip
+    return {"rows": rows, "paper_workloads": work, "geomean_ratio": geo, "llama2_7b_workloads": paper,
+            "llama2_7b_geomean_ratio": geo_paper, "modelled": True}  # fmt: skip
+
+
+def _workload_table(work: list[dict[str, Any]]) -> None:
+    print(format_table(work, [("task", "workload", ""), ("context", "context", "d"), ("decoded", "decoded", "d"),
+                              ("budget", "N'", "d"), ("original_sram_mj", "Original+SRAM mJ/token", ".3f"),
+                              ("aerp_sram_mj", "AERP+SRAM", ".3f"), ("kelle_mj", "AERP+eDRAM+2DRP", ".3f"),
+                              ("ratio", "x (paper 4.46 on average)", ".2f")]))  # fmt: skip
 
 
 def _spec_dims(spec: ModelSpec) -> str:
@@ -185,8 +204,8 @@ def sim_kelle(args: argparse.Namespace, scenario: DecodeScenario, names: list[st
           f"steps, attention {attention.source}, compute {compute.kind} ({compute.source})")  # fmt: skip
     print(_spec_dims(spec))
     print(format_table([_row(r) for r in results], COLUMNS))
-    rows = print_energy(spec, results, args.batch, scenario.context_tokens)
-    _write(args.out, results, {"energy": rows})
+    energy = print_energy(spec, results, args.batch, scenario.context_tokens)
+    _write(args.out, results, {"energy": energy})
     return 0
 
 
@@ -231,8 +250,8 @@ def real_kelle(args: argparse.Namespace, scenario: DecodeScenario, names: list[s
     results = [run_kelle_real(setup, head_policy(n, b, total)).result for b in budgets(args) for n in names]
     print(format_table([_row(r) for r in results], COLUMNS))
     print("real: every time measured on this CPU; kept KV in memory, nothing read from disk")
-    rows = print_energy(setup.loaded.spec, results, args.batch, scenario.context_tokens)
-    _write(args.out, results, {"energy": rows})
+    energy = print_energy(setup.loaded.spec, results, args.batch, scenario.context_tokens)
+    _write(args.out, results, {"energy": energy})
     return 0
 
 
@@ -370,12 +389,17 @@ def task_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list
             ids = _prompt_ids(loaded, task, length)
             sc = scenario.with_(context_tokens=int(ids.shape[0]), steps=ANSWER_STEPS, seed=task.seed)
             setup = prepare_kelle(loaded, ids, sc)
+            answers: dict[str, float] = {}
             for budget in budgets(args):
                 row: dict[str, Any] = {"kind": task.kind, "length": length, "depth": task.depth, "budget": budget}
                 for name in policies:
+                    if name == "full" and "full" in answers:  # no eviction: the same at every N'
+                        row[name] = answers["full"]
+                        continue
                     run = run_kelle_real(setup, head_policy(name, budget, sc.context_tokens + sc.steps))
                     text = loaded.tokenizer.decode(run.tokens, skip_special_tokens=True)
-                    row[name] = float(task.answer in text)
+                    row[name] = answers[name] = float(task.answer in text)
+                    row[f"{name}_text"] = text.strip()[:40]
                 rows.append(row)
                 print(f"  {task.kind} {length} depth {task.depth} N'={budget}: "
                       + ", ".join(f"{n} {'ok' if row[n] else 'wrong'}" for n in policies), flush=True)  # fmt: skip
