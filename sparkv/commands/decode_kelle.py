@@ -263,7 +263,8 @@ VALIDATE_COLUMNS = [("policy", "policy", ""), ("real_median_ms", "real median ms
 
 
 def validate_kelle(args: argparse.Namespace, scenario: DecodeScenario, names: list[str]) -> int:
-    """Warm-up, calibration runs (each policy at N' and 3/4 N'), then real runs and their replays."""
+    """Warm-up, calibration runs (each policy at N' and 3/4 N'), then real runs and their replays. With
+    `--calibrate per-policy` each policy is calibrated right before its own measured run (less drift)."""
     from sparkv.executor.model.kelle_run import run_kelle_real
 
     setup = _setup(args, scenario)
@@ -271,14 +272,23 @@ def validate_kelle(args: argparse.Namespace, scenario: DecodeScenario, names: li
     budget = budgets(args)[0]
     calib = scenario.with_(steps=max(3, min(args.calib_steps, scenario.steps)))
     cal_setup = type(setup)(**{**setup.__dict__, "scenario": calib})
+    kv_heads = setup.loaded.spec.num_kv_heads
     run_kelle_real(cal_setup, head_policy(names[0], budget, total))  # warm-up, discarded
-    engines = [run_kelle_real(cal_setup, head_policy(n, b, total), log=True).engine
-               for n in names for b in (budget, max(24, budget * 3 // 4))]  # fmt: skip
-    fit = fit_head_compute(engines, setup.loaded.spec.num_kv_heads)
-    print(f"per-head compute fitted on {len(engines)} calibration runs of {calib.steps} steps: "
-          f"{json.dumps({k: v for k, v in fit.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
-    reals, sims, rows = [], [], []
+
+    def calibrate(which: list[str]) -> HeadDecodeCompute:
+        engines = [run_kelle_real(cal_setup, head_policy(n, b, total), log=True).engine
+                   for n in which for b in (budget, max(24, budget * 3 // 4))]  # fmt: skip
+        fit = fit_head_compute(engines, kv_heads)
+        print(f"per-head compute fitted on {len(engines)} calibration runs ({', '.join(which)}) of {calib.steps} "
+              f"steps: {json.dumps({k: v for k, v in fit.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
+        return fit
+
+    per_policy = getattr(args, "calibrate", "joint") == "per-policy"
+    joint = None if per_policy else calibrate(names)
+    reals, sims, rows, fits = [], [], [], {}
     for name in names:
+        fit = calibrate([name]) if joint is None else joint
+        fits[name] = fit.to_dict()
         run = run_kelle_real(setup, head_policy(name, budget, total))
         sim, _ = run_kelle_sim(scenario, setup.loaded.spec, setup.geometry, setup.prefill,
                                RecordedAttention(run.attention, f"recorded: real {name} run"), fit,
@@ -290,7 +300,7 @@ def validate_kelle(args: argparse.Namespace, scenario: DecodeScenario, names: li
     print(format_table(rows, VALIDATE_COLUMNS))
     print("median/p90 err: |sim - real| / real of the step-time median and p90; bytes equal: every step's KV read, "
           "x read, written, held bytes and recomputed tokens identical; the sim replays real attention")  # fmt: skip
-    _write(args.out, reals + sims, {"validation": rows, "compute": fit.to_dict()})
+    _write(args.out, reals + sims, {"validation": rows, "compute": fits, "calibrate": args.calibrate})
     return 0
 
 
