@@ -25,6 +25,7 @@ from sparkv.analysis import documents as document_files
 from sparkv.analysis.scoring import normalize_answer, option_letter, option_match, score, token_f1
 from sparkv.core.errors import UserError
 from sparkv.cost_models.codecs import KVCodec
+from sparkv.executor.model.hf_compat import forward_with_cache, new_dynamic_cache
 from sparkv.executor.model.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -162,21 +163,19 @@ def generate_on_kv(
     loaded: LoadedModel, kv: KV, query_ids: Tensor, new_tokens: int, eos_ids: frozenset[int] = frozenset()
 ) -> Generation:
     """Prefill `query_ids` [Q] on top of the context `kv` and decode up to `new_tokens` tokens greedily."""
-    from transformers import DynamicCache
-
     if new_tokens < 1:
         raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
-    cache = DynamicCache()  # full-length layers, as the reference prefill uses
+    cache = new_dynamic_cache()  # full-length layers, as the reference prefill uses
     for layer, (k, v) in enumerate(kv):
         cache.update(k[None], v[None], layer)  # copied into the cache's own tensors
     model = loaded.model
     with torch.inference_mode():
-        out = model(input_ids=query_ids.to(loaded.device)[None], past_key_values=cache, use_cache=True)
+        out = forward_with_cache(model, cache, query_ids.to(loaded.device)[None])
         logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)  # [Q, vocab]
         tokens = [int(logprobs[-1].argmax())]
         while len(tokens) < new_tokens and tokens[-1] not in eos_ids:
             step = torch.tensor([[tokens[-1]]], device=loaded.device)
-            out = model(input_ids=step, past_key_values=cache, use_cache=True)
+            out = forward_with_cache(model, cache, step)
             tokens.append(int(out.logits[0, -1].argmax()))
     return Generation(logprobs.cpu(), tokens)
 

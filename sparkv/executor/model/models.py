@@ -18,6 +18,7 @@ from torch import nn
 
 from sparkv.core.errors import UserError
 from sparkv.core.model import ModelSpec
+from sparkv.executor.model.hf_compat import dtype_kwargs
 from sparkv.executor.model.smollm2 import SMOLLM2_NAME, SMOLLM2_NAMES, ensure_smollm2, library_bars_off
 
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "gpt2")
@@ -132,7 +133,7 @@ def load_model(name_or_dir: str = "smollm2", device: str = "cpu", dtype: str = "
         model_type = AutoConfig.from_pretrained(str(path)).model_type
         if model_type not in SUPPORTED_TYPES:
             raise UserError(f"model {name!r} is a {model_type!r}; supported: {', '.join(SUPPORTED_TYPES)}")
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **dtype_kwargs(torch.float32))
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model from {path}: {first}") from exc
@@ -187,7 +188,7 @@ def _tiny_hf_model(family: str, seed: int, **kwargs: Any) -> Any:
     config = tiny_config(family, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return AutoModelForCausalLM.from_config(config, **dtype_kwargs(torch.float32))
 
 
 def tiny_model(

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from sparkv.core.errors import UserError
+from sparkv.executor.model.hf_compat import dtype_kwargs
 
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -110,8 +111,9 @@ def _convert(gguf: Path, out: Path, show_progress: bool) -> None:
         bar.write(f"sparkv: converting {gguf.name} to {out.parent / SMOLLM2_NAME} (once, ~30 s)", file=sys.stderr)
         bar.set_postfix_str(steps[0])
         with _gguf_bar_off():
-            model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                              dtype=torch.float32)  # fmt: skip
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, **dtype_kwargs(torch.float32)
+            )
         bar.update()
         bar.set_postfix_str(steps[1])
         with _gguf_bar_off():
