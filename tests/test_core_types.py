@@ -32,6 +32,9 @@ def test_spec_from_hf_config_and_dir(tmp_path: Path) -> None:
     gpt2 = ModelSpec.from_hf_config({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4,
                                      "vocab_size": 50})
     assert gpt2.num_kv_heads == 4 and not gpt2.gated_mlp
+    newer = {**cfg, "dtype": "float32"}  # transformers >= 4.56 saves "dtype" in place of "torch_dtype"
+    del newer["torch_dtype"]
+    assert ModelSpec.from_hf_config(newer).dtype == "float32"
 
 
 def test_unknown_model_is_a_user_error() -> None:

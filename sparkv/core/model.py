@@ -93,7 +93,8 @@ class ModelSpec:
         head_dim = int(config.get("head_dim") or hidden // heads)
         inter = int(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
         gated = config.get("model_type", "llama") not in ("gpt2",)
-        torch_dtype = dtype or str(config.get("torch_dtype") or "float16")
+        # transformers >= 4.56 writes "dtype", older releases "torch_dtype"
+        torch_dtype = dtype or str(config.get("dtype") or config.get("torch_dtype") or "float16")
         if torch_dtype not in DTYPE_BYTES:
             torch_dtype = "float16"
         return cls(
