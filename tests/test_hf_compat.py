@@ -15,6 +15,7 @@ import torch
 from sparkv.analysis.quality import generate_on_kv
 from sparkv.executor.model.hf_compat import (
     cache_keyword,
+    attention_scaling,
     cache_layer_kv,
     dtype_kwargs,
     forward_with_cache,
@@ -103,3 +104,11 @@ def test_dtype_keyword_follows_the_version(monkeypatch: pytest.MonkeyPatch) -> N
     assert dtype_kwargs(torch.float16) == {"torch_dtype": torch.float16}
     monkeypatch.setattr(transformers, "__version__", "5.0.0rc1")
     assert dtype_kwargs(torch.float16) == {"dtype": torch.float16}
+
+
+def test_attention_scaling_is_the_modules_own_or_gpt2s_rule() -> None:
+    assert attention_scaling(SimpleNamespace(scaling=0.125, head_dim=4)) == 0.125
+    gpt2 = {"head_dim": 16, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "layer_idx": 2}
+    assert attention_scaling(SimpleNamespace(**gpt2)) == 0.25  # GPT-2 modules before 5.0 carry no `scaling`
+    assert attention_scaling(SimpleNamespace(**{**gpt2, "scale_attn_by_inverse_layer_idx": True})) == 0.25 / 3
+    assert attention_scaling(SimpleNamespace(**{**gpt2, "scale_attn_weights": False})) == 1.0

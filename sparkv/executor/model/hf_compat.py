@@ -9,7 +9,8 @@ on the newest release nor a missing keyword on the oldest:
 - the logits-trimming keyword: `logits_to_keep` (`num_logits_to_keep` before 4.50);
 - a `DynamicCache`'s per-layer K/V: `cache.layers[l].keys` / `.values` (`cache.key_cache[l]` /
   `.value_cache[l]` before 4.54);
-- the dtype keyword of `from_pretrained` / `from_config`: `dtype` (`torch_dtype` before 4.56).
+- the dtype keyword of `from_pretrained` / `from_config`: `dtype` (`torch_dtype` before 4.56);
+- an attention module's softmax scale: its `scaling` attribute (GPT-2's only from 5.0, computed here before).
 """
 
 from __future__ import annotations
@@ -77,3 +78,15 @@ def _version() -> tuple[int, int]:
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """`{"dtype": dtype}` for `from_pretrained` / `from_config`, spelled `torch_dtype` before 4.56."""
     return {"dtype": dtype} if _version() >= (4, 56) else {"torch_dtype": dtype}
+
+
+def attention_scaling(attn: Any) -> float:
+    """The softmax scale of attention module `attn`: its own `scaling`, else GPT-2's rule (1/sqrt(head_dim) when
+    `scale_attn_weights`, divided by layer index + 1 when `scale_attn_by_inverse_layer_idx`)."""
+    scaling = getattr(attn, "scaling", None)
+    if scaling is not None:
+        return float(scaling)
+    value = float(attn.head_dim) ** -0.5 if getattr(attn, "scale_attn_weights", True) else 1.0
+    if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
+        value /= float(attn.layer_idx + 1)
+    return value

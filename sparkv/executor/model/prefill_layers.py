@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparkv.core.errors import UserError
+from sparkv.executor.model.hf_compat import attention_scaling
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 
@@ -98,7 +99,7 @@ class LlamaMath:
         return self.lm_head(self.base.norm(x))  # [N, vocab]
 
     def scaling(self, layer: int) -> float:
-        return float(self.layers[layer].self_attn.scaling)
+        return attention_scaling(self.layers[layer].self_attn)
 
     def window(self, layer: int) -> int | None:
         return self._windows[layer]
@@ -133,7 +134,7 @@ class GPT2Math:
         return self.lm_head(self.base.ln_f(x))  # [N, vocab]
 
     def scaling(self, layer: int) -> float:
-        return float(self.blocks[layer].attn.scaling)
+        return attention_scaling(self.blocks[layer].attn)
 
     def window(self, layer: int) -> int | None:
         return None
