@@ -14,8 +14,8 @@ import torch
 
 from sparkv.analysis.quality import generate_on_kv
 from sparkv.executor.model.hf_compat import (
-    cache_keyword,
     attention_scaling,
+    cache_keyword,
     cache_layer_kv,
     dtype_kwargs,
     forward_with_cache,

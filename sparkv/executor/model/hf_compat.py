@@ -27,13 +27,13 @@ _LOGITS_KEYWORDS = ("logits_to_keep", "num_logits_to_keep")
 
 
 @cache
-def _forward_parameters(cls: type) -> frozenset[str]:
+def _forward_parameters(cls: Any) -> frozenset[str]:
     """Named parameters of `cls.forward` (through functools.wraps decorators such as deprecate_kwarg)."""
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def _keyword(model: Any, names: tuple[str, ...]) -> str | None:
-    params = _forward_parameters(type(model))
+    params = _forward_parameters(model.__class__)
     return next((name for name in names if name in params), None)
 
 
