@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sparkv.analysis.tables import order_columns
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
-from sparkv.policies import POLICIES, Policy
+from sparkv.policies import DISK_POLICIES, NO_DISK_LANE, POLICIES, Policy
 from sparkv.policies import make_policy as _make_registered
 from sparkv.sim import World
 from sparkv.traces import Trace, get_trace
@@ -57,6 +57,10 @@ def make_policy(name: str | Path, world: World | None = None, **options: Any) ->
     availability it is given) or an explicit `forecast=`; without either it is refused.
     """
     registered, configured = resolve_policy(str(name))
+    if registered in NO_DISK_LANE and world is not None and world.costs.local is not None:
+        raise UserError(f"the {registered} policy is not available when some KV is on local disk (it does not "
+                        "model the disk lane, so it would not be a bound); run it on the scenario without local "
+                        "chunks")
     merged = {**configured, **options}
     if registered == "oracle" and "forecast" not in merged and "foresight" not in merged:
         if world is None:
@@ -75,8 +79,9 @@ def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
 
         loaded = load_policy_config(name)
         return loaded.policy, dict(loaded.options)
-    if name not in POLICIES:
-        raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted(POLICIES))} or a config JSON")
+    if name not in POLICIES and name not in DISK_POLICIES:
+        raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted([*POLICIES, *DISK_POLICIES]))} "
+                        "or a config JSON")  # fmt: skip
     return name, {}
 
 

@@ -13,7 +13,7 @@ from sparkv.api.basics import TraceLoopWarning, frame, make_policy, policy_label
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
-from sparkv.policies import POLICIES
+from sparkv.policies import NO_DISK_LANE, default_policies
 from sparkv.sim import DEFAULT_MAX_TIME_S, SimulationStalled, World, build_world
 from sparkv.sim import simulate as _simulate_one
 from sparkv.traces import Trace
@@ -81,12 +81,14 @@ def simulate(
     sc = scenario or Scenario()
     if not max_sim_s > 0:
         raise UserError(f"max_sim_s must be > 0, got {max_sim_s}")
-    names = [str(p) for p in (policies or list(POLICIES))]
+    names = [str(p) for p in (policies or default_policies(sc.local is not None))]
     for name in names:
         resolve_policy(name)  # fail early on an unknown name
     world = build_world(sc, trace=trace)
     options = policy_options or {}
     run = SimulationRun(sc, world, [])
+    if not policies and sc.local is not None:
+        run.notes.append(f"{', '.join(NO_DISK_LANE)}: not available with KV on local disk (no disk lane in its model)")
     seconds: dict[str, float] = {}
     for name in names:
         label = policy_label(name)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.max_sim_s > 0:
         raise UserError(f"--max-sim-s must be > 0, got {args.max_sim_s}")
     scenario = scenario_from_args(args)
-    names = args.policy or list(POLICIES)
+    names = args.policy or None
     outcome = api.simulate(scenario, names, max_sim_s=args.max_sim_s, policy_options=policy_options(args),
                            warn=False)  # fmt: skip
     world, req = outcome.world, outcome.world.request

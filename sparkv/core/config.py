@@ -36,6 +36,40 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class LocalKV:
+    """Cells of the context whose KV a previous session kept on this device's disk: a third source for loading.
+
+    Whole chunks, every layer (what a context seen before leaves behind), stored fp16 as written by
+    `sparkv run --local-chunks`; read with O_DIRECT, timed by the named storage profile in the simulator."""
+
+    chunks: int | tuple[int, ...] = 0  # the first N chunks, or these chunks
+    storage: str = "this-vm"  # storage profile (built-in name or JSON path) of the local disk
+    queue_depth: int = 1  # reads in flight at once (one request per layer of a read block)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chunks, list):
+            object.__setattr__(self, "chunks", tuple(self.chunks))
+        if isinstance(self.chunks, int):
+            if self.chunks < 0:
+                raise ValueError(f"local chunks must be >= 0, got {self.chunks}")
+        elif any(not isinstance(c, int) or c < 0 for c in self.chunks) or len(set(self.chunks)) != len(self.chunks):
+            raise ValueError(f"local chunks must be distinct chunk indices >= 0, got {list(self.chunks)}")
+        if self.queue_depth < 1:
+            raise ValueError(f"local queue_depth must be >= 1, got {self.queue_depth}")
+
+    def chunk_set(self, num_chunks: int) -> tuple[int, ...]:
+        """The local chunks of a context of `num_chunks` chunks, ascending."""
+        if isinstance(self.chunks, int):
+            if self.chunks > num_chunks:
+                raise ValueError(f"{self.chunks} local chunks asked for, the context has {num_chunks}")
+            return tuple(range(self.chunks))
+        bad = [c for c in self.chunks if c >= num_chunks]
+        if bad:
+            raise ValueError(f"local chunks {bad} outside the context's {num_chunks} chunks")
+        return tuple(sorted(self.chunks))
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One request on one device over one link."""
 
@@ -51,9 +85,17 @@ class Scenario:
     availability: str | None = None  # trace of the available fraction of the device, as "B/s" (1B/s = all)
     compute_noise: float = 0.0  # relative std-dev of simulated compute times around the profile
     seed: int = 0
+    local: LocalKV | None = None  # KV kept on local disk by an earlier session (None: none)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data; `local` only when set, so a scenario without local KV reads as it always did."""
+        out = asdict(self)
+        if self.local is None:
+            del out["local"]
+        else:
+            chunks = self.local.chunks
+            out["local"]["chunks"] = chunks if isinstance(chunks, int) else list(chunks)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -62,7 +104,8 @@ class Scenario:
         if unknown:
             raise ValueError(f"unknown scenario keys {sorted(unknown)}")
         link = LinkConfig(**data.get("link", {}))
-        return cls(**{**data, "link": link})
+        local = data.get("local")
+        return cls(**{**data, "link": link, "local": LocalKV(**local) if isinstance(local, dict) else local})
 
     def with_(self, **changes: Any) -> Scenario:
         """A copy with top-level or link fields changed (link fields by their own names)."""

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sparkv.core.readcurve import ReadCurve
 from sparkv.core.request import CellBlock
 
 
@@ -20,6 +21,64 @@ class BandwidthForecast(Protocol):
     def time_to_deliver(self, t0_s: float, n_bytes: float) -> float: ...
 
     def bytes_between(self, t0_s: float, t1_s: float) -> float: ...
+
+
+@dataclass(frozen=True, eq=False)
+class LocalCosts:
+    """The disk lane's predictions: which chunks are on local disk and what reading a block of them costs.
+
+    A read of chunks [a, b) x layers [lo, hi) is one request per layer (a layer's chunks are contiguous on
+    disk), issued together at `queue_depth`; each request's seconds come from the storage profile's curve,
+    then the block's bytes are installed (fp16 into the cache) at `install_s_per_byte`."""
+
+    chunks: tuple[int, ...]  # whole chunks, every layer, ascending
+    cell_bytes: np.ndarray  # [C, L] bytes read per cell (fp16 K and V, padded to the O_DIRECT alignment); 0 off disk
+    curve: ReadCurve
+    queue_depth: int
+    install_s_per_byte: float
+    read_w: float = 0.0  # disk power while reading, W (0: not modelled)
+    _read_s: dict[tuple[int, int, int, int], float] = field(init=False, repr=False, default_factory=dict)
+
+    def on_disk(self, block: CellBlock) -> bool:
+        return all(c in self.chunks for c in range(block.chunk_lo, block.chunk_hi))
+
+    def block_bytes(self, block: CellBlock) -> int:
+        return int(self.cell_bytes[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi].sum())
+
+    def requests(self, block: CellBlock) -> list[int]:
+        """Bytes of each read request of `block`: one per layer."""
+        per_layer = self.cell_bytes[block.chunk_lo : block.chunk_hi, block.layer_lo : block.layer_hi].sum(axis=0)
+        return [int(n) for n in per_layer]
+
+    def read_s(self, block: CellBlock) -> float:
+        """Predicted seconds to read `block` from disk and install it."""
+        seconds = self._read_s.get(block.key)
+        if seconds is None:
+            requests = self.requests(block)
+            seconds = self.curve.batch_s(requests, self.queue_depth) + sum(requests) * self.install_s_per_byte
+            self._read_s[block.key] = seconds
+        return seconds
+
+    def runs(self) -> list[tuple[int, int]]:
+        """The local chunks as maximal runs [a, b) of consecutive chunks."""
+        out: list[tuple[int, int]] = []
+        for c in self.chunks:
+            if out and out[-1][1] == c:
+                out[-1] = (out[-1][0], c + 1)
+            else:
+                out.append((c, c + 1))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chunks": list(self.chunks), "cell_bytes": self.cell_bytes.tolist(), "curve": self.curve.to_dict(),
+                "queue_depth": self.queue_depth, "install_s_per_byte": self.install_s_per_byte,
+                "read_w": self.read_w}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LocalCosts:
+        return cls(tuple(int(c) for c in data["chunks"]), np.asarray(data["cell_bytes"], dtype=np.int64),
+                   ReadCurve.from_dict(data["curve"]), int(data["queue_depth"]), float(data["install_s_per_byte"]),
+                   float(data.get("read_w", 0.0)))  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +94,7 @@ class CostTable:
     first_token_s: float  # final norm, LM head and sampling of the first token
     bandwidth_prior_bps: float  # link goodput expected before any sample, bytes/s
     link_efficiency: float = 1.0  # goodput / trace rate (protocol headers, ACK clocking)
+    local: LocalCosts | None = None  # cells kept on local disk, a third source (None: none)
     # Per-block answers, computed once (the table is read-only by convention; simulators ask again and again):
     # caches by `CellBlock.key`
     _compute_s: dict[tuple[int, int, int, int], float] = field(init=False, repr=False, default_factory=dict)
@@ -90,7 +150,7 @@ class CostTable:
             "first_token_s": self.first_token_s,
             "bandwidth_prior_bps": self.bandwidth_prior_bps,
             "link_efficiency": self.link_efficiency,
-        }
+        } | ({"local": self.local.to_dict()} if self.local is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostTable:
@@ -104,4 +164,5 @@ class CostTable:
             first_token_s=float(data["first_token_s"]),
             bandwidth_prior_bps=float(data["bandwidth_prior_bps"]),
             link_efficiency=float(data.get("link_efficiency", 1.0)),
+            local=LocalCosts.from_dict(data["local"]) if data.get("local") else None,
         )

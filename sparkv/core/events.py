@@ -18,10 +18,11 @@ _SET = object.__setattr__
 
 
 class Resource(StrEnum):
-    """The two lanes a request uses on the device."""
+    """The lanes a request uses on the device (the disk only where some of its KV is on local disk)."""
 
     LINK = "link"  # the receiver: one transfer at a time, fetch then install
     COMPUTE = "compute"  # the accelerator: one prefill command at a time
+    DISK = "disk"  # the local disk: one read at a time, read then install
 
 
 # ---- events (driver -> policy) ----
@@ -59,6 +60,14 @@ class TransferFailed:
     # parts of `block` that did arrive whole and are installed before the failure (present now; the rest
     # is missing again); only a real link delivers part of a block, the simulator's transfers are atomic
     delivered: tuple[CellBlock, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReadDone:
+    t_s: float  # time the block read from local disk was installed in the cache
+    block: CellBlock  # cells now present
+    bytes: int  # bytes read from disk
+    duration_s: float  # from the read command to installation
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ Event = (
     | TransferCancelled
     | TransferFailed
     | ComputeDone
+    | ReadDone
     | QueryLayerStarted
     | QueryLayerDone
     | BandwidthSample
@@ -132,7 +142,12 @@ class Cancel:
     block: CellBlock  # the in-flight fetch to abandon
 
 
-Command = Fetch | Compute | Cancel
+@dataclass(frozen=True)
+class ReadLocal:
+    block: CellBlock  # cells to read from local disk as one read; all must be on disk and missing
+
+
+Command = Fetch | Compute | Cancel | ReadLocal
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
@@ -142,6 +157,7 @@ _TYPES: dict[str, type] = {
         TransferCancelled,
         TransferFailed,
         ComputeDone,
+        ReadDone,
         QueryLayerStarted,
         QueryLayerDone,
         BandwidthSample,
@@ -149,6 +165,7 @@ _TYPES: dict[str, type] = {
         Fetch,
         Compute,
         Cancel,
+        ReadLocal,
     )
 }
 

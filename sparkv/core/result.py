@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from sparkv.core.request import CellBlock
 
 LANES = ("link", "compute")
-SPAN_KINDS = ("fetch", "cancelled", "failed", "compute", "query", "first_token")
+SPAN_KINDS = ("fetch", "cancelled", "failed", "compute", "query", "first_token", "read")
 
 
 class Span(NamedTuple):
@@ -28,12 +28,12 @@ class Span(NamedTuple):
     times more.
     """
 
-    lane: str  # "link" or "compute"
+    lane: str  # "link", "compute" or "disk"
     kind: str  # one of SPAN_KINDS
     start_s: float
     end_s: float
     block: CellBlock | None = None  # cells the work covered (None for query / first token)
-    bytes: int = 0  # wire bytes (link spans)
+    bytes: int = 0  # wire bytes (link spans), bytes read (disk spans)
     layer: int = -1  # query layer (query spans)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,9 +10,6 @@ min(q, requests in the batch): the simulator charges one layer's reads as one su
 from __future__ import annotations
 
 import json
-import math
-from bisect import bisect_right
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -20,19 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkv.core.errors import UserError
-
-
-def _bracket(grid: Sequence[float], x: float) -> tuple[int, int, float]:
-    """Indices (lo, hi) around x in an ascending grid and the log-space weight of hi (clamped at the ends)."""
-    if x <= grid[0]:
-        return 0, 0, 0.0
-    if x >= grid[-1]:
-        n = len(grid) - 1
-        return n, n, 0.0
-    hi = bisect_right(grid, x)
-    lo = hi - 1
-    w = (math.log(x) - math.log(grid[lo])) / (math.log(grid[hi]) - math.log(grid[lo]))
-    return lo, hi, w
+from sparkv.core.readcurve import ReadCurve, batch_read_s, interpolate_bps
 
 
 @dataclass(frozen=True)
@@ -71,31 +56,17 @@ class StorageProfile:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        s0, s1, ws = _bracket(self.sizes_bytes, size_bytes)
-        q0, q1, wq = _bracket(self.queue_depths, queue_depth)
-        t = self.read_bps
-
-        def lg(i: int, j: int) -> float:
-            return math.log(t[i][j])
-
-        low = (1 - wq) * lg(s0, q0) + wq * lg(s0, q1)
-        high = (1 - wq) * lg(s1, q0) + wq * lg(s1, q1)
-        bw = math.exp((1 - ws) * low + ws * high)
-        if size_bytes < self.sizes_bytes[0]:  # below the grid: the smallest size's request rate
-            bw *= size_bytes / self.sizes_bytes[0]
+        bw = interpolate_bps(self.sizes_bytes, self.queue_depths, self.read_bps, size_bytes, queue_depth)
         self._memo[key] = bw
         return bw
 
     def batch_s(self, request_bytes: Sequence[int], queue_depth: int) -> float:
         """Seconds to complete a batch of reads issued together at `queue_depth`."""
-        n = len(request_bytes)
-        if n == 0:
-            return 0.0
-        q = min(queue_depth, n)
-        bw = self.bandwidth_bps
-        if n > 8:  # most requests share a size: one bandwidth lookup per distinct size
-            return self.batch_fixed_s + sum(b * k / bw(b, q) for b, k in Counter(request_bytes).items())
-        return self.batch_fixed_s + sum(b / bw(b, q) for b in request_bytes)
+        return batch_read_s(self.bandwidth_bps, self.batch_fixed_s, request_bytes, queue_depth)
+
+    def curve(self) -> ReadCurve:
+        """The read model alone, as plain data (what a cost table carries for the disk lane)."""
+        return ReadCurve(self.name, self.sizes_bytes, self.queue_depths, self.read_bps, self.batch_fixed_s)
 
     def write_s(self, nbytes: int) -> float:
         return nbytes / self.write_bps

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from sparkv.core.attention import parse_attention
-from sparkv.core.config import LinkConfig
+from sparkv.core.config import LinkConfig, LocalKV
 from sparkv.core.costs import CostTable
 from sparkv.core.model import ModelSpec
 from sparkv.core.request import Request
 from sparkv.cost_models.kv import cell_bytes_grid
+from sparkv.cost_models.local import local_costs
 from sparkv.cost_models.profiles import DeviceProfile
 from sparkv.cost_models.sparse_cost import fraction_grid, load_sparsity_profile, sparse_compute_grid_s
 
@@ -31,11 +32,13 @@ def build_cost_table(
     bandwidth_prior_bps: float,
     attention: str = "dense",
     seed: int = 0,
+    local: LocalKV | None = None,
 ) -> CostTable:
     """Predictions for one request; `bandwidth_prior_bps` is the expected trace rate (before efficiency).
 
     With a block-sparse `attention`, each cell's compute is scaled by its computed fraction of key blocks,
-    drawn (with `seed`) from the measured sparsity profile: chunks then differ in cost at the same position."""
+    drawn (with `seed`) from the measured sparsity profile: chunks then differ in cost at the same position.
+    `local` names the chunks kept on local disk (the disk lane's costs, `CostTable.local`)."""
     profile.check_model(spec)
     att = parse_attention(attention)
     if att.sparse:
@@ -55,4 +58,5 @@ def build_cost_table(
         first_token_s=profile.compute.first_token_s(spec),
         bandwidth_prior_bps=max(bandwidth_prior_bps * link.efficiency, 1.0),
         link_efficiency=link.efficiency,
+        local=local_costs(request, spec, profile, local) if local is not None else None,
     )

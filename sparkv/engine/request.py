@@ -9,7 +9,9 @@ both worlds:
 - runs the query's prefill layers itself, with priority, as soon as a layer is complete, and says so
   (`QueryLayerStarted`, then `QueryLayerDone` for every layer, the last one included);
 - checks every command against the lanes and the cell grid, and hands it to the world;
-- keeps the request's progress and its accounting (bytes streamed and wasted, cells, faults, spans);
+- where some of the context's KV is on local disk (`CostTable.local`), runs a third lane: `ReadLocal`
+  reads cells on disk (one read at a time), reported by `read_done` and announced as `ReadDone`;
+- keeps the request's progress and its accounting (bytes streamed, wasted and read, cells, faults, spans);
 - sends `BandwidthSample`s of the transfer in flight at every tick once its payload has begun,
   zero-byte windows included (a stalled link is seen as one), and the last stretch when it ends;
 - ticks at the policy's `tick_s` (none when it has none);
@@ -38,6 +40,8 @@ from sparkv.core.events import (
     Fetch,
     QueryLayerDone,
     QueryLayerStarted,
+    ReadDone,
+    ReadLocal,
     RequestStarted,
     Resource,
     Tick,
@@ -51,10 +55,13 @@ from sparkv.core.request import CellBlock
 from sparkv.core.result import Result, Span, make_span
 from sparkv.policies.base import Policy, RequestContext, policy_hooks
 
-_IDLE = {  # idle lanes by (link idle, compute idle)
-    (link, compute): frozenset(r for r, idle in ((Resource.LINK, link), (Resource.COMPUTE, compute)) if idle)
+_IDLE = {  # idle lanes by (link idle, compute idle, disk idle)
+    (link, compute, disk): frozenset(
+        r for r, idle in ((Resource.LINK, link), (Resource.COMPUTE, compute), (Resource.DISK, disk)) if idle
+    )
     for link in (False, True)
     for compute in (False, True)
+    for disk in (False, True)
 }
 SPAN_ORDER = itemgetter(2, 0)  # timeline order of a result's spans: (start_s, lane)
 MIN_WINDOW_S = 1e-9  # a bandwidth sample's window is never shorter
@@ -83,6 +90,10 @@ class Effects(Protocol):
 
     def received_bytes(self, now_s: float) -> int:
         """Wire bytes of the transfer in flight received by `now_s`."""
+
+    def start_read(self, block: CellBlock, n_bytes: int, work_s: float, now_s: float) -> None:
+        """Read `block` (`n_bytes` on disk; `work_s`: the cost table's prediction) from local disk into the
+        cache; report `read_done`. Called only where the request has cells on local disk."""
 
 
 class MirrorMismatch(RuntimeError):
@@ -146,6 +157,9 @@ class RequestEngine:
         self.ttft_s = math.nan
         self.finished = False
         self.bytes_streamed = self.bytes_wasted = self.cells_streamed = self.cells_computed = 0
+        self.local = costs.local  # the disk lane's costs (None: nothing on local disk, no disk lane)
+        self.reading: tuple[CellBlock, int, float] | None = None  # (block, bytes, start) read from disk
+        self.bytes_read = self.cells_read = 0
 
     # ---- reports from the world ----
 
@@ -232,6 +246,20 @@ class RequestEngine:
         self.compute_busy = False
         self._dispatch(ComputeDone(t_s, block, t_s - start), t_s if now_s is None else now_s)
 
+    def read_done(self, t_s: float, start_s: float | None = None, now_s: float | None = None) -> None:
+        """The read from local disk in progress ended at `t_s`, its cells installed (`start_s`: when it
+        began, if measured; default the command's time)."""
+        if self.reading is None:
+            raise RuntimeError(f"policy {self.policy_name}: read_done with no read in progress")
+        block, n, commanded = self.reading
+        start = commanded if start_s is None else start_s
+        self.reading = None
+        self.spans.append(make_span(("disk", "read", start, t_s, block, n, -1)))
+        self.bytes_read += n
+        self.cells_read += block.num_cells
+        self.progress.finish(block)
+        self._dispatch(ReadDone(t_s, block, n, t_s - commanded), t_s if now_s is None else now_s)
+
     def query_layer_done(self, t_s: float, start_s: float | None = None, now_s: float | None = None) -> None:
         """The query layer running ended at `t_s`; after the last one the first token starts."""
         layer = self.query_layer
@@ -282,7 +310,8 @@ class RequestEngine:
             io.update(event)
         if not self.compute_busy and not self.finished and self.progress.query_layer_ready():
             self._start_query_layer(now)
-        commands = io.schedule(now, _IDLE[self.transfer is None, not self.compute_busy])
+        idle = _IDLE[self.transfer is None, not self.compute_busy, self.reading is None and self.local is not None]
+        commands = io.schedule(now, idle)
         if commands:
             self._apply(commands, now)
         if self.check_mirror:
@@ -314,8 +343,26 @@ class RequestEngine:
                 if not t.cancel_sent:
                     t.cancel_sent = True
                     self.fx.cancel_fetch(t.block, now)
+            elif isinstance(command, ReadLocal):
+                self._start_read(command.block, now)
             else:
                 raise RuntimeError(f"policy {self.policy_name} returned {command!r}, which is not a command")
+
+    def _start_read(self, block: CellBlock, now: float) -> None:
+        """A `ReadLocal`, checked like a fetch: the disk lane idle, every cell on disk and missing."""
+        local = self.local
+        if local is None:
+            raise RuntimeError(f"policy {self.policy_name} read {block} from local disk, but none of this "
+                               f"request's KV is on local disk")  # fmt: skip
+        if self.reading is not None:
+            raise RuntimeError(f"policy {self.policy_name} read {block} while the disk is busy")
+        if block.chunk_hi > self.progress.num_chunks or block.layer_hi > self.num_layers or not local.on_disk(block):
+            raise RuntimeError(f"policy {self.policy_name} read {block}, which is not on local disk "
+                               f"(chunks {list(local.chunks)} are)")  # fmt: skip
+        self.progress.start_fetch(block)  # a ValueError naming the cell if one is not missing
+        n = local.block_bytes(block)
+        self.reading = (block, n, now)
+        self.fx.start_read(block, n, local.read_s(block), now)
 
     def _start_query_layer(self, now: float) -> None:
         layer = self.progress.query_layers_done
@@ -353,6 +400,14 @@ class RequestEngine:
     def missing_cells(self) -> int:
         return len(self.progress.missing_cells())
 
+    def disk_summary(self) -> dict[str, Any]:
+        """What the disk lane did, for `Result.extra["disk"]` (a request with cells on local disk)."""
+        assert self.local is not None
+        return {"local_chunks": list(self.local.chunks), "storage": self.local.curve.name,
+                "queue_depth": self.local.queue_depth, "bytes_read": self.bytes_read, "cells_read": self.cells_read,
+                "energy": (f"modelled: {self.local.read_w:g} W while reading (storage profile)" if self.local.read_w > 0
+                           else "not modelled (the storage profile has no read power)")}  # fmt: skip
+
     def sorted_spans(self) -> list[Span]:
         return sorted(self.spans, key=SPAN_ORDER)
 
@@ -360,6 +415,11 @@ class RequestEngine:
                extra: dict[str, Any]) -> Result:  # fmt: skip
         """The request's `Result`; `config` gains the policy's settings, `extra` its run statistics."""
         stats = self.hooks.stats()
+        if self.local is not None:
+            extra = {**extra, "disk": self.disk_summary()}
+            if self.local.read_w > 0:  # the storage profile's read power over the disk lane's busy time
+                busy_s = sum(s.end_s - s.start_s for s in self.spans if s.lane == "disk")
+                energy_j = {**energy_j, "disk": self.local.read_w * busy_s}
         return Result(
             world=world,
             policy=self.policy_name,

@@ -81,7 +81,7 @@ def build_world(scenario: Scenario, trace: Trace | None = None, spec: ModelSpec 
     profile = load_profile(scenario.device)
     prior = scaled.mean_bps
     costs = build_cost_table(request, spec, profile, scenario.link, scenario.codec, prior, scenario.attention,
-                             scenario.seed)
+                             scenario.seed, scenario.local)
     availability = get_trace(scenario.availability) if scenario.availability else None
     if availability is not None and availability.loop_bytes <= 0:
         raise UserError(f"availability trace {scenario.availability!r} is zero throughout")

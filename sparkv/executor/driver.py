@@ -4,7 +4,9 @@ The request itself (events, commands, accounting, spans) is the shared `RequestE
 the simulator; this module is the real world's half: a clock and two workers. The link worker pulls
 KV cells from the server and installs them into the model's cache as they arrive; the compute worker
 runs layer-wise prefill, and the query's layers with priority as soon as each layer is complete, on the
-caller's thread (see `RealDriver.run`); a control thread talks to the policy. Every
+caller's thread (see `RealDriver.run`); a control thread talks to the policy. Where some of the context's
+KV is on local disk, a disk worker reads the blocks the policy asks for (`ReadFn`, O_DIRECT) and installs
+them like streamed cells. Every
 wait has a deadline: a request that cannot finish raises `ExecutionTimeout` instead of hanging.
 
 Link faults, as a real link has them:
@@ -71,6 +73,8 @@ class CellArrival:
 # fetch(request_id, block, deadline_s) -> cells as they arrive; raises on faults (see `fault_reason`)
 FetchFn = Callable[[int, CellBlock, float], Iterator[CellArrival]]
 CancelFn = Callable[[int], None]
+# read(block) -> (chunk, layer, K, V) of every cell of `block`, read from local disk
+ReadFn = Callable[[CellBlock], Iterator[tuple[int, int, np.ndarray, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,10 @@ class RealDriver:
         config: DriverConfig | None = None,
         check_mirror: bool = False,
         last_byte_s: Callable[[], float] | None = None,
+        read: ReadFn | None = None,
     ) -> None:
         self.ctx = ctx
+        self.read = read  # the local disk, where the request has cells on it
         self.policy_name = policy.name
         self.engine = RequestEngine(ctx, policy, self, record=True, check_mirror=check_mirror)
         self.sink, self.fetch, self.cancel = sink, fetch, cancel
@@ -159,6 +165,7 @@ class RealDriver:
         self.reports: queue.Queue[_Report] = queue.Queue()
         self.link_q: queue.Queue[_Job | None] = queue.Queue()
         self.compute_q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self.disk_q: queue.Queue[CellBlock | None] = queue.Queue()
         self.job: _Job | None = None
         self.first_token = -1
         self._next_id = 0
@@ -195,6 +202,11 @@ class RealDriver:
     def received_bytes(self, now_s: float) -> int:
         job = self.job
         return job.rx_bytes if job is not None else 0
+
+    def start_read(self, block: CellBlock, n_bytes: int, work_s: float, now_s: float) -> None:
+        if self.read is None:
+            raise RuntimeError(f"policy {self.policy_name} read {block} from local disk, but this run has no local KV")
+        self.disk_q.put(block)
 
     # ---- workers ----
 
@@ -247,6 +259,19 @@ class RealDriver:
         parts = delivered_parts(job.block, cells) if cells and self.config.keep_partial and not job.cancelled else ()
         self.reports.put(("lost", job, self.now(), reason, parts, cell_bytes if parts else 0))
 
+    def _disk_worker(self) -> None:
+        """Reads from local disk, one block at a time: the reads, then the installs, measured."""
+        assert self.read is not None
+        try:
+            while (block := self.disk_q.get()) is not None:
+                start = self.now()
+                for chunk, layer, k, v in self.read(block):
+                    self.sink.install(chunk, layer, k, v)
+                self.reports.put(("read", self.now(), start))
+        except BaseException as exc:  # a disk fault or a bug: stop the request loudly
+            self._worker_error = exc
+            self.reports.put(("error",))
+
     def _compute_worker(self) -> None:
         try:
             while (job := self.compute_q.get()) is not None:
@@ -284,10 +309,12 @@ class RealDriver:
             eng.compute_done(report[1], report[2], now_s=self.now())
         elif what == "query":
             eng.query_layer_done(report[1], report[2], now_s=self.now())
+        elif what == "read":
+            eng.read_done(report[1], report[2], now_s=self.now())
         elif what == "first_token":
             eng.first_token_done(report[1], report[2])
         elif what == "error":
-            raise RuntimeError(f"compute worker failed: {self._worker_error}") from self._worker_error
+            raise RuntimeError(f"a worker failed: {self._worker_error}") from self._worker_error
 
     def run(self) -> DriverOutput:
         """Run the request; the caller's thread does the compute work.
@@ -301,6 +328,9 @@ class RealDriver:
         link = threading.Thread(target=self._link_worker, name="sparkv-link", daemon=True)
         control = threading.Thread(target=self._control_guarded, name="sparkv-control", daemon=True)
         link.start()
+        disk = threading.Thread(target=self._disk_worker, name="sparkv-disk", daemon=True) if self.read else None
+        if disk is not None:
+            disk.start()
         self._t0 = time.perf_counter()
         control.start()
         try:
@@ -309,6 +339,8 @@ class RealDriver:
             self.compute_q.put(None)  # harmless if the worker already stopped
             control.join(timeout=self.config.request_timeout_s + 30.0)
             link.join(timeout=30.0)
+            if disk is not None:
+                disk.join(timeout=30.0)
         if self._control_error is not None:
             raise self._control_error
         eng = self.engine
@@ -367,3 +399,4 @@ class RealDriver:
                 self.cancel(self.job.request_id)
             self.link_q.put(None)
             self.compute_q.put(None)
+            self.disk_q.put(None)

@@ -1,7 +1,9 @@
 """One real request end to end: model, document, KV store, server and link, driver, Result.
 
 `RealSession` keeps the expensive parts (the loaded model, the KV store, the server behind its link)
-alive across requests, so several policies can be run on the same context one after another.
+alive across requests, so several policies can be run on the same context one after another. A scenario
+with `local` chunks also gets their local copy (`executor.model.localkv`), written once from the KV store
+before any request (untimed) and read back with O_DIRECT by the requests that ask for it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from sparkv.core.result import Result
 from sparkv.cost_models.energy import request_energy_j
 from sparkv.engine.world import World, build_world
 from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
-from sparkv.executor.model.kvstore import KVStoreInfo, build_kv_store
+from sparkv.executor.model.kvstore import KVStore, KVStoreInfo, build_kv_store
+from sparkv.executor.model.localkv import LocalKVReader, LocalLayout, ensure_local_kv
 from sparkv.executor.model.models import LoadedModel, load_model
 from sparkv.executor.model.prefill import LayerwisePrefill
 from sparkv.executor.model.smollm2 import SMOLLM2_NAMES, cache_root
@@ -82,6 +85,7 @@ class RealSession:
         device: str = "cpu",
         loaded: LoadedModel | None = None,
         store_root: Path | None = None,
+        local_root: Path | None = None,
     ) -> None:
         self.loaded = canonical_spec_name(loaded or load_model(model_name_for(scenario.model), device=device))
         context, question, answer = prompt_text
@@ -93,12 +97,34 @@ class RealSession:
         self.store: KVStoreInfo = build_kv_store(self.loaded, self.prompt.context_ids, self.store_root)
         self.trace = get_trace(self.scenario.trace)
         self.world: World = build_world(self.scenario, trace=self.trace, spec=self.loaded.spec)
+        self.local_dir: Path | None = None  # the local copy of the scenario's local chunks, if any
+        self.local_written = False  # this session wrote it (else it was kept from an earlier one)
+        if self.world.costs.local is not None:
+            self._keep_local(local_root or cache_root() / "local-kv")
         self.link_kind = link_kind
         self.link_constants = "scenario"  # where the world's rtt/per-transfer/efficiency come from
         self._link_kind = ""  # the real link kind whose calibration the world uses, once the link is open
         self.sensor: EnergySensor | None = open_sensor(self.loaded.device)  # RAPL/NVML/tegrastats, if readable
         self._link: Any = None
         self._probe: LayerwisePrefill | None = None  # the speed probe's own cache, built on first use
+
+    def _keep_local(self, root: Path) -> None:
+        """Write the local chunks' copy from the KV store, unless an earlier session left one (untimed)."""
+        local = self.world.costs.local
+        assert local is not None
+        spec, chunk = self.loaded.spec, self.scenario.chunk_tokens
+        layout = LocalLayout(self.store.key, self.store.context_tokens, chunk, spec.num_layers, spec.num_kv_heads,
+                             spec.head_dim, local.chunks)  # fmt: skip
+        self.local_dir = root / f"{self.store.key}-c{chunk}"
+        store: KVStore | None = None
+
+        def cell(c: int, layer: int) -> tuple[Any, Any]:
+            nonlocal store
+            store = store or KVStore(self.store.path)
+            start = c * chunk
+            return store.cell(start, min(start + chunk, self.store.context_tokens), layer)
+
+        self.local_written = ensure_local_kv(self.local_dir, layout, cell)
 
     # ---- link ----
 
@@ -205,7 +231,12 @@ class RealSession:
             for cell in client.fetch(request_id, key, chunk, codec, block, deadline_s, expect=cell_shape):
                 yield CellArrival(cell.chunk, cell.layer, cell.k, cell.v, cell.wire_bytes, cell.head_s)
 
-        driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config, last_byte_s=client.last_byte_s)
+        reader = None
+        local = self.world.costs.local
+        if local is not None and self.local_dir is not None:
+            reader = LocalKVReader(self.local_dir, local.queue_depth)
+        driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config, last_byte_s=client.last_byte_s,
+                            read=reader.read if reader is not None else None)  # fmt: skip
         sensor = self.sensor
         link.start_clock()
         wall0 = time.perf_counter()
@@ -215,6 +246,8 @@ class RealSession:
         tokens = [out.first_token, *prefill.generate(max_new_tokens - 1)] if max_new_tokens > 1 else [out.first_token]
         gen_s = time.perf_counter() - t_gen
         client.close()
+        if reader is not None:
+            reader.close()
         tok = self.loaded.tokenizer
         text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
         energy = request_energy_j(out.spans, self.world.radio, self.world.profile.power, out.ttft_s)
@@ -242,6 +275,9 @@ class RealSession:
             "wall_ttft_s": wall_ttft,
             "generate_s": gen_s,
         }
+        if self.local_dir is not None:
+            extra["local_kv"] = {"path": str(self.local_dir), "written_by_this_session": self.local_written,
+                                 "stored": "fp16, O_DIRECT reads (page cache bypassed)"}  # fmt: skip
         return driver.engine.result("real", energy, setup, extra)
 
 

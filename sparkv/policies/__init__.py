@@ -8,6 +8,7 @@ from typing import Any
 from sparkv.core.errors import UserError
 from sparkv.policies.base import Policy, RequestContext
 from sparkv.policies.baselines import Bidirectional, LocalOnly, StaticSplit, StreamOnly
+from sparkv.policies.local_disk import DiskCake, DiskLocal, DiskStream
 from sparkv.policies.oracle import OraclePolicy
 from sparkv.policies.sparkv import SparKVPolicy
 
@@ -21,12 +22,25 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "oracle": OraclePolicy,
 }
 BASELINES = ("local", "stream", "cake", "static")
+# baselines that also read the KV kept on local disk (a scenario's `local`); not in POLICIES, so the default
+# policy lists of runs without local KV stay as they were
+DISK_POLICIES: dict[str, Callable[..., Policy]] = {"disk+local": DiskLocal, "disk+stream": DiskStream,
+                                                   "disk+cake": DiskCake}  # fmt: skip
+NO_DISK_LANE = ("oracle",)  # policies that cannot plan with local KV: not available for such scenarios
+
+
+def default_policies(local: bool) -> list[str]:
+    """What a run tries when not told: every policy; with KV on local disk, the disk baselines too, and not
+    the ones that cannot plan with it (`NO_DISK_LANE`)."""
+    if not local:
+        return list(POLICIES)
+    return [*(n for n in POLICIES if n not in NO_DISK_LANE), *DISK_POLICIES]
 
 
 def check_policy(name: str) -> None:
     """UserError unless `name` is a registered policy."""
-    if name not in POLICIES:
-        raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted(POLICIES))}")
+    if name not in POLICIES and name not in DISK_POLICIES:
+        raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted([*POLICIES, *DISK_POLICIES]))}")
 
 
 def make_policy(name: str, **options: Any) -> Policy:
@@ -39,7 +53,17 @@ def make_policy(name: str, **options: Any) -> Policy:
                         "or forecast=TRACE "
                         "(sparkv.api.make_policy('oracle', world) uses the world's), or forecast=None to plan "
                         "on the mean bandwidth knowingly")  # fmt: skip
-    return POLICIES[name](**options)
+    return {**POLICIES, **DISK_POLICIES}[name](**options)
 
 
-__all__ = ["BASELINES", "POLICIES", "Policy", "RequestContext", "check_policy", "make_policy"]
+__all__ = [
+    "BASELINES",
+    "DISK_POLICIES",
+    "NO_DISK_LANE",
+    "POLICIES",
+    "Policy",
+    "RequestContext",
+    "check_policy",
+    "default_policies",
+    "make_policy",
+]

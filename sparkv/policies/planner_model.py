@@ -8,7 +8,9 @@ A plan is a vector k: chunk c computes layers [0, k_c) and streams [k_c, L). The
   transfers of at most `target_bytes` (whole chunks of the same layer range merge while they fit);
   a transfer lost half-way so never strands the layers below it (computing them needs no recompute);
 - the query's prefill runs layer by layer with priority whenever the compute lane frees up and its
-  next layer is complete; a compute command waits until the cells it depends on are present.
+  next layer is complete; a compute command waits until the cells it depends on are present;
+- cells read from local disk land when the snapshot says (`Snapshot.disk`): a third lane the plan does not
+  choose, only waits for.
 
 `Evaluator.predict` replays exactly that on two serial lanes (link: fixed cost + payload at the link
 model's rate + install; compute: launch + cell times at the compute model's speed), starting from a
@@ -176,6 +178,11 @@ class Evaluator:
         prefix = snap.prefix
         last = _last_computing(prefix, k, L)
         done = [-_INF] * L  # per layer: when its last computed cell is done
+        for c0, c1, lo, hi, t_read in snap.disk:  # local reads land as predicted
+            for layer in range(lo, hi):
+                if t_read > ready[layer]:
+                    ready[layer] = t_read
+            fetched.append((c0, c1, lo, hi, t_read))
         fetched.sort(key=_first_chunk)
         dep = [-_INF] * L  # per layer: when streamed cells of the chunks before c have landed
         fi = 0

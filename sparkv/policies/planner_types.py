@@ -88,6 +88,9 @@ class Snapshot:
     query_next: int  # next query layer to run (one running counts as done)
     _stops: list[list[int]] | None = field(default=None, repr=False)
     pieces: dict[tuple[int, int, float], list[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
+    # reads from local disk still to land: (chunk_lo, chunk_hi, layer_lo, layer_hi, predicted end); their cells
+    # (and every other cell on local disk) show in `state` as not missing, so no plan streams or computes them
+    disk: tuple[tuple[int, int, int, int, float], ...] = ()
 
     @classmethod
     def fresh(cls, num_chunks: int, num_layers: int, t_s: float = 0.0) -> Snapshot:

@@ -8,6 +8,10 @@ state (moving unstarted cells between paths, within the migration cap) and adopt
 it predicts a lower TTFT. A transfer that has carried no bytes for `stall_s` is cancelled when
 computing its cells is predicted to finish sooner. Link failures fall back to computing
 (`TrackingPolicy`). Pure: time comes only from events, so a log replays to the same commands.
+
+KV kept on local disk (`CostTable.local`) is a third lane: its cells are read layer by layer (one read per
+run of local chunks), in the order the query and the compute of later chunks need them, and never planned
+for streaming or computing; every plan knows when each read is predicted to land (`Snapshot.disk`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sparkv.core.events import (
     Fetch,
     QueryLayerDone,
     QueryLayerStarted,
+    ReadLocal,
     Resource,
     TransferCancelled,
     TransferDone,
@@ -54,6 +59,8 @@ class SparKVPolicy(TrackingPolicy):
         self.k: list[int] = []
         self.compute_q: deque[CellBlock] = deque()
         self.link_q: deque[CellBlock] = deque()
+        self.disk_q: deque[CellBlock] = deque()  # reads from local disk still to issue, in order
+        self.read_start_s = 0.0  # when the read in progress was issued
         self._stats: dict[str, Any] = {}
 
     # ---- events ----
@@ -69,7 +76,10 @@ class SparKVPolicy(TrackingPolicy):
         self.abandoned = self.probing = False
         self.link_idle_since = ctx.start_s
         self.last_replan_s = self.last_cancel_check_s = ctx.start_s
-        snap = Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s)
+        local = ctx.costs.local
+        runs = local.runs() if local is not None else []
+        self.disk_q = deque(CellBlock(a, b, layer, layer + 1) for layer in range(ctx.model.num_layers) for a, b in runs)
+        snap = self._with_disk(Snapshot.fresh(ctx.request.num_chunks, ctx.model.num_layers, ctx.start_s))
         plan = self.ctl.plan(snap)
         self._stats = {"plan_k": list(plan.k), "predicted_ttft_s": plan.prediction.ttft_s, "replans": 0,
                       "cancels": 0, "probes": 0}  # fmt: skip
@@ -107,6 +117,8 @@ class SparKVPolicy(TrackingPolicy):
                 self.probing = self.abandoned
             elif isinstance(cmd, Compute):
                 self.compute_start_s = now_s
+            elif isinstance(cmd, ReadLocal):
+                self.read_start_s = now_s
         return commands
 
     def _control(self, now_s: float, idle: frozenset[Resource]) -> None:
@@ -155,7 +167,8 @@ class SparKVPolicy(TrackingPolicy):
         state = [list(row) for row in snap.state]
         for c in range(block.chunk_lo, block.chunk_hi):
             state[c][block.layer_lo : block.layer_hi] = [int(CellState.MISSING)] * (block.layer_hi - block.layer_lo)
-        dropped = Snapshot(now_s, snap.prefix, state, now_s, None, snap.compute_free_s, snap.query_next)
+        dropped = Snapshot(now_s, snap.prefix, state, now_s, None, snap.compute_free_s, snap.query_next,
+                           disk=snap.disk)
         drop = ctl.plan(dropped, self.k, quick=True)
         if ctl.gains(drop.prediction, keep.prediction, ctl.cfg.cancel_gain):
             self.cancelling = True
@@ -189,6 +202,9 @@ class SparKVPolicy(TrackingPolicy):
         if self.compute_q and self._progress().can_compute(self.compute_q[0]):
             return self.compute_q.popleft()
         return None
+
+    def next_read(self, now_s: float) -> CellBlock | None:
+        return self.disk_q.popleft() if self.disk_q else None
 
     def next_fetch(self, now_s: float) -> CellBlock | None:
         if self.cancelling:
@@ -228,7 +244,27 @@ class SparKVPolicy(TrackingPolicy):
         q = progress.query_layers_done
         if running and self.query_since is not None and q < progress.num_layers:
             compute_free = max(now_s, self.query_since + float(costs.query_layer_s[q]) * scale)
-        return Snapshot.of(progress, now_s, link_free, self.in_flight, compute_free, q + int(running))
+        snap = Snapshot.of(progress, now_s, link_free, self.in_flight, compute_free, q + int(running))
+        return self._with_disk(snap) if self.local_chunks else snap
+
+    def _with_disk(self, snap: Snapshot) -> Snapshot:
+        """`snap` with the disk lane: every local cell shown as not missing (no plan streams or computes it),
+        and when each read still to land is predicted to (back to back from the one in progress)."""
+        local = self._context().costs.local
+        if local is None:
+            return snap
+        state = [list(row) for row in snap.state]
+        for c in local.chunks:
+            state[c] = [max(int(x), int(CellState.FETCHING)) for x in state[c]]
+        t, reads = snap.now_s, []
+        if self.reading is not None:
+            t = max(t, self.read_start_s + local.read_s(self.reading))
+            reads.append((*self.reading.key, t))
+        for block in self.disk_q:
+            t += local.read_s(block)
+            reads.append((*block.key, t))
+        snap.state, snap.disk = state, tuple(reads)
+        return snap
 
     def _ctl(self) -> Controller:
         if self.ctl is None:

@@ -14,6 +14,8 @@ from sparkv.core.events import (
     Fetch,
     QueryLayerDone,
     QueryLayerStarted,
+    ReadDone,
+    ReadLocal,
     RequestStarted,
     Resource,
     Tick,
@@ -25,13 +27,15 @@ from sparkv.core.progress import CellState, RequestProgress
 from sparkv.core.request import CellBlock
 from sparkv.policies.base import RequestContext
 
-_LINK, _COMPUTE = Resource.LINK, Resource.COMPUTE  # module constants: an enum member look-up is slow
+# module constants: an enum member look-up is slow
+_LINK, _COMPUTE, _DISK = Resource.LINK, Resource.COMPUTE, Resource.DISK
 # event types that change no cell state (exact types: a subclass takes the general path)
 _NO_BOOKKEEPING = frozenset({BandwidthSample, QueryLayerStarted, QueryLayerDone, RequestStarted, Tick})
 
 
 class TrackingPolicy:
-    """Subclasses implement `next_fetch` and `next_compute`; this class does the bookkeeping."""
+    """Subclasses implement `next_fetch` and `next_compute` (and `next_read` to use the local disk); this
+    class does the bookkeeping."""
 
     name = "tracking"
     max_fetch_failures = 2  # consecutive failed transfers before the link is given up
@@ -46,8 +50,9 @@ class TrackingPolicy:
         cls._cancels = cls.maybe_cancel is not TrackingPolicy.maybe_cancel
         cls._computes = cls.next_compute is not TrackingPolicy.next_compute
         cls._fetches = cls.next_fetch is not TrackingPolicy.next_fetch
+        cls._reads = cls.next_read is not TrackingPolicy.next_read
 
-    _reacts = _loses = _cancels = _computes = _fetches = False  # which hooks the class overrides
+    _reacts = _loses = _cancels = _computes = _fetches = _reads = False  # which hooks the class overrides
     # see `sparkv.policies.base`: a subclass that does not react to events decides nothing from samples,
     # ticks or query layers (its mirror of the query layers then lags in runs that keep no log)
     ignored_events: frozenset[type] = _NO_BOOKKEEPING
@@ -59,6 +64,8 @@ class TrackingPolicy:
         self.progress: RequestProgress | None = None
         self.in_flight: CellBlock | None = None
         self.computing: CellBlock | None = None
+        self.reading: CellBlock | None = None  # the read from local disk in progress
+        self.local_chunks: frozenset[int] = frozenset()  # chunks this policy reads from local disk
         self.failed_fetches = 0
         self.link_dead = False  # after repeated failures: compute whatever is missing
         self.query_running: int | None = None  # the query layer the engine is running, if any
@@ -70,6 +77,9 @@ class TrackingPolicy:
         self.progress = RequestProgress(ctx.request.num_chunks, ctx.model.num_layers)
         self.in_flight = None
         self.computing = None
+        self.reading = None
+        local = ctx.costs.local
+        self.local_chunks = frozenset(local.chunks) if local is not None and self._reads else frozenset()
         self.failed_fetches = 0
         self.link_dead = False
         self.query_running = None
@@ -114,6 +124,9 @@ class TrackingPolicy:
         elif isinstance(event, ComputeDone):
             progress.finish(event.block)
             self.computing = None
+        elif isinstance(event, ReadDone):
+            progress.finish(event.block)
+            self.reading = None
 
     def schedule(self, now_s: float, idle: frozenset[Resource]) -> tuple[Command, ...]:
         progress = self.progress
@@ -138,6 +151,12 @@ class TrackingPolicy:
                 progress.start_fetch(block)
                 self.in_flight = block
                 commands += (Fetch(block),)
+        if self._reads and _DISK in idle and self.reading is None:
+            block = self.next_read(now_s)
+            if block is not None:
+                progress.start_fetch(block)
+                self.reading = block
+                commands += (ReadLocal(block),)
         return commands
 
     def config(self) -> dict[str, Any]:
@@ -164,14 +183,21 @@ class TrackingPolicy:
     def next_compute(self, now_s: float) -> CellBlock | None:
         return None
 
+    def next_read(self, now_s: float) -> CellBlock | None:
+        """The next block to read from local disk (only cells on it, all missing), or None."""
+        return None
+
     def maybe_cancel(self, now_s: float) -> CellBlock | None:
         """The in-flight block to cancel now, or None."""
         return None
 
     def fallback_compute(self) -> CellBlock | None:
-        """With the link given up: compute the first chunk that still misses cells, far enough."""
+        """With the link given up: compute the first chunk that still misses cells, far enough (a chunk this
+        policy reads from local disk is left to the disk)."""
         progress = self._progress()
         for c in range(progress.num_chunks):
+            if c in self.local_chunks:
+                continue
             row = progress.state[c]
             missing = [layer for layer, s in enumerate(row) if s == CellState.MISSING]
             if missing:

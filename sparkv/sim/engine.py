@@ -1,5 +1,8 @@
 """The SimPy model of one request: a trace-driven link, a serial device, a KV server, and a policy.
 
+Where some of the context's KV is on local disk, a third lane reads it: one read at a time, each taking
+the storage profile's time for its requests (`CostTable.local`).
+
 The link lane runs one transfer at a time: a request round trip and server service, then the
 payload at the trace's rate (one `env.timeout` computed from the trace's integral, never per-packet
 stepping), then installation into the cache. A transfer can be cancelled; the bytes already received
@@ -175,6 +178,13 @@ class SimRun:
 
     def start_first_token(self, work_s: float, now_s: float) -> None:
         self._after(self._compute_duration(work_s), self._first_token)
+
+    def start_read(self, block: CellBlock, n_bytes: int, work_s: float, now_s: float) -> None:
+        """The disk lane: a read takes exactly the storage model's time (`LocalCosts.read_s`: one request per
+        layer at the scenario's queue depth, then installation); no noise, no contention with compute."""
+        end = now_s + work_s
+        ev = Timeout(self.env, work_s)
+        ev.callbacks.append(lambda _ev: self.engine.read_done(end))
 
     def received_bytes(self, now_s: float) -> int:
         t = self.engine.transfer
