@@ -224,3 +224,29 @@ def test_netns_link_failure_names_the_shaper_state(root: Path) -> None:
     message = str(err.value)
     assert "shaper player running" in message and "tbf" in message and "backlog" in message
     assert "server log:" in message and "connection from" in message
+
+
+def test_client_progress_shows_a_cell_before_it_is_whole(root: Path) -> None:
+    """A driver sees bytes arrive between whole cells: on a slow link one 256 KiB cell takes ~1 s."""
+    with make_link("pacing", constant(250e3, 60.0), root) as link, KVClient(link.server.host, link.server.port) as c:
+        c.ping()
+        t0 = time.perf_counter()
+        link.start_clock(t0)
+        seen: list[tuple[float | None, int]] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                seen.append(c.progress())
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        cells = list(c.fetch(1, KEY, S, "raw", CellBlock(0, 1, 0, 1)))
+        done.set()
+        watcher.join(5.0)
+    assert len(cells) == 1
+    partial = [n for first, n in seen if first is not None and 0 < n < cells[0].wire_bytes]
+    assert len(partial) >= 3  # several samples caught the cell part-way
+    assert all(first is None or first >= t0 for first, _ in seen)
+    assert partial == sorted(partial)  # bytes of the cell only grow until it is whole

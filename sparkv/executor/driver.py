@@ -95,7 +95,8 @@ class _Job:
     request_id: int
     block: CellBlock
     cancelled: bool = False
-    rx_bytes: int = 0  # wire bytes received so far (written by the link worker)
+    rx_bytes: int = 0  # wire bytes of whole cells received so far (written by the link worker)
+    payload_sent: bool = False  # the engine was told the payload began (by the control thread only)
     started_s: float = field(default_factory=time.perf_counter)  # perf_counter instant it was handed over
     stalled: str | None = None  # why the control loop ended it as stalled
     wake: threading.Event = field(default_factory=threading.Event)  # cuts a reconnect backoff short
@@ -154,8 +155,12 @@ class RealDriver:
         check_mirror: bool = False,
         last_byte_s: Callable[[], float] | None = None,
         read: ReadFn | None = None,
+        progress: Callable[[], tuple[float | None, int]] | None = None,
     ) -> None:
         self.ctx = ctx
+        # the link's view between whole cells (`KVClient.progress`): when the running fetch's first byte came,
+        # and the bytes of the cell in progress; without it, samples see a cell only once it is whole
+        self.progress = progress
         self.read = read  # the local disk, where the request has cells on it
         self.policy_name = policy.name
         self.engine = RequestEngine(ctx, policy, self, record=True, check_mirror=check_mirror)
@@ -201,7 +206,10 @@ class RealDriver:
 
     def received_bytes(self, now_s: float) -> int:
         job = self.job
-        return job.rx_bytes if job is not None else 0
+        if job is None:
+            return 0
+        partial = self.progress()[1] if self.progress is not None else 0
+        return job.rx_bytes + partial
 
     def start_read(self, block: CellBlock, n_bytes: int, work_s: float, now_s: float) -> None:
         if self.read is None:
@@ -294,7 +302,9 @@ class RealDriver:
         """Hand one worker report to the engine."""
         eng, what = self.engine, report[0]
         if what == "payload":
-            if report[1] is self.job:
+            running: _Job = report[1]
+            if running is self.job and not running.payload_sent:
+                running.payload_sent = True
                 eng.payload_started(report[2])
         elif what == "done":
             job = report[1]
@@ -367,6 +377,18 @@ class RealDriver:
             job.wake.set()
             self.cancel(job.request_id)
 
+    def _payload_from_progress(self) -> None:
+        """Tell the engine the running transfer's payload began as soon as its first cell header is in,
+        not when the first whole cell is (a slow link can take seconds over one cell, and a policy that
+        gets no samples meanwhile cannot see the link is slow)."""
+        job = self.job
+        if job is None or job.payload_sent or self.progress is None:
+            return
+        first = self.progress()[0]
+        if first is not None and first >= job.started_s:
+            job.payload_sent = True
+            self.engine.payload_started(first - self._t0)
+
     def _control(self) -> None:
         """Feed the engine the workers' reports and the ticks until the first token is known."""
         eng = self.engine
@@ -387,6 +409,7 @@ class RealDriver:
                     report = self.reports.get(timeout=max(0.0, wait))
                 except queue.Empty:
                     now = self.now()
+                    self._payload_from_progress()
                     if tick_s and now >= next_tick:
                         next_tick += tick_s
                         if next_tick <= now:  # the loop fell behind: skip the missed ticks

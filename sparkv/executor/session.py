@@ -236,7 +236,7 @@ class RealSession:
         if local is not None and self.local_dir is not None:
             reader = LocalKVReader(self.local_dir, local.queue_depth)
         driver = RealDriver(ctx, policy, prefill, fetch, client.cancel, config, last_byte_s=client.last_byte_s,
-                            read=reader.read if reader is not None else None)  # fmt: skip
+                            read=reader.read if reader is not None else None, progress=client.progress)  # fmt: skip
         sensor = self.sensor
         link.start_clock()
         wall0 = time.perf_counter()

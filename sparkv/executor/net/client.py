@@ -89,6 +89,8 @@ class KVClient:
         self._wake_r, self._wake_w = make_wake_pair()
         self._lock = threading.Lock()  # guards the fields below and sends on the socket
         self._active: int | None = None  # request id of the running fetch
+        self._first_head_s: float | None = None  # the running fetch's first cell header arrived then
+        self._cell_wire = 0  # wire bytes of the cell being received
         self._cancel_at: float | None = None  # when the running fetch was cancelled
         self._precancelled: set[int] = set()  # cancelled before their fetch started
         self._nonce = itertools.count(1)
@@ -149,6 +151,11 @@ class KVClient:
             raise ServerGone(f"{where}: no HELLO within {self.connect_timeout_s} s ({exc}){self._why()}") from exc
         except PeerGone as exc:
             raise ServerGone(f"{where} closed during the handshake: {exc}{self._why()}") from exc
+
+    def progress(self) -> tuple[float | None, int]:
+        """(perf_counter instant the running fetch's first cell header arrived or None, wire bytes of the cell
+        being received now): what has arrived between whole cells, for a driver's bandwidth samples."""
+        return self._first_head_s, self._cell_wire
 
     def last_byte_s(self) -> float:
         """perf_counter instant this client last received a byte (-inf before any): stall detection."""
@@ -243,6 +250,7 @@ class KVClient:
             if self._active is not None:
                 raise RuntimeError(f"KVClient runs one fetch at a time; request {self._active} is running")
             self._active, self._cancel_at = request_id, None
+            self._first_head_s, self._cell_wire = None, 0
             cancelled = request_id in self._precancelled
             self._precancelled.discard(request_id)
         clean = False
@@ -305,6 +313,7 @@ class KVClient:
                 parts.append(body)
                 got += len(body)
                 wire += P.HEADER.size + len(body)
+                self._cell_wire = wire
                 if got > head.payload_len:
                     raise CorruptFrame(f"request {rid}: cell ({head.chunk}, {head.layer}) payload overruns")
             else:
@@ -315,6 +324,9 @@ class KVClient:
                     check.header(msg)
                     head, parts, got, wire = msg, [], 0, P.HEADER.size + len(body)
                     head_s = last_s
+                    self._cell_wire = wire
+                    if self._first_head_s is None:
+                        self._first_head_s = head_s
                 elif isinstance(msg, P.Abort):
                     head = None
                 elif isinstance(msg, P.End) and msg.request_id == rid:
@@ -331,6 +343,7 @@ class KVClient:
                 cell = _decode_cell(head, b"".join(parts), wire, last_s, head_s)
                 check.delivered()
                 head = None
+                self._cell_wire = 0  # counted whole in the cell from here on
                 if self._cancel_at is None:
                     yield cell
 
