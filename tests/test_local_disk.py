@@ -277,3 +277,25 @@ def test_both_worlds_read_the_same_cells_in_the_same_order(tmp_path: Path, folde
         assert real.extra["disk"]["cells_read"] == sim.extra["disk"]["cells_read"] == 3
         assert real.cells_computed == sim.cells_computed and real.cells_streamed == sim.cells_streamed
         assert real.extra["tokens"]  # the first token came from a cache partly read from disk
+
+
+# ---- the command line ----
+
+
+@pytest.mark.parametrize(("spec", "expected"), [("3", 3), ("25%", 2), ("0,2,5", (0, 2, 5)), ("100%", 8)])
+def test_local_chunks_are_given_as_a_count_a_percentage_or_a_list(spec: str, expected: Any) -> None:
+    from sparkv.commands.common import parse_local_chunks
+
+    assert parse_local_chunks(spec, 8) == expected
+
+
+def test_simulate_with_local_chunks_runs_the_disk_baselines(capsys: pytest.CaptureFixture[str]) -> None:
+    from sparkv.cli import main
+
+    small = ["--context-tokens", "2048", "--chunk-tokens", "256", "--trace", "const:8mbps,600s"]
+    assert main(["simulate", *small, "--local-chunks", "50%", "--local-storage", "jetson-orin-nvme"]) == 0
+    out = capsys.readouterr().out
+    assert "chunks [0, 1, 2, 3] of 8 on local disk" in out and "read from disk MB" in out
+    assert "disk+cake" in out and "oracle: not available" in out
+    assert main(["simulate", *small, "--local-chunks", "half"]) == 2
+    assert "--local-chunks: expected" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
-from sparkv.core.config import LinkConfig, Scenario
+from sparkv.core.config import LinkConfig, LocalKV, Scenario
 from sparkv.core.errors import UserError
 from sparkv.policies import Policy, make_policy
 
@@ -48,6 +48,33 @@ def add_scenario_args(p: argparse.ArgumentParser, defaults: Scenario | None = No
     p.add_argument("--rtt-ms", type=nonneg_float, help=f"round trip per transfer, ms (default {d.link.rtt_s * 1e3:g})")
     p.add_argument("--radio", help=f"radio power model: lte, 5g, wifi, 3g (default {d.link.radio})")
     p.add_argument("--seed", type=nonneg_int, help="random seed (default 0)")
+
+
+def add_local_args(p: argparse.ArgumentParser) -> None:
+    """The flags of KV kept on local disk (a third source for loading)."""
+    p.add_argument("--local-chunks", metavar="N|P%|A,B,...",
+                   help="chunks whose KV an earlier session kept on local disk (every layer): the first N, the "
+                        "first P%% of the context's chunks, or a comma list of chunk indices (default none)")
+    p.add_argument("--local-storage", metavar="NAME|JSON",
+                   help="storage profile of that disk: this-vm (measured here), jetson-orin-nvme, jetson-orin-emmc, "
+                        "phone-ufs31, or a JSON path (default this-vm)")
+    p.add_argument("--local-queue-depth", type=pos_int, help="reads in flight on the local disk (default 1)")
+
+
+def parse_local_chunks(spec: str, num_chunks: int) -> int | tuple[int, ...]:
+    """`--local-chunks`: "N" (the first N), "P%" (the first P percent, rounded down) or "A,B,..." (these)."""
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            return int(pct / 100 * num_chunks)
+        if "," in text:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        return int(text)
+    except ValueError:
+        raise UserError(f"--local-chunks: expected N, P% or A,B,..., got {spec!r}") from None
 
 
 def read_scenario_file(path: Path) -> dict[str, Any]:
@@ -109,9 +136,25 @@ def scenario_from_args(args: argparse.Namespace, defaults: Scenario | None = Non
         if name in changes and changes[name] <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {changes[name]}")
     try:
-        return base.with_(**changes)
+        scenario = base.with_(**changes)
+        return _with_local(scenario, args)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+
+
+def _with_local(scenario: Scenario, args: argparse.Namespace) -> Scenario:
+    """`scenario` with the `--local-*` flags applied (where the command has them)."""
+    spec, storage, depth = (getattr(args, f"local_{n}", None) for n in ("chunks", "storage", "queue_depth"))
+    if spec is None and storage is None and depth is None:
+        return scenario
+    base = scenario.local or LocalKV()
+    chunks = base.chunks
+    if spec is not None:
+        num_chunks = -(-scenario.context_tokens // scenario.chunk_tokens)
+        chunks = parse_local_chunks(spec, num_chunks)
+    local = LocalKV(chunks, storage if storage is not None else base.storage,
+                    depth if depth is not None else base.queue_depth)  # fmt: skip
+    return scenario.with_(local=local if local.chunks else None)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sparkv.analysis import documents
 from sparkv.commands.common import (
+    add_local_args,
     add_policy_config_arg,
     add_scenario_args,
     deprecated_alias,
@@ -20,7 +21,7 @@ from sparkv.commands.simulate import write_outputs
 from sparkv.commands.values import pos_int
 from sparkv.core.config import Scenario
 from sparkv.core.errors import UserError
-from sparkv.policies import BASELINES, POLICIES
+from sparkv.policies import BASELINES, DISK_POLICIES, POLICIES
 
 RUN_DEFAULTS = Scenario(context_tokens=2048, chunk_tokens=256)
 COLUMNS = [
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run policies for real: model, KV server, link replaying a trace")
     add_scenario_args(p, RUN_DEFAULTS)
     add_policy_config_arg(p)
+    add_local_args(p)
     p.add_argument("--policy", action="append", help="policy to run, repeatable (default: baselines and sparkv)")
     p.add_argument("--link", choices=["auto", "netns", "pacing"], default="auto",
                    help="tc token bucket in a network namespace, or sender-side pacing (default auto)")
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.background_load <= 64:
         raise UserError(f"--background-load must be 0-64 cores, got {args.background_load}")
     scenario = scenario_from_args(args, RUN_DEFAULTS)
-    names = args.policy or [*BASELINES, *(n for n in ("sparkv",) if n in POLICIES)]
+    names = args.policy or [*BASELINES, *(n for n in ("sparkv",) if n in POLICIES),
+                            *(DISK_POLICIES if scenario.local is not None else ())]  # fmt: skip
     options = policy_options(args)
     if options:  # a tuned config replaces its policy's name by the file that holds it
         configured = next(iter(options))
@@ -100,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         machine = profile_note(session.world.profile)
         if machine is not None:
             print(f"note: {machine}")
+        local = session.world.costs.local
+        if local is not None:
+            how = "written now (untimed)" if session.local_written else "kept from an earlier session"
+            print(f"local KV: chunks {list(local.chunks)} on local disk, fp16, {how}: {session.local_dir}; read with "
+                  f"O_DIRECT at queue depth {local.queue_depth}; simulated with storage profile {local.curve.name}")
 
     outcome = api.run_real(scenario, names, document=args.document, link=args.link, torch_device=args.torch_device,
                            max_new_tokens=args.max_new_tokens,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sparkv.analysis.gantt import plot_gantt
 from sparkv.commands.common import (
+    add_local_args,
     add_policy_config_arg,
     add_scenario_args,
     format_table,
@@ -22,7 +23,7 @@ from sparkv.commands.machine import profile_note
 from sparkv.commands.values import pos_float
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
-from sparkv.policies import POLICIES
+from sparkv.policies import DISK_POLICIES, NO_DISK_LANE, POLICIES
 from sparkv.sim import DEFAULT_MAX_TIME_S
 
 COLUMNS = [
@@ -42,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate policies on one scenario (SimPy model)")
     add_scenario_args(p)
     add_policy_config_arg(p)
-    p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)})")
+    add_local_args(p)
+    p.add_argument("--policy", action="append", help=f"policy to run, repeatable (default: all of {sorted(POLICIES)}; "
+                   f"with --local-chunks also {', '.join(DISK_POLICIES)}, and not {', '.join(NO_DISK_LANE)})")
     p.add_argument("--out", type=Path, help="folder for result JSON, timeline CSV and a Gantt PNG")
     p.add_argument("--max-sim-s", type=pos_float, default=DEFAULT_MAX_TIME_S,
                    help=f"simulated seconds a request may take before it counts as not finished "
@@ -65,8 +68,14 @@ def run(args: argparse.Namespace) -> int:
         f"{req.chunk_tokens}, trace {world.trace.name} ({world.trace.duration_s:.1f} s, looping; mean "
         f"{world.trace.mean_bps * 8 / 1e6:.2f} Mbit/s), device {world.profile.name}, codec {scenario.codec}"
     )
+    local = world.costs.local
+    if local is not None:
+        print(f"local KV: chunks {list(local.chunks)} of {req.num_chunks} on local disk (fp16), storage profile "
+              f"{local.curve.name}, queue depth {local.queue_depth}")
     if outcome.results:
-        print(format_table([r.summary() for r in outcome.results], COLUMNS))
+        rows = [{**r.summary(), "mb_read": r.extra.get("disk", {}).get("bytes_read", 0) / 1e6} for r in outcome.results]
+        columns = [*COLUMNS, ("mb_read", "read from disk MB", ".2f")] if local is not None else COLUMNS
+        print(format_table(rows, columns))
     for name, why in outcome.stalled.items():
         print(f"did not finish [{name}]: {why}")
     if outcome.needs_longer:

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from sparkv.commands.common import (
+    add_local_args,
     add_policy_config_arg,
     add_scenario_args,
     deprecated_alias,
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="real executor vs simulator on the same requests")
     add_scenario_args(p, RUN_DEFAULTS, trace=False)
     add_policy_config_arg(p)
+    add_local_args(p)
     p.add_argument("--trace", action="append", dest="traces",
                    help="trace file[?options], folder, glob or spec; repeatable (default: 10 real traces from "
                         "../shared/traces)")  # fmt: skip
