@@ -299,3 +299,23 @@ def test_simulate_with_local_chunks_runs_the_disk_baselines(capsys: pytest.Captu
     assert "disk+cake" in out and "oracle: not available" in out
     assert main(["simulate", *small, "--local-chunks", "half"]) == 2
     assert "--local-chunks: expected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", DISK_AWARE)
+def test_a_run_with_local_reads_replays_to_the_same_commands(name: str) -> None:
+    from sparkv.core.replay import replay
+
+    w = build_world(scenario(LocalKV((0, 1, 5))))
+    result = simulate(w, make_policy(name))
+    context = result.extra["context"]
+    fresh = make_policy(name)
+    fresh.begin(RequestContext(w.request, w.spec, CostTable.from_dict(context["costs"]), 0.0, context["speed_hint"]))
+    assert replay(fresh, result.log) == []
+
+
+def test_the_gantt_chart_shows_the_disk_lane(tmp_path: Path) -> None:
+    from sparkv.analysis.gantt import plot_gantt
+
+    w = build_world(scenario(LocalKV(2)))
+    results = [simulate(w, make_policy("disk+local")), simulate(w, make_policy("local"))]
+    assert plot_gantt(results, tmp_path / "g.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""Gantt chart of one or more Results: link and compute lanes, colour by kind of work."""
+"""Gantt chart of one or more Results: link and compute lanes (and the disk's, where a run read local KV),
+colour by kind of work."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ COLOURS = {
     "query": "#9467bd",
     "first_token": "#000000",
 }
+READ_COLOUR = "#8c564b"  # reads from local disk (in the legend only where a run has some)
 
 
 def _x_limit(ttfts: list[float]) -> float:
@@ -31,25 +33,31 @@ def _x_limit(ttfts: list[float]) -> float:
 
 
 def plot_gantt(results: list[Result], path: Path | str, title: str = "") -> Path:
-    """One pair of lanes (link, compute) per result, stacked; time in seconds. Each result's first token
-    is a black tick across its own two lanes, labelled with its policy and TTFT."""
+    """One pair of lanes (link, compute) per result, stacked, and a third (disk) for a result that read local
+    KV; time in seconds. Each result's first token is a black tick across its own lanes, labelled with its
+    policy and TTFT."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(11, 0.9 * len(results) + 1.5))
+    lanes_of = [("link", "compute", "disk") if any(s.lane == "disk" for s in r.spans) else ("link", "compute")
+                for r in results]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(11, 0.45 * sum(map(len, lanes_of)) + 1.5))
     labels: list[str] = []
     x_end = _x_limit([r.ttft_s for r in results])
-    for i, result in enumerate(results):
-        for j, lane in enumerate(("link", "compute")):
-            y = 2 * i + j
+    first = 0  # the result's first lane
+    colours = {**COLOURS, "read": READ_COLOUR}
+    for result, lanes in zip(results, lanes_of, strict=True):
+        for j, lane in enumerate(lanes):
+            y = first + j
             labels.append(f"{result.world}:{result.policy} {lane}")
             for span in result.spans:
                 if span.lane != lane:
                     continue
                 ax.barh(
                     y, span.end_s - span.start_s, left=span.start_s, height=0.8,
-                    color=COLOURS.get(span.kind, "grey"), edgecolor="white", linewidth=0.2,
+                    color=colours.get(span.kind, "grey"), edgecolor="white", linewidth=0.2,
                 )
-        top, bottom = 2 * i - 0.45, 2 * i + 1.45
+        top, bottom = first - 0.45, first + len(lanes) - 0.55
+        first += len(lanes)
         text = f"{result.policy} first token {result.ttft_s:.2f} s"
         if result.ttft_s <= x_end:
             ax.plot([result.ttft_s] * 2, [top, bottom], color=COLOURS["first_token"], linewidth=1.2)
@@ -62,8 +70,9 @@ def plot_gantt(results: list[Result], path: Path | str, title: str = "") -> Path
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("time since request start (s)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    ax.legend(handles, list(COLOURS), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    shown = colours if any(len(lanes) > 2 for lanes in lanes_of) else COLOURS
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in shown.values()]
+    ax.legend(handles, list(shown), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     ax.set_title(title or "timeline by lane (black tick: each run's first token)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -240,14 +240,16 @@ class RealSession:
         sensor = self.sensor
         link.start_clock()
         wall0 = time.perf_counter()
-        out, measured_j, _ = measure_energy(sensor, driver.run)
+        try:
+            out, measured_j, _ = measure_energy(sensor, driver.run)
+        finally:
+            if reader is not None:
+                reader.close()
         wall_ttft = time.perf_counter() - wall0
         t_gen = time.perf_counter()
         tokens = [out.first_token, *prefill.generate(max_new_tokens - 1)] if max_new_tokens > 1 else [out.first_token]
         gen_s = time.perf_counter() - t_gen
         client.close()
-        if reader is not None:
-            reader.close()
         tok = self.loaded.tokenizer
         text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
         energy = request_energy_j(out.spans, self.world.radio, self.world.profile.power, out.ttft_s)
