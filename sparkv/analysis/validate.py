@@ -230,7 +230,8 @@ def _progress_line(pair: Pair, name: str) -> str:
 
 def lane_ratios(real: Result) -> dict[str, list[float]]:
     """Measured / predicted seconds of each compute span of a real run, grouped by what else was going on:
-    "compute, link busy" (a transfer overlapped most of it), "compute, link idle", and "query" layers.
+    "compute, link busy" (a transfer overlapped most of it), "compute, link idle", and "query" layers; and of
+    each read from local disk ("disk read", where the run had local KV).
     The predictions are the run's own cost table, so these ratios show which cost the model misses."""
     costs = CostTable.from_dict(real.extra["context"]["costs"])
     links = [(s.start_s, s.end_s) for s in real.spans if s.lane == "link"]
@@ -245,6 +246,8 @@ def lane_ratios(real: Result) -> dict[str, list[float]]:
             out[key].append(dur / costs.compute_s(s.block))
         elif s.kind == "query" and s.layer >= 0:
             out["query"].append(dur / float(costs.query_layer_s[s.layer]))
+        elif s.kind == "read" and s.block is not None and costs.local is not None:
+            out.setdefault("disk read", []).append(dur / costs.local.read_s(s.block))
     return out
 
 
