@@ -90,10 +90,10 @@ def test_markdown_report_and_result_folder(sweep_dir: Path, tmp_path: Path) -> N
     assert text.startswith("# sparkv sweep report") and "| policy |" in text
     images = [line for line in text.splitlines() if line.startswith("![")]
     assert len(images) == 4 and all((md.parent / line.split("(")[1].rstrip(")")).is_file() for line in images)
-    folder = write_report(sweep_dir / "results", tmp_path / "res.html")  # Result JSONs only
+    folder = write_report(sweep_dir / "runs", tmp_path / "res.html")  # Result JSONs only (one folder per run)
     assert "sparkv results report" in folder.read_text()
     check_html(folder)
-    assert find_meta(sweep_dir / "results") == {}
+    assert find_meta(sweep_dir / "runs") == {}
 
 
 def test_validation_table(tmp_path: Path) -> None:

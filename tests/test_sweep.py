@@ -133,7 +133,8 @@ def test_cli_writes_table_and_metadata(
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["runs"] == 8 and meta["spec"]["axes"]["policy"] == ["local", "cake"]
     assert "python" in meta["versions"] and meta["machine"]["cpus"]
-    assert len(list((out / "results").glob("*.json"))) == 8
+    assert len(list((out / "runs").glob("*/result.json"))) == 8  # one folder per run, named by its job key
+    assert {f.parent.name for f in (out / "runs").glob("*/result.json")} == {r["job_key"] for r in rows}
     assert "runs/s" in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""A sweep under Ctrl-C, with stalled runs kept, and in a reused output folder."""
+"""A sweep under Ctrl-C or killed, with stalled runs kept, and in a reused output folder."""
 
 from __future__ import annotations
 
@@ -48,6 +48,22 @@ def test_ctrl_c_saves_partial_results_marked_partial(tmp_path: Path) -> None:
     assert meta["complete"] is False and meta["runs"] < meta["planned_runs"]
     assert "interrupted" in (out / "INCOMPLETE").read_text()
     assert len(read_csv(out / "results.csv")) == meta["runs"]
+    again, _ = _sweep(out, "--dry-run").communicate(timeout=120)  # the same command: what it would resume from
+    assert f"; {meta['runs']} already done in {out / 'runs'}" in again
+
+
+def test_a_killed_sweep_keeps_every_run_it_had_finished(tmp_path: Path) -> None:
+    out = tmp_path / "sw"
+    proc = _sweep(out)
+    deadline = time.monotonic() + 120
+    while not any((out / "runs").glob("*/row.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to save anything: only what was stored as it finished
+    proc.communicate(timeout=60)
+    stored = len(list((out / "runs").glob("*/row.json")))
+    assert stored > 0 and "running" in (out / "INCOMPLETE").read_text()
+    again, _ = _sweep(out, "--dry-run").communicate(timeout=120)
+    assert f"; {stored} already done" in again
 
 
 def test_a_reused_out_folder_is_not_mistaken_for_this_sweep(tmp_path: Path) -> None:
@@ -63,5 +79,5 @@ def test_a_reused_out_folder_is_not_mistaken_for_this_sweep(tmp_path: Path) -> N
     assert "earlier sweep" in run.stdout
     assert not (out / "INCOMPLETE").exists() and json.loads((out / "sweep.json").read_text())["complete"]
     assert read_csv(out / "results.csv")[0]["status"] == "stalled"  # the link goes silent
-    kept = list((out / "results").glob("*.stalled.json"))
+    kept = list((out / "runs").glob("*/stalled.json"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["status"] == "stalled"

@@ -6,6 +6,12 @@ An axis is a scenario or link field (`trace`, `bandwidth_scale`, `context_tokens
 broadcast). Trace values may be files, folders (every trace file in them; README/LICENSE files and
 mahimahi `.up` files beside a `.down` twin are skipped), globs, or synthetic specs. A run that stalls
 becomes a row with status `stalled` and the reason; it does not stop the sweep.
+
+Every point carries its job key (`sweep_store.job_key`: a hash of the run's full configuration). Given a
+`RunStore`, `run_sweep` takes the rows already stored under those keys and runs only the others, storing
+each finished batch's rows (and kept Result JSONs) as it arrives: an interrupted sweep resumes where it
+stopped. Workers return everything they produce; only the parent writes files, so the same code serves a
+Ray cluster whose workers do not share this machine's disk.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 from sparkv.analysis.backends import Backend, SerialBackend
 from sparkv.analysis.inputs import cached_spec, cached_trace
+from sparkv.analysis.sweep_store import RunStore, job_key
 from sparkv.analysis.tables import result_row, scenario_columns
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
@@ -84,7 +91,8 @@ def load_spec(path: Path) -> SweepSpec:
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every point of the sweep: {index, scenario (dict), policy}; checks names before anything runs."""
+    """Every point of the sweep: {index, key (job key), scenario (dict), policy}; checks names before anything
+    runs."""
     axes = dict(spec.axes)
     if "trace" in axes:
         axes["trace"] = expand_traces(axes["trace"])
@@ -111,7 +119,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             scenario = base.with_(**values)
         except (TypeError, ValueError) as exc:
             raise UserError(f"sweep point {values}: {exc}") from exc
-        points.append({"index": i, "scenario": scenario.to_dict(), "policy": policy})
+        data = scenario.to_dict()
+        points.append({"index": i, "key": job_key(data, policy), "scenario": data, "policy": policy})
     check_names(points)
     return points
 
@@ -175,8 +184,12 @@ def make_named_policy(name: str, world: Any = None) -> Policy:
     return make_policy(registered, **options)
 
 
-def run_point(scenario: Scenario, policy: str, keep: str | None = None, world: Any = None) -> dict[str, Any]:
-    """Simulate one point; always returns a row (status ok, stalled or error)."""
+FILES = "_files"  # key of a worker's row under which it returns files for the run's folder (name -> text)
+
+
+def run_point(scenario: Scenario, policy: str, keep: bool = False, world: Any = None) -> dict[str, Any]:
+    """Simulate one point; always returns a row (status ok, stalled or error). With `keep`, the row also
+    carries the Result JSON (or, for a stalled run, what it was and why it stopped) under FILES."""
     from sparkv.sim import SimulationStalled, build_world, simulate
 
     label = policy if not policy.endswith(".json") else f"{_policy_options(policy)[0]}:{Path(policy).stem}"
@@ -184,26 +197,26 @@ def run_point(scenario: Scenario, policy: str, keep: str | None = None, world: A
         world = world or build_world(scenario, cached_trace(scenario.trace), cached_spec(scenario.model))
         result = simulate(world, make_named_policy(policy, world), record=False)
     except SimulationStalled as exc:
+        row = _failed_row(scenario, label, "stalled", str(exc))
         if keep:  # a stalled run is kept too: what it was and why it did not finish
             record = {"status": "stalled", "error": str(exc), "policy": label, "needs_longer": exc.needs_longer,
-                      "config": {"scenario": scenario.to_dict(), "policy": policy}}
-            name = f"{label.replace(':', '-')}-{scenario_key(scenario)}.stalled.json"
-            (Path(keep) / name).write_text(json.dumps(record, indent=1) + "\n")
-        return _failed_row(scenario, label, "stalled", str(exc))
+                      "config": {"scenario": scenario.to_dict(), "policy": policy}}  # fmt: skip
+            row[FILES] = {"stalled.json": json.dumps(record, indent=1) + "\n"}
+        return row
     except (UserError, ValueError) as exc:
         return _failed_row(scenario, label, "error", str(exc))
     except Exception as exc:  # a bug in one policy should not end a long sweep; reported per row
         return _failed_row(scenario, label, "error", f"{type(exc).__name__}: {exc}")
     result.policy = label
+    row = result_row(result)
     if keep:
-        result.save(Path(keep) / f"{label.replace(':', '-')}-{scenario_key(scenario)}.json")
-    return result_row(result)
+        row[FILES] = {"result.json": json.dumps(result.to_dict(), indent=1)}
+    return row
 
 
 def scenario_key(scenario: Scenario) -> str:
-    """A short stable hash of a scenario, for file names."""
+    """A short stable hash of a scenario alone (a world is built once per key)."""
     import hashlib
-    import json
 
     return hashlib.sha1(json.dumps(scenario.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
@@ -233,12 +246,12 @@ def run_batch(task: dict[str, Any]) -> list[dict[str, Any]]:
                 last = (key, build_world(scenario, cached_trace(scenario.trace), cached_spec(scenario.model)))
             except (UserError, ValueError):
                 last = (key, None)  # run_point records the error
-        row = run_point(scenario, point["policy"], task.get("keep"), last[1])
-        rows.append({"index": point["index"], **row})
+        row = run_point(scenario, point["policy"], bool(task.get("keep")), last[1])
+        rows.append({"index": point["index"], "job_key": point["key"], **row})
     return rows
 
 
-def make_batches(points: list[dict[str, Any]], workers: int, keep: str | None = None) -> list[dict[str, Any]]:
+def make_batches(points: list[dict[str, Any]], workers: int, keep: bool = False) -> list[dict[str, Any]]:
     """Points grouped by trace, cut into about 4 batches per worker (at most 200 points each)."""
     ordered = sorted(points, key=lambda p: (p["scenario"]["trace"], p["index"]))
     size = max(1, min(200, math.ceil(len(ordered) / (4 * workers))))
@@ -253,19 +266,35 @@ class SweepInterrupted(Exception):
         self.rows, self.total = rows, total
 
 
-def run_sweep(points: list[dict[str, Any]], backend: Backend | None = None, keep: Path | None = None,
+def run_sweep(points: list[dict[str, Any]], backend: Backend | None = None, store: RunStore | None = None,
               progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Every point's row, in point order; SweepInterrupted (with the finished rows) on Ctrl-C."""
+    """Every point's row, in point order; SweepInterrupted (with the finished rows) on Ctrl-C.
+
+    With `store`, points whose job key it already holds are not run (their stored rows are used; see
+    `store.reused`), and every batch's rows are stored as the batch finishes; `store.keep_results` also
+    keeps each run's Result JSON in its folder."""
     from tqdm import tqdm
 
     backend = backend or SerialBackend()
-    if keep:
-        keep.mkdir(parents=True, exist_ok=True)
-    batches = make_batches(points, backend.workers, str(keep) if keep else None)
     rows: list[dict[str, Any]] = []
+    todo = points
+    if store is not None:
+        store.root.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for point in points:
+            stored = store.lookup(point["key"])
+            if stored is None:
+                todo.append(point)
+            else:
+                rows.append({"index": point["index"], **stored})
+    batches = make_batches(todo, backend.workers, store is not None and store.keep_results) if todo else []
     try:
-        with tqdm(total=len(points), unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=len(points), initial=len(rows), unit="run", disable=not progress, dynamic_ncols=True) as bar:
             for _, out in backend.imap(run_batch, batches):
+                for row in out:
+                    files = row.pop(FILES, None)
+                    if store is not None:
+                        store.store(row, files)
                 rows.extend(out)
                 bar.update(len(out))
                 stalled = sum(r["status"] != "ok" for r in rows)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparkv.analysis.sweep import SweepInterrupted, SweepSpec, expand, load_spec, run_sweep
+from sparkv.analysis.sweep_store import RunStore
 from sparkv.analysis.tables import summarise
 from sparkv.api.basics import frame
 from sparkv.core.config import Scenario
@@ -31,6 +32,12 @@ class SweepRun:
     workers: int
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    reused: int = 0  # rows taken from the runs folder, not computed (resume)
+
+    @property
+    def computed(self) -> int:
+        """Runs simulated by this call (the others were reused)."""
+        return len(self.rows) - self.reused
 
     @property
     def table(self) -> pd.DataFrame:
@@ -82,7 +89,9 @@ def sweep(
     jobs: int = 1,
     backend: str = "local",
     ray_address: str | None = None,
-    keep_results: str | Path | None = None,
+    runs: str | Path | None = None,
+    resume: bool = True,
+    keep_results: bool | str | Path = False,
     progress: bool = False,
     **axes: Any,
 ) -> SweepRun:
@@ -91,7 +100,10 @@ def sweep(
     Axes are keyword lists: trace (files with options, folders, globs, specs), bandwidth_scale, rtt_ms,
     chunk_tokens, context_tokens, model, device, codec, policy (names or config JSONs), radio, seed, any
     other scenario or link field. `jobs` > 1 runs local worker processes; backend="ray" uses Ray (at
-    `ray_address`, else a local one). `keep_results` saves every Result JSON in that folder.
+    `ray_address`, else a local one). `runs` is a folder with one sub-folder per run, named by its job key
+    (a hash of the run's full configuration): each finished run's row is stored there, and with `resume`
+    (the default) a run already stored there by the same sparkv code is not run again. `keep_results`
+    also saves each run's Result JSON in its folder (a path given here is taken as `runs`).
     """
     if ray_address is not None and backend != "ray":
         raise UserError(f"ray_address={ray_address!r} needs backend='ray' (got backend={backend!r})")
@@ -99,13 +111,18 @@ def sweep(
         raise UserError(f"jobs must be >= 1, got {jobs}")
     from sparkv.analysis.backends import make_backend
 
+    if isinstance(keep_results, str | Path):
+        runs, keep_results = runs or keep_results, True
+    if keep_results and runs is None:
+        raise UserError("keep_results needs a folder: pass runs=FOLDER (or keep_results=FOLDER)")
     plan = sweep_spec(base, mode=mode, spec=spec, **axes)
     points = expand(plan)
+    store = RunStore(Path(runs), keep_results=bool(keep_results), reuse=resume) if runs is not None else None
     runner = make_backend(backend, jobs, ray_address, preload=["sparkv.analysis.sweep"])
     start = time.perf_counter()
     interrupted = False
     try:
-        rows = run_sweep(points, runner, Path(keep_results) if keep_results else None, progress=progress)
+        rows = run_sweep(points, runner, store, progress=progress)
     except SweepInterrupted:  # Ctrl-C: its finished rows travel with it; running workers are stopped now
         interrupted = True
         raise
@@ -113,7 +130,8 @@ def sweep(
         runner.close(now=interrupted)
     wall_s = time.perf_counter() - start
     notes = _add_loop_columns(rows)
-    return SweepRun(plan, points, rows, runner.name, runner.workers, wall_s, notes)
+    reused = store.reused if store else 0
+    return SweepRun(plan, points, rows, runner.name, runner.workers, wall_s, notes, reused=reused)
 
 
 def _add_loop_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -148,6 +166,7 @@ def save_sweep(run: SweepRun, out: Path, argv: Sequence[str] = ()) -> dict[str, 
         written["parquet"] = parquet
     traces = list(dict.fromkeys(p["scenario"]["trace"] for p in run.points))
     meta = {"kind": "sweep", "spec": run.spec.to_dict(), "traces": traces, "runs": len(run.rows),
+            "computed": run.computed, "reused": run.reused,
             "status": run.counts(), "backend": run.backend, "workers": run.workers, "wall_s": run.wall_s,
             "notes": run.notes, "complete": True, "argv": list(argv), **provenance()}  # fmt: skip
     (out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sparkv.analysis.backends import BACKENDS, default_jobs
+from sparkv.analysis.backends import BACKENDS, choose_backend, default_jobs
 from sparkv.analysis.sweep import SweepInterrupted, SweepSpec, expand, load_spec
 from sparkv.analysis.tables import SUMMARY_COLUMNS, summarise
 from sparkv.commands.common import format_table, read_scenario_file
@@ -71,10 +71,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("grid", "list"), help="grid: cartesian product (default); list: zip the axes")
     p.add_argument("--backend", choices=BACKENDS, help="local processes (default) or ray (--ray-address implies it)")
     p.add_argument("--jobs", "-j", type=pos_int, default=default_jobs(), help="parallel workers (default: CPU count)")
-    p.add_argument("--ray-address", help="join this Ray cluster with --backend ray (default: start a local one)")
-    p.add_argument("--out", type=Path, default=Path("sweep-out"), help="output folder (default sweep-out)")
-    p.add_argument("--keep-results", action="store_true", help="also save every Result JSON under OUT/results/")
-    p.add_argument("--dry-run", action="store_true", help="print the number of runs and the axes, run nothing")
+    p.add_argument("--ray-address", "--address", dest="ray_address", help="join the Ray cluster at this address "
+                   "(host:port, or auto); implies --backend ray and is refused beside --backend local; "
+                   "--backend ray without it starts a local Ray")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("sweep-out"), help="output folder (default sweep-out): "
+                   "results.csv, sweep.json, and OUT/runs/KEY/ per run")  # fmt: skip
+    p.add_argument("--keep-results", action="store_true", help="also save every run's Result JSON in its folder "
+                   "OUT/runs/KEY/ (result.json, or stalled.json)")  # fmt: skip
+    p.add_argument("--fresh", action="store_true", help="compute every run again. By default a sweep resumes: each "
+                   "run's row is stored in OUT/runs/KEY/ as it finishes (KEY hashes the run's full configuration "
+                   "and input files), and a run already stored there by the same sparkv code is reused, not "
+                   "recomputed, so an interrupted sweep run again with the same --out finishes only the rest")
+    p.add_argument("--dry-run", action="store_true", help="print the number of runs (traces as expanded), the "
+                   "axes and how many are already done in --out; run nothing")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -109,22 +118,20 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
 
 def backend_from_args(args: argparse.Namespace) -> str:
     """--backend, with --ray-address implying ray (and refused beside an explicit --backend local)."""
-    if args.ray_address is not None:
-        if args.backend not in (None, "ray"):
-            raise UserError(f"--ray-address joins a Ray cluster: it needs --backend ray, not --backend {args.backend}")
-        return "ray"
-    return str(args.backend or "local")
+    return choose_backend(args.backend, args.ray_address)
 
 
 INCOMPLETE = "INCOMPLETE"  # a file in --out while a sweep runs, kept (saying why) if it did not finish
+RUNS = "runs"  # OUT/runs/KEY/: one folder per run (row.json; result.json or stalled.json with --keep-results)
 
 
-def mark_running(out: Path, runs: int) -> None:
-    """Mark --out as a sweep in progress; an earlier sweep's results there are moved aside, not left to look
-    like this one's."""
+def mark_running(out: Path, spec: SweepSpec, runs: int) -> None:
+    """Mark --out as a sweep in progress. An earlier sweep's tables there are moved aside, not left to look like
+    this one's, unless they are this same sweep's (a resume); OUT/runs is kept either way (its rows are
+    reused by job key, whichever grid computed them)."""
     out.mkdir(parents=True, exist_ok=True)
     old = [p for p in (out / "results.csv", out / "results.parquet", out / "sweep.json") if p.exists()]
-    if old:
+    if old and _earlier_spec(out) != spec.to_dict():
         aside = out / "previous"
         aside.mkdir(exist_ok=True)
         for p in old:
@@ -133,53 +140,66 @@ def mark_running(out: Path, runs: int) -> None:
     (out / INCOMPLETE).write_text(f"running: {runs} runs planned; results.csv is written at the end\n")
 
 
-def save_partial(stop: SweepInterrupted, spec: SweepSpec, out: Path) -> int:
+def _earlier_spec(out: Path) -> Any:
+    try:
+        return json.loads((out / "sweep.json").read_text()).get("spec")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def save_partial(stop: SweepInterrupted, spec: SweepSpec, out: Path, reused: int) -> int:
     """After Ctrl-C: the finished rows as results.csv, marked partial (INCOMPLETE, sweep.json); one line."""
     from sparkv.analysis.sweep import provenance
     from sparkv.analysis.tables import write_csv
 
     csv_path = write_csv(stop.rows, out / "results.csv")
     meta = {"kind": "sweep", "spec": spec.to_dict(), "runs": len(stop.rows), "planned_runs": stop.total,
-            "complete": False, "argv": sys.argv[1:], **provenance()}
+            "reused": reused, "complete": False, "argv": sys.argv[1:], **provenance()}  # fmt: skip
     (out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str))
     (out / INCOMPLETE).write_text(f"interrupted (Ctrl-C) after {len(stop.rows)} of {stop.total} runs: "
-                                  "results.csv holds only those\n")
-    print(f"sparkv sweep: interrupted: {len(stop.rows)} of {stop.total} runs saved to {csv_path} (marked partial)",
-          file=sys.stderr)
+                                  "results.csv holds only those; the same command resumes from the rest\n")
+    print(f"sparkv sweep: interrupted: {len(stop.rows)} of {stop.total} runs saved to {csv_path} (marked partial; "
+          "run the same command again to resume)", file=sys.stderr)  # fmt: skip
     return 130
 
 
 def run(args: argparse.Namespace) -> int:
     from sparkv import api
+    from sparkv.analysis.sweep_store import RunStore
 
     spec = spec_from_args(args)
     backend = backend_from_args(args)
     points = expand(spec)
     sizes = ", ".join(f"{k} x{n}" for k, n in axis_sizes(spec, points).items())
-    print(f"sweep: {len(points)} runs ({spec.mode}: {sizes or 'defaults'})"
-          + (f", backend ray at {args.ray_address}" if args.ray_address else ""))  # fmt: skip
+    runs_dir = args.out / RUNS
+    done = 0 if args.fresh else RunStore(runs_dir, keep_results=args.keep_results).count(p["key"] for p in points)
+    where = f", backend ray at {args.ray_address}" if args.ray_address else ", backend ray" if backend == "ray" else ""
+    print(f"sweep: {len(points)} runs ({spec.mode}: {sizes or 'defaults'}){where}"
+          + (f"; {done} already done in {runs_dir} (reused; --fresh recomputes them)" if done else ""))  # fmt: skip
     if args.dry_run:
         return 0
-    mark_running(args.out, len(points))
+    mark_running(args.out, spec, len(points))
     try:
         outcome = api.sweep(spec=spec, jobs=args.jobs, backend=backend, ray_address=args.ray_address,
-                            keep_results=args.out / "results" if args.keep_results else None,
+                            runs=runs_dir, resume=not args.fresh, keep_results=args.keep_results,
                             progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
     except SweepInterrupted as stop:
-        return save_partial(stop, spec, args.out)
+        return save_partial(stop, spec, args.out, done)
     written = api.save_sweep(outcome, args.out, sys.argv[1:])
     (args.out / INCOMPLETE).unlink(missing_ok=True)
     counts = outcome.counts()
     print(format_table(summarise(outcome.rows), SUMMARY_COLUMNS))
     wall_s = outcome.wall_s
-    print(f"{len(outcome.rows)} runs in {wall_s:.1f} s ({len(outcome.rows) / wall_s:.0f} runs/s, {outcome.backend} "
-          f"x{outcome.workers}); ok {counts['ok']}, stalled {counts['stalled']}, error {counts['error']}")  # fmt: skip
+    rate = f"{outcome.computed / wall_s:.0f} runs/s" if wall_s > 0 else "- runs/s"
+    print(f"{len(outcome.rows)} runs: {outcome.computed} computed in {wall_s:.1f} s ({rate}, {outcome.backend} "
+          f"x{outcome.workers}), {outcome.reused} reused from {runs_dir}; ok {counts['ok']}, "
+          f"stalled {counts['stalled']}, error {counts['error']}")  # fmt: skip
     for note in outcome.notes:
         print(f"note: {note}")
     errors = sorted({r["error"] for r in outcome.rows if r["status"] == "error"})
     for line in errors[:5]:
         print(f"error: {line}")
-    print("wrote " + ", ".join(str(p) for p in written.values()))
+    print("wrote " + ", ".join(str(p) for p in written.values()) + f", {runs_dir}/")
     return 1 if errors else 0
 
 
