@@ -1,5 +1,5 @@
 """Flags agree across commands: old names still work with a one-line note; --config reads TOML and JSON;
---ray-address implies ray; --dry-run counts the traces a folder expands to."""
+--ray-address implies ray (sweep and tune); --dry-run counts the traces a folder or glob expands to."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sparkv.analysis.backends import choose_backend, make_backend
 from sparkv.cli import build_parser, main
+from sparkv.core.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -56,16 +58,32 @@ def test_config_reads_toml_and_json(tmp_path: Path, suffix: str, capsys: pytest.
 def test_ray_address_implies_ray_and_refuses_local(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "--ray-address", "auto", "--dry-run", "--policy", "local"]) == 0
     assert "backend ray at auto" in capsys.readouterr().out
+    assert main(["sweep", "--address", "auto", "--dry-run", "--policy", "local"]) == 0  # the same flag
+    assert "backend ray at auto" in capsys.readouterr().out
     assert main(["sweep", "--ray-address", "auto", "--backend", "local", "--dry-run"]) == 2
     assert "--backend ray" in capsys.readouterr().err
+    # tune: refused before any work, never run locally instead
+    assert main(["tune", "--trace", "const:20mbps", "--ray-address", "auto", "--backend", "local"]) == 2
+    assert "--backend ray" in capsys.readouterr().err
+    with pytest.raises(UserError, match="ray backend"):
+        make_backend("local", 2, address="auto")
+    assert choose_backend(None, "auto") == "ray" and choose_backend(None, None) == "local"
 
 
-def test_dry_run_counts_the_traces_a_folder_expands_to(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_counts_the_traces_a_folder_or_glob_expands_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for i in range(3):
         (tmp_path / f"t{i}.csv").write_text("time_s,mbps\n0,5\n1,6\n")
     assert main(["sweep", "--trace", str(tmp_path), "--policy", "local,stream", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "6 runs" in out and "trace x3" in out and "policy x2" in out
+    (tmp_path / "README.md").write_text("about these traces\n")
+    (tmp_path / "t0.up").write_text("0\n")  # a mahimahi uplink half is read beside its downlink twin only
+    (tmp_path / "t0.down").write_text("0\n")
+    (tmp_path / "up-only.up").write_text("0\n")
+    assert main(["sweep", "--trace", str(tmp_path / "*"), "--policy", "local", "--dry-run"]) == 0
+    assert "5 runs" in capsys.readouterr().out  # t0..t2.csv, t0.down, up-only.up: not README.md, not t0.up
 
 
 def test_a_measured_profile_says_once_per_machine_which_machine_it_describes(

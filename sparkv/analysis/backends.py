@@ -131,9 +131,21 @@ class RayBackend:
             self._ray.shutdown()
 
 
+def choose_backend(name: str | None, address: str | None) -> str:
+    """The backend a command runs on: `name`, or ray when only a Ray address is given. A Ray address beside
+    another backend is refused, so that work meant for a cluster never runs quietly on this machine."""
+    if address is not None:
+        if name not in (None, "ray"):
+            raise UserError(f"--ray-address joins a Ray cluster: it needs --backend ray, not --backend {name}")
+        return "ray"
+    return name or "local"
+
+
 def make_backend(name: str = "local", jobs: int = 1, address: str | None = None,
                  preload: Sequence[str] = ()) -> Backend:  # fmt: skip
-    """A backend by name; `local` with one job runs in this process."""
+    """A backend by name; `local` with one job runs in this process. An address is for ray only."""
+    if address is not None and name != "ray":
+        raise UserError(f"a Ray address ({address}) needs the ray backend, not {name!r}")
     if name == "local":
         return SerialBackend() if jobs == 1 else LocalBackend(jobs, preload)
     if name == "ray":

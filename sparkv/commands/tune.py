@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkv.analysis.backends import BACKENDS, default_jobs, make_backend
+from sparkv.analysis.backends import BACKENDS, choose_backend, default_jobs, make_backend
 from sparkv.analysis.sweep import provenance
 from sparkv.analysis.tune import (
     STALL_PENALTY_S,
@@ -50,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                       ("--chunk-tokens", int, "tokens per chunk"), ("--rtt-ms", float, "round trip, ms")]  # fmt: skip
     for flag, kind, what in scenario_flags:
         p.add_argument(flag, type=kind, help=what)
-    p.add_argument("--backend", choices=BACKENDS, default="local", help="local processes (default) or ray")
+    p.add_argument("--backend", choices=BACKENDS, help="local processes (default) or ray (--ray-address implies it)")
     p.add_argument("--jobs", "-j", type=pos_int, default=default_jobs(), help="parallel workers (default: CPU count)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--ray-address", "--address", dest="ray_address", help="join the Ray cluster at this address "
+                   "(host:port, or auto); implies --backend ray and is refused beside --backend local; "
+                   "--backend ray without it starts a local Ray")  # fmt: skip
     p.add_argument("--out", type=Path, help="tuned config JSON (default tuned-POLICY.json)")
     p.set_defaults(func=run)
 
@@ -89,6 +91,7 @@ def _space(policy: str, args: argparse.Namespace, base: dict[str, Any]) -> list[
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    backend_name = choose_backend(args.backend, args.ray_address)  # before any work: a bad pair fails at once
     cls = config_class(args.policy)
     start = load_policy_config(args.start, args.policy).options["config"] if args.start else cls()
     base_config = config_to_dict(start)
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"training traces ({len(train)}): {', '.join(train)}")
     print(f"held-out traces ({len(test)}): {', '.join(test) or 'none'}")
     print("tuned parameters: " + ", ".join(_describe(p) for p in space))
-    backend = make_backend(args.backend, args.jobs, args.ray_address, preload=["sparkv.analysis.tune"])
+    backend = make_backend(backend_name, args.jobs, args.ray_address, preload=["sparkv.analysis.tune"])
     total = args.budget * len(train_sc)
     with tqdm(total=total, unit="run", disable=not sys.stderr.isatty(), dynamic_ncols=True) as bar:
         tuner = Tuner(args.policy, space, train_sc, base_config, args.energy_weight, args.stat, backend,

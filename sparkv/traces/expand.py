@@ -15,8 +15,9 @@ _DOC_FILES = ("readme", "license", "copying", "upstream")  # files in trace fold
 
 def expand_traces(values: Iterable[str]) -> list[str]:
     """Synthetic specs as given; files; folders recursively, sorted, skipping documentation and the uplink
-    half of mahimahi up/down pairs; globs. Loader options after `?` (`sparkv.traces.options`) go with every
-    file a folder or glob expands to. In the order given, without repeats; UserError if none is found."""
+    half of mahimahi up/down pairs; globs likewise (`dir/*` gives what `dir` gives). Loader options after `?`
+    (`sparkv.traces.options`) go with every file a folder or glob expands to. In the order given, without
+    repeats; UserError if none is found."""
     given = [str(v) for v in values]
     out: list[str] = []
     for value in given:
@@ -29,16 +30,23 @@ def expand_traces(values: Iterable[str]) -> list[str]:
             out.append(value)
             continue
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_doc(p))
-            found = [str(p) for p in files if not (p.suffix == ".up" and p.with_suffix(".down").exists())]
+            files = [str(p) for p in path.rglob("*")]
         elif any(ch in text for ch in "*?["):
-            found = sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            files = glob.glob(text, recursive=True)
         else:
             raise UserError(f"trace {value!r}: no such file, folder or glob match, and not a synthetic spec")
+        found = _trace_files(files)
         out.extend(join_trace_arg(p, options) for p in found)
     if not out:
         raise UserError(f"no traces found in {given}")
     return list(dict.fromkeys(out))
+
+
+def _trace_files(paths: Iterable[str]) -> list[str]:
+    """The trace files among `paths`, sorted: no folders, no documentation, no mahimahi `.up` whose `.down`
+    twin is among them."""
+    files = {p for p in paths if Path(p).is_file() and not _is_doc(Path(p))}
+    return sorted((p for p in files if not (p.endswith(".up") and p.removesuffix(".up") + ".down" in files)), key=Path)
 
 
 def _is_doc(path: Path) -> bool:
