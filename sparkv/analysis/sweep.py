@@ -20,7 +20,10 @@ import contextlib
 import itertools
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -291,11 +294,12 @@ def run_sweep(points: list[dict[str, Any]], backend: Backend | None = None, stor
     try:
         with tqdm(total=len(points), initial=len(rows), unit="run", disable=not progress, dynamic_ncols=True) as bar:
             for _, out in backend.imap(run_batch, batches):
-                for row in out:
-                    files = row.pop(FILES, None)
-                    if store is not None:
-                        store.store(row, files)
-                rows.extend(out)
+                with _sigint_deferred():  # a Ctrl-C here lands after: what is stored is what is reported
+                    for row in out:
+                        files = row.pop(FILES, None)
+                        if store is not None:
+                            store.store(row, files)
+                    rows.extend(out)
                 bar.update(len(out))
                 stalled = sum(r["status"] != "ok" for r in rows)
                 if stalled:
@@ -303,6 +307,26 @@ def run_sweep(points: list[dict[str, Any]], backend: Backend | None = None, stor
     except KeyboardInterrupt:
         raise SweepInterrupted(sorted(rows, key=lambda r: r["index"]), len(points)) from None
     return sorted(rows, key=lambda r: r["index"])
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while the block runs (main thread only: only it may set handlers); one that came
+    is raised after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(*caught[0])
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def provenance() -> dict[str, Any]:
