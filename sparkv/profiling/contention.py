@@ -156,7 +156,8 @@ def measure_receive_slowdown(
                     with _Receiver(client, link, prefill, codec, chunk_tokens, spec.num_layers) as rx:
                         r_round = _time_commands(prefill, past_chunks, layers, spec.num_layers)
                     share = meter.stop()
-                    if share is not None and share.foreign_cores > max_foreign_cores and tries < 3 * rounds:
+                    spare = 3 * rounds - tries >= rounds - kept  # tries enough left for the rounds still to do
+                    if share is not None and share.foreign_cores > max_foreign_cores and spare:
                         discarded += 1  # another process's load hit one half of the pair: not our contention
                         continue
                     kept += 1
