@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{int(table['replay_mismatches'].sum())} (0: every real decision reproduced)")  # fmt: skip
     figure = plot_pairs(table, args.out / "validation-ttft.png")
 
-    real = sparkv.run_real(base, policies, document="builtin", link="pacing", max_new_tokens=12,
+    # enough tokens for the whole answer ("The new password ... is saffron-876" is 15 tokens)
+    real = sparkv.run_real(base, policies, document="builtin", link="pacing", max_new_tokens=20,
                            bandwidth_scale="auto")  # fmt: skip
     answers = real.table[["policy", "ttft_s", "answer", "answer_matches"]]
     print(f"question: {real.question} (reference {real.reference!r})")
