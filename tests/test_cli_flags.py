@@ -99,3 +99,10 @@ def test_a_measured_profile_says_once_per_machine_which_machine_it_describes(
     assert "was measured on" not in capsys.readouterr().out  # once per machine
     assert main([*small, "--device", "analytic-cpu-2core"]) == 0
     assert "was measured on" not in capsys.readouterr().out  # an analytic profile describes no machine
+
+
+def test_real_run_flags_reach_the_api() -> None:
+    args = build_parser().parse_args(["run", "--keep-partial", "--background-load", "1", "--no-probe"])
+    assert args.keep_partial is True and args.background_load == 1 and args.probe is False
+    plain = build_parser().parse_args(["run"])
+    assert plain.keep_partial is False and plain.background_load == 0 and plain.probe is True

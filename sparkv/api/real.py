@@ -68,6 +68,7 @@ def run_real(
     on_start: Any = None,
     probe: bool = True,
     background_cores: int = 0,
+    keep_partial: bool = False,
 ) -> RealRun:
     """Run `policies` for real: the model prefilled layer by layer, a KV server process, a link replaying
     the trace (`link`: netns, pacing or auto). `document` is `builtin` or `FILE.jsonl[:INDEX][?fields]`
@@ -76,7 +77,9 @@ def run_real(
     `on_start(session)` is called once the link is up (the CLI prints what it uses). With `probe`, the
     device's compute speed is probed before each policy's run and handed to the policy (its
     `RequestContext.speed_hint`), so a policy plans with the machine's speed now, not the profile's;
-    `background_cores` busy processes run through the whole session (a loaded device)."""
+    `background_cores` busy processes run through the whole session (a loaded device). `keep_partial`: a
+    transfer that fails part-way keeps its complete cells (the simulator has no partial delivery, so such a
+    run's prediction and replay assume the whole transfer was lost)."""
     from sparkv.analysis.documents import load_document
 
     sc = scenario or Scenario()
@@ -95,6 +98,7 @@ def run_real(
         session = RealSession(session.scenario.with_(bandwidth_scale=scale), (context, question, answer),
                               link_kind=link, loaded=session.loaded)  # fmt: skip
     from sparkv.executor.background import BackgroundLoad
+    from sparkv.executor.driver import DriverConfig
 
     results: list[Result] = []
     with session, BackgroundLoad(background_cores):
@@ -103,7 +107,8 @@ def run_real(
         for name in names:
             speed = session.probe_speed() if probe else None
             hint = speed.factor if speed is not None else None
-            result = session.run(make_policy(name), max_new_tokens=max_new_tokens, speed_hint=hint)
+            config = DriverConfig(keep_partial=True) if keep_partial else None
+            result = session.run(make_policy(name), max_new_tokens=max_new_tokens, config=config, speed_hint=hint)
             result.policy = policy_label(name)
             if speed is not None:
                 result.extra["device_speed_probe"] = speed.to_dict()

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="plan with the profile's compute speed (default: probe the device's speed before each "
                         "policy's run, about a second, and plan with that)")
+    p.add_argument("--keep-partial", action="store_true",
+                   help="a transfer that fails part-way keeps the cells that arrived whole (off by default: the "
+                        "simulator does not model partial delivery)")
     p.add_argument("--background-load", type=int, default=0, metavar="CORES",
                    help="run this many CPU-bound processes through the runs (a loaded device; default 0)")
     p.set_defaults(func=run)
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     outcome = api.run_real(scenario, names, document=args.document, link=args.link, torch_device=args.torch_device,
                            max_new_tokens=args.max_new_tokens,
                            bandwidth_scale="auto" if args.bandwidth_scale is None else None, on_start=started,
-                           probe=args.probe, background_cores=args.background_load)
+                           probe=args.probe, background_cores=args.background_load,
+                           keep_partial=args.keep_partial)
     for r in outcome.results:
         probed = r.extra.get("device_speed_probe")
         if probed is not None:
