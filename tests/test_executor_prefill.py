@@ -202,3 +202,22 @@ def test_smollm2_chunked_prefill(tmp_path: Path) -> None:
     for (k, v), (k_ref, v_ref) in zip(prefill.cache_tensors(), kv_ref, strict=True):
         torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(v, v_ref, atol=1e-3, rtol=1e-4)
+
+
+def test_generation_ends_at_a_stop_token() -> None:
+    loaded, context, query = model("llama"), ids(64, 1), ids(7, 2)
+
+    def fresh() -> LayerwisePrefill:
+        prefill = LayerwisePrefill(loaded, context, query, chunk_tokens=32, max_new_tokens=12)
+        for chunk in range(prefill.num_chunks):
+            prefill.compute(chunk, 0, prefill.num_layers)
+        for layer in range(prefill.num_layers):
+            prefill.query_layer(layer)
+        return prefill
+
+    free = [fresh().first_token(), *fresh().generate(11)]
+    stop = free[3]
+    first = free.index(stop)
+    capped = fresh()
+    got = [capped.first_token(), *capped.generate(11, frozenset({stop}))]
+    assert got == free[: first + 1]  # everything up to and with the first stop token, nothing after

@@ -26,7 +26,7 @@ from sparkv.analysis.scoring import normalize_answer, option_letter, option_matc
 from sparkv.core.errors import UserError
 from sparkv.cost_models.codecs import KVCodec
 from sparkv.executor.model.hf_compat import forward_with_cache, new_dynamic_cache
-from sparkv.executor.model.models import LoadedModel
+from sparkv.executor.model.models import LoadedModel, eos_token_ids
 
 if TYPE_CHECKING:
     from sparkv.analysis.sparse_study import CellRecord
@@ -198,15 +198,6 @@ def compare(base: Generation, other: Generation) -> Agreement:
     p_log, q_log = base.query_logprobs, other.query_logprobs
     kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).clamp(min=0.0)  # [Q]
     return Agreement(a[0] == b[0], same / max(len(a), len(b)), a == b, float(kl.mean()))
-
-
-def eos_token_ids(loaded: LoadedModel) -> frozenset[int]:
-    """Tokens that end an answer: the tokenizer's and the generation config's end-of-sequence ids."""
-    ids: set[int] = set()
-    for source in (loaded.tokenizer, getattr(loaded.model, "generation_config", None)):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        ids.update([value] if isinstance(value, int) else list(value or []))
-    return frozenset(ids)
 
 
 def compare_codecs(

@@ -26,7 +26,7 @@ from sparkv.engine.world import World, build_world
 from sparkv.executor.driver import CellArrival, DriverConfig, RealDriver
 from sparkv.executor.model.kvstore import KVStore, KVStoreInfo, build_kv_store
 from sparkv.executor.model.localkv import LocalKVReader, LocalLayout, ensure_local_kv
-from sparkv.executor.model.models import LoadedModel, load_model
+from sparkv.executor.model.models import LoadedModel, eos_token_ids, load_model
 from sparkv.executor.model.prefill import LayerwisePrefill
 from sparkv.executor.model.smollm2 import SMOLLM2_NAMES, cache_root
 from sparkv.executor.model.speed import DeviceSpeed, availability_spec, probe_speed
@@ -247,7 +247,8 @@ class RealSession:
                 reader.close()
         wall_ttft = time.perf_counter() - wall0
         t_gen = time.perf_counter()
-        tokens = [out.first_token, *prefill.generate(max_new_tokens - 1)] if max_new_tokens > 1 else [out.first_token]
+        stop = eos_token_ids(self.loaded)  # the answer ends at the model's end of turn, not at max_new_tokens
+        tokens = [out.first_token, *prefill.generate(max_new_tokens - 1, stop)]
         gen_s = time.perf_counter() - t_gen
         client.close()
         tok = self.loaded.tokenizer

@@ -249,3 +249,12 @@ def pre_tokenizers_byte(ch: str) -> int:
         return ord(ch)
     missing = [b for b in range(256) if b not in printable]
     return missing[ord(ch) - 256]
+
+
+def eos_token_ids(loaded: LoadedModel) -> frozenset[int]:
+    """Tokens that end an answer: the tokenizer's and the generation config's end-of-sequence ids."""
+    ids: set[int] = set()
+    for source in (loaded.tokenizer, getattr(loaded.model, "generation_config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        ids.update([value] if isinstance(value, int) else list(value or []))
+    return frozenset(ids)

@@ -174,12 +174,15 @@ class LayerwisePrefill:
             self.tokens.append(int(logits[0].argmax()))
         return self.tokens[0]
 
-    def generate(self, n: int) -> list[int]:
-        """n more greedy tokens after those produced so far, each attending to the whole cache."""
+    def generate(self, n: int, stop: frozenset[int] = frozenset()) -> list[int]:
+        """Up to n more greedy tokens after those produced so far, each attending to the whole cache; ends
+        after a token in `stop` (an end-of-sequence id), which is kept."""
         self.first_token()
         out: list[int] = []
         with torch.inference_mode():
             for _ in range(n):
+                if self.tokens[-1] in stop:
+                    break
                 pos = self.context_tokens + self.request.query_tokens + len(self.tokens) - 1
                 if pos >= self.capacity:
                     raise ValueError(f"cache holds {self.capacity} positions; raise max_new_tokens")
