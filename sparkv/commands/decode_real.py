@@ -37,6 +37,7 @@ from sparkv.executor.model.decode_run import (
 from sparkv.executor.model.decode_storage import run_real_storage_decode
 from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
 from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
+from sparkv.executor.model.smollm2 import cache_root
 from sparkv.policies.decode import make_decode_policy
 from sparkv.sim.decode import build_decode_world, simulate_decode
 from sparkv.sim.decode_storage import run_storage_decode_sim
@@ -49,8 +50,9 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate", action="store_true",
                    help="real runs, then the simulator replaying each run's scores: step-time error, same decisions")
     p.add_argument("--hf-model", default="smollm2", help="model for --real: smollm2, tiny, or a HF directory")
-    p.add_argument("--kv-dir", type=Path, default=Path("sparkv-kv"),
-                   help="folder for the KV files (on a disk: O_DIRECT; default ./sparkv-kv)")
+    p.add_argument("--kv-dir", type=Path, default=cache_root() / "decode-kv",
+                   help="folder for the KV files, hundreds of MB (on a disk: O_DIRECT; default "
+                        "$SPARKV_CACHE/decode-kv, ~/.cache/sparkv/decode-kv)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for real decode (default 1)")
     p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")
     p.add_argument("--calibrate", choices=("joint", "per-policy"), default="joint",
