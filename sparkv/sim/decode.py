@@ -26,6 +26,7 @@ from sparkv.engine.decode import DecodeEngine, ReadJob
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
 from sparkv.policies.decode.storage_scoring import StorageScoring
 from sparkv.sim.decode_storage import run_storage_decode_sim
+from sparkv.sim.storage_lane import StorageLane
 from sparkv.traces.scores import ScoreTrace, get_score_trace
 
 
@@ -92,7 +93,7 @@ def run_decode_sim(
     kind, ahead = policy.score_kind, policy.lookahead_layers
     num_layers, slot, depth = geo.num_layers, geo.slot_bytes, sc.queue_depth
     score_cost = {"none": 0.0, "predicted": compute.per_scored_token_s, "exact": compute.per_exact_token_s}[kind]
-    free_at = [0.0]  # when the storage lane is next free
+    lane = StorageLane(storage, depth)
     pred_arr = trace.predicted if kind == "predicted" else None
     exact_arr = trace.exact if kind == "exact" else None
     if (kind == "predicted" and pred_arr is None) or (kind == "exact" and exact_arr is None):
@@ -104,11 +105,7 @@ def run_decode_sim(
         pred = pred_arr[step, layer, :full] if pred_arr is not None else None
         exact = exact_arr[step, layer, :full] if exact_arr is not None else None
         plan, job = engine.plan(ScoresReady(at_s, step, layer, full, pred, exact))
-        if not job.requests:
-            return len(plan.attend), job, at_s, at_s
-        start = max(at_s, free_at[0])
-        end = start + storage.batch_s([n * slot for _, n in job.requests], depth)
-        free_at[0] = end
+        start, end = lane.book([n * slot for _, n in job.requests], at_s)
         return len(plan.attend), job, start, end
 
     def run() -> Generator[simpy.events.Event, Any, None]:

@@ -26,6 +26,7 @@ from sparkv.cost_models.storage import StorageProfile
 from sparkv.engine.decode import DecodeEngine, ReadJob
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
 from sparkv.policies.decode.storage_scoring import StorageScoring
+from sparkv.sim.storage_lane import StorageLane
 from sparkv.traces.scores import ScoreTrace
 
 
@@ -77,7 +78,7 @@ def run_storage_decode_sim(
     pred_arr = trace.predicted
     num_layers, slot, depth, g = geo.num_layers, geo.slot_bytes, sc.queue_depth, geo.group_tokens
     macs = spec.num_attention_heads * spec.head_dim
-    free_at = [0.0]
+    lane = StorageLane(storage, depth)
     totals = {"ssd_modelled_s": 0.0, "host_score_s": 0.0, "key_read_s": 0.0}
 
     def score(step: int, layer: int, t0: float) -> float:
@@ -88,9 +89,7 @@ def run_storage_decode_sim(
         c1 = h1
         if sp.cpu:
             sizes = [plane_span(first, n, rec)[1] for first, n in runs(sp.cpu)]
-            k0 = max(t0, free_at[0])
-            k1 = k0 + storage.batch_s(sizes, depth)
-            free_at[0] = k1
+            k0, k1 = lane.book(sizes, t0)
             c1 = max(h1, k1) + host.cpu_s(len(sp.cpu) * g)
             totals["key_read_s"] += k1 - k0
             if record:
@@ -108,11 +107,7 @@ def run_storage_decode_sim(
     def issue(step: int, layer: int, at_s: float) -> tuple[int, ReadJob, float, float]:
         full = engine.full_groups
         plan, job = engine.plan(ScoresReady(at_s, step, layer, full, pred_arr[step, layer, :full], None))
-        if not job.requests:
-            return len(plan.attend), job, at_s, at_s
-        start = max(at_s, free_at[0])
-        end = start + storage.batch_s([n * slot for _, n in job.requests], depth)
-        free_at[0] = end
+        start, end = lane.book([n * slot for _, n in job.requests], at_s)
         return len(plan.attend), job, start, end
 
     def run() -> Generator[simpy.events.Event, Any, None]:
