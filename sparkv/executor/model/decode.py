@@ -15,6 +15,7 @@ Shapes: KV key/value heads, H query heads, hd head dim, T tokens; batch 1 is lef
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,6 +249,21 @@ class SparseDecoder:
 
 
 CACHE_FILE = "decode-cache.pt"
+
+
+def append_filled_group(
+    decoder: SparseDecoder, files: KVFiles, pools: list[SlotPool], group: int,
+    also: Callable[[int, int, Tensor], None] | None = None,
+) -> None:
+    """At a step's end, the tail group that just filled is written to every layer's file, added to the key
+    metadata and kept in the layer's pool; `also(layer, group, kv)` for whatever else a policy keeps of it."""
+    for layer, pool in enumerate(pools):
+        kv = decoder.take_full_tail(layer)
+        files.write_groups(layer, group, kv[None].to(torch.float16).numpy())
+        decoder.append_metadata(layer, group, kv)
+        if also is not None:
+            also(layer, group, kv)
+        pool.put(group, kv)
 
 
 def save_cache(folder: Path, cache: CacheBuild, tokens: int) -> None:

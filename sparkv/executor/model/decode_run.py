@@ -29,6 +29,7 @@ from sparkv.executor.model.decode import (
     CacheBuild,
     SlotPool,
     SparseDecoder,
+    append_filled_group,
     build_cache,
     calibrate_projections,
     load_cache,
@@ -208,12 +209,7 @@ def run_real_decode(
                     pools[layer].retain(set(plan.keep))
                 tokens.append(int(decoder.logits(x).argmax()))
                 if engine.appends_at_step_end:
-                    group = engine.full_groups
-                    for layer in range(geo.num_layers):
-                        kv = decoder.take_full_tail(layer)
-                        setup.files.write_groups(layer, group, kv[None].to(torch.float16).numpy())
-                        decoder.append_metadata(layer, group, kv)
-                        pools[layer].put(group, kv)
+                    append_filled_group(decoder, setup.files, pools, engine.full_groups)
                 engine.step_end(step, now())
     finally:
         reader.close()

@@ -22,7 +22,7 @@ from sparkv.core.decode import DecodeGeometry, DecodeScenario, DecodeSpan
 from sparkv.core.result import Result
 from sparkv.cost_models.smartssd import MODELLED, SmartSSDProfile
 from sparkv.engine.decode import DecodeEngine
-from sparkv.executor.model.decode import CacheBuild, SlotPool, SparseDecoder
+from sparkv.executor.model.decode import CacheBuild, SlotPool, SparseDecoder, append_filled_group
 from sparkv.executor.model.keyplane_file import KeyPlane
 from sparkv.executor.model.keyscore import dequantize_keys, quantize_query, score_records, token_scores
 from sparkv.executor.model.kvfile import GroupReader, KVFiles
@@ -76,6 +76,10 @@ def run_real_storage_decode(
     bits = int(getattr(getattr(policy, "settings", None), "bits", 8))
     plane = build_key_plane(setup, bits)
     pools = [SlotPool(lay, capacity=max(16, len(r))) for r in engine.resident]
+
+    def plane_append(layer: int, group: int, kv: torch.Tensor) -> None:
+        """A group that filled during decoding joins the quantised key plane the drive scores."""
+        plane.write(layer, group, kv[0].to(torch.float16).float().reshape(1, lay.group_tokens, -1).numpy())
     reader = GroupReader(setup.files, sc.queue_depth)
     for layer, pool in enumerate(pools):  # what the hot pool holds at the start is in memory, untimed
         groups = sorted(engine.resident[layer])
@@ -161,14 +165,7 @@ def run_real_storage_decode(
                     pools[layer].retain(set(plan.keep))
                 tokens.append(int(decoder.logits(x).argmax()))
                 if engine.appends_at_step_end:
-                    group = engine.full_groups
-                    for layer in range(geo.num_layers):
-                        kv = decoder.take_full_tail(layer)
-                        setup.files.write_groups(layer, group, kv[None].to(torch.float16).numpy())
-                        decoder.append_metadata(layer, group, kv)
-                        plane.write(layer, group, kv[0].to(torch.float16).float().reshape(1, lay.group_tokens, -1)
-                                    .numpy())  # fmt: skip
-                        pools[layer].put(group, kv)
+                    append_filled_group(decoder, setup.files, pools, engine.full_groups, also=plane_append)
                 engine.step_end(step, now())
     finally:
         reader.close()
