@@ -57,17 +57,18 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, max(mmap.PAGESIZE, -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE))
 
 
-def _open(path: Path, flags: int, what: str) -> int:
+def open_direct(path: Path, flags: int, label: str = "KV file", what: str = "") -> int:
+    """`os.open` with O_DIRECT (where the OS has it); every failure is one line naming the `label`ed file."""
     try:
         return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644)
     except FileNotFoundError as exc:
-        raise UserError(f"KV file {path} is missing ({what})") from exc
+        raise UserError(f"{label} {path} is missing" + (f" ({what})" if what else "")) from exc
     except PermissionError as exc:
-        raise UserError(f"KV file {path} is not {'writable' if flags & os.O_WRONLY else 'readable'}") from exc
+        raise UserError(f"{label} {path} is not {'writable' if flags & os.O_WRONLY else 'readable'}") from exc
     except OSError as exc:
         if exc.errno == errno.EINVAL:
-            raise UserError(f"the file system of {path} does not support O_DIRECT; put the KV files on a disk") from exc
-        raise UserError(f"cannot open KV file {path}: {exc.strerror}") from exc
+            raise UserError(f"the file system of {path} does not support O_DIRECT; keep {label}s on a disk") from exc
+        raise UserError(f"cannot open {label} {path}: {exc.strerror}") from exc
 
 
 class KVFiles:
@@ -92,7 +93,7 @@ class KVFiles:
         size = layout.capacity_groups * layout.slot_bytes
         fds = []
         for layer in range(layout.num_layers):
-            fd = _open(layout.layer_path(folder, layer), os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create")
+            fd = open_direct(layout.layer_path(folder, layer), os.O_RDWR | os.O_CREAT | os.O_TRUNC, what="create")
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
@@ -118,7 +119,7 @@ class KVFiles:
         fds: list[int] = []
         for layer in range(layout.num_layers):
             path = layout.layer_path(folder, layer)
-            fd = _open(path, os.O_RDWR, "open")
+            fd = open_direct(path, os.O_RDWR, what="open")
             need = layout.groups * layout.slot_bytes
             have = os.fstat(fd).st_size
             if have < need:

@@ -11,7 +11,6 @@ the reads and of installing the cells.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import numpy as np
 from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock, Request
 from sparkv.cost_models.local import LOCAL_ALIGN, local_cell_bytes
-from sparkv.executor.model.kvfile import aligned_buffer, submit_reads
+from sparkv.executor.model.kvfile import aligned_buffer, open_direct, submit_reads
 
 CellSource = Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (chunk, layer) -> K, V [KV, tokens, hd]
 DATA_FILE = "cells.kv"
@@ -61,19 +60,6 @@ class LocalLayout:
         return (layer * self.num_chunks + chunk) * self.stride
 
 
-def _open_direct(path: Path, flags: int) -> int:
-    try:
-        return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644)
-    except FileNotFoundError as exc:
-        raise UserError(f"local KV file {path} is missing") from exc
-    except PermissionError as exc:
-        raise UserError(f"local KV file {path} is not {'writable' if flags & os.O_WRONLY else 'readable'}") from exc
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            raise UserError(f"the file system of {path} does not support O_DIRECT; keep local KV on a disk") from exc
-        raise UserError(f"cannot open local KV file {path}: {exc.strerror}") from exc
-
-
 def read_layout(folder: Path) -> LocalLayout | None:
     meta = folder / META_FILE
     if not meta.is_file():
@@ -93,7 +79,7 @@ def write_local_kv(folder: Path, layout: LocalLayout, cell: CellSource) -> None:
         (folder / META_FILE).unlink(missing_ok=True)
     except OSError as exc:
         raise UserError(f"local KV folder {folder} is not writable: {exc.strerror}") from exc
-    fd = _open_direct(folder / DATA_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    fd = open_direct(folder / DATA_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "local KV file")
     try:
         os.ftruncate(fd, layout.num_layers * layout.num_chunks * layout.stride)
         buf = aligned_buffer(layout.stride)
@@ -135,7 +121,7 @@ class LocalKVReader:
         if layout is None:
             raise UserError(f"local KV folder {folder} has no {META_FILE} (write it with sparkv run --local-chunks)")
         self.layout, self.queue_depth = layout, queue_depth
-        self.fd = _open_direct(folder / DATA_FILE, os.O_RDONLY)
+        self.fd = open_direct(folder / DATA_FILE, os.O_RDONLY, "local KV file")
         need = layout.num_layers * layout.num_chunks * layout.stride
         if os.fstat(self.fd).st_size < need:
             os.close(self.fd)
