@@ -5,6 +5,7 @@ real run's attention (same decisions, same bytes), bit errors, and the modelled 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from sparkv.cost_models.kelle import (
     uniform_refresh,
 )
 from sparkv.engine.decode import replay_decode
-from sparkv.executor.model.kelle_run import BitErrors, KelleSetup, prepare_kelle, run_kelle_real
+from sparkv.executor.model.kelle_run import PREFILL_FILE, BitErrors, KelleSetup, prepare_kelle, run_kelle_real
 from sparkv.executor.model.models import tiny_model
 from sparkv.policies.decode import make_decode_policy
 from sparkv.policies.decode.base import DecodeContext
@@ -195,3 +196,26 @@ def test_bit_errors_hit_the_stored_kv_at_the_modelled_rate(setup: KelleSetup) ->
     assert none.stats()["flipped_bits"] == 0
     plain = run_kelle_real(setup, make_decode_policy("h2o", budget_tokens=32))
     assert clean.tokens == plain.tokens
+
+
+def test_kv_folder_keeps_the_prefill_and_a_second_setup_reuses_it(tmp_path: Path) -> None:
+    loaded = tiny_model("llama", num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=4)  # x is stored (no GQA)
+    ids = torch.randint(0, 256, (SCENARIO.context_tokens,), generator=torch.Generator().manual_seed(0))
+    memory = prepare_kelle(loaded, ids, SCENARIO)
+    first = prepare_kelle(loaded, ids, SCENARIO, tmp_path / "kv")
+    assert memory.path is None and not memory.reused
+    assert first.path == tmp_path / "kv" / PREFILL_FILE and first.path.is_file() and not first.reused
+    again = prepare_kelle(loaded, ids, SCENARIO.with_(steps=SCENARIO.steps + 3), tmp_path / "kv")
+    assert again.reused and "read from" in again.prefill.source
+    total = SCENARIO.context_tokens
+    for a, b in zip(memory.store.k + memory.store.v, again.store.k + again.store.v, strict=True):
+        assert torch.equal(a[:, :total], b[:, :total]) and torch.isnan(b[:, total:]).all()
+    assert memory.store.x is not None and again.store.x is not None
+    assert all(torch.equal(a[:total], b[:total]) for a, b in zip(memory.store.x, again.store.x, strict=True))
+    policy = make_decode_policy("h2o", budget_tokens=24)
+    assert run_kelle_real(again, policy).tokens[: SCENARIO.steps + 1] == run_kelle_real(
+        memory, make_decode_policy("h2o", budget_tokens=24)).tokens  # fmt: skip
+    other = ids.clone()
+    other[5] = (other[5] + 1) % 256  # another context: computed again, the folder's file replaced
+    assert not prepare_kelle(loaded, other, SCENARIO, tmp_path / "kv").reused
+    assert prepare_kelle(loaded, other, SCENARIO, tmp_path / "kv").reused

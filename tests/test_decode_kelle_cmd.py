@@ -41,3 +41,14 @@ def test_validate_on_a_tiny_model_matches_bytes(tmp_path: Path, capsys: pytest.C
 def test_a_budget_too_small_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "--policy", "aerp", "--steps", "2", "--head-budget", "8"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_real_per_head_runs_keep_their_prefill_in_the_kv_dir(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    argv = ["decode", "--real", "--hf-model", "tiny", "--policy", "h2o", "--context-tokens", "64", "--steps", "3",
+            "--head-budget", "24", "--kv-dir", str(tmp_path / "kv")]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "kv" / "kelle-prefill.pt").is_file()
+    assert f"saved to {tmp_path / 'kv'}" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert f"prefill read from {tmp_path / 'kv'}" in capsys.readouterr().out

@@ -235,9 +235,10 @@ def _setup(args: argparse.Namespace, scenario: DecodeScenario) -> Any:
     loaded = _loaded(args.hf_model)
     torch.set_num_threads(args.threads)
     ids = _tokens(loaded, scenario.context_tokens, scenario.seed)
-    setup = prepare_kelle(loaded, ids, scenario)
-    print(f"real per-head decode: {loaded.model_id}, {scenario.context_tokens} tokens prefilled with explicit "
-          f"attention ({setup.build_s:.1f} s)")  # fmt: skip
+    setup = prepare_kelle(loaded, ids, scenario, args.kv_dir)
+    how = (f"prefill read from {setup.path}" if setup.reused
+           else f"prefilled with explicit attention, saved to {setup.path}")  # fmt: skip
+    print(f"real per-head decode: {loaded.model_id}, {scenario.context_tokens} tokens {how} ({setup.build_s:.1f} s)")
     print(_spec_dims(loaded.spec))
     return setup
 
@@ -337,7 +338,7 @@ def perplexity(args: argparse.Namespace, scenario: DecodeScenario, names: list[s
     docs = _doc_tokens(loaded, args.documents, args.doc_count, prefix + steps + 1)
     rows: list[dict[str, Any]] = []
     for index, ids in docs:
-        setup = prepare_kelle(loaded, ids[:prefix], sc)
+        setup = prepare_kelle(loaded, ids[:prefix], sc, args.kv_dir)
         teacher = ids[prefix : prefix + steps + 1].tolist()
         for budget in budgets(args):
             for name in ["full", *[n for n in names if ALIASES.get(n, n) != "full"]]:
@@ -398,7 +399,7 @@ def task_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list
         for task in make_tasks(kinds, length, depths, args.instances):
             ids = _prompt_ids(loaded, task, length)
             sc = scenario.with_(context_tokens=int(ids.shape[0]), steps=ANSWER_STEPS, seed=task.seed)
-            setup = prepare_kelle(loaded, ids, sc)
+            setup = prepare_kelle(loaded, ids, sc, args.kv_dir)
             answers: dict[str, float] = {}
             for budget in budgets(args):
                 row: dict[str, Any] = {"kind": task.kind, "length": length, "depth": task.depth, "budget": budget}
@@ -448,7 +449,7 @@ def refresh_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
     edram = MemoryConfig("eDRAM", kelle_configs()[1].onchip)
     rows: list[dict[str, Any]] = []
     for index, ids in docs:
-        setup = prepare_kelle(loaded, ids[:prefix], sc)
+        setup = prepare_kelle(loaded, ids[:prefix], sc, args.kv_dir)
         teacher = ids[prefix : prefix + steps + 1].tolist()
         clean = run_kelle_real(setup, head_policy("aerp", budget, prefix + steps), teacher=teacher)
         traffic = TokenTraffic.from_stats((clean.result.decode or {})["policy_stats"], "aerp clean run")

@@ -14,8 +14,11 @@ Shapes: KV key/value heads, H query heads, hd head dim, T tokens, D hidden; batc
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,7 @@ from sparkv.policies.decode.base import DecodeContext
 from sparkv.policies.decode.kelle import HeadBudget, HeadPrefill, RecomputeRule
 
 PREFILL_CHUNK = 256
+PREFILL_FILE = "kelle-prefill.pt"  # in the KV folder: the per-head prefill of the last context, tagged
 
 
 def _math(loaded: LoadedModel) -> LlamaMath:
@@ -79,24 +83,30 @@ class KelleSetup:
     store: KelleStore
     first_token: int
     build_s: float
+    reused: bool = False  # the prefill was read from the KV folder, not computed
+    path: Path | None = None  # the prefill file in the KV folder (None: kept in memory only)
+
+
+@dataclass(eq=False)
+class _Prefilled:
+    """What the explicit-attention prefill of a context gives: its K/V and inputs, importance, first token."""
+
+    k: list[Tensor]  # [KV, T, hd] float16 per layer
+    v: list[Tensor]
+    x: list[Tensor] | None  # [T, D] float16 per layer, only where the recompute rule can save memory
+    importance: list[Tensor]  # [KV, T] float64 per layer
+    first_token: int
 
 
 @torch.inference_mode()
-def prepare_kelle(loaded: LoadedModel, ids: Tensor, scenario: DecodeScenario) -> KelleSetup:
-    """Prefill `ids` with explicit attention; KV and (where useful) inputs stored with room for the steps."""
-    if scenario.group_tokens != 1:
-        raise UserError("per-head decode (aerp, h2o) works per token: use -G 1")
-    if int(ids.shape[0]) != scenario.context_tokens:
-        raise UserError(f"the context has {int(ids.shape[0])} tokens, the scenario {scenario.context_tokens}")
-    t0 = time.perf_counter()
+def _prefill(loaded: LoadedModel, ids: Tensor) -> _Prefilled:
+    """Prefill `ids` in chunks with explicit attention, accumulating each token's received attention per head."""
     math = _math(loaded)
     spec = loaded.spec
     rule = RecomputeRule(spec.hidden_size, spec.num_kv_heads, spec.head_dim)
-    total, cap = int(ids.shape[0]), int(ids.shape[0]) + scenario.steps + 1
+    total = int(ids.shape[0])
     kvh, hd, heads = spec.num_kv_heads, spec.head_dim, spec.num_attention_heads
-    ks = [torch.full((kvh, cap, hd), float("nan"), dtype=torch.float16) for _ in range(spec.num_layers)]
-    vs = [torch.full((kvh, cap, hd), float("nan"), dtype=torch.float16) for _ in range(spec.num_layers)]
-    xs = [torch.full((cap, spec.hidden_size), float("nan"), dtype=torch.float16)
+    xs = [torch.empty((total, spec.hidden_size), dtype=torch.float16)
           for _ in range(spec.num_layers)] if rule.ever_saves else None  # fmt: skip
     imp = [torch.zeros(kvh, total, dtype=torch.float64) for _ in range(spec.num_layers)]
     kf = [torch.zeros(kvh, total, hd) for _ in range(spec.num_layers)]
@@ -122,14 +132,78 @@ def prepare_kelle(loaded: LoadedModel, ids: Tensor, scenario: DecodeScenario) ->
             out = probs @ vf[layer][:, :end].repeat_interleave(group, dim=0)  # [H, n, hd]
             x = math.finish(layer, x, out.transpose(0, 1).reshape(n, -1))
         last = x[-1]
-    for layer in range(spec.num_layers):
-        ks[layer][:, :total] = kf[layer].to(torch.float16)
-        vs[layer][:, :total] = vf[layer].to(torch.float16)
     first = int(math.head(last[None])[0].argmax())
-    prefill = HeadPrefill(kvh, hd, spec.hidden_size, 2, [t.numpy() for t in imp],
-                          source=f"real prefill of {total} tokens, {loaded.model_id}")  # fmt: skip
+    return _Prefilled([t.to(torch.float16) for t in kf], [t.to(torch.float16) for t in vf], xs, imp, first)
+
+
+def prefill_tag(loaded: LoadedModel, ids: Tensor) -> str:
+    """What a per-head prefill depends on: the model (weights and dtype, via its id) and the context's tokens."""
+    h = hashlib.sha256(f"kelle-prefill|{loaded.model_id}".encode())
+    h.update(ids.numpy().astype(np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_prefill(path: Path, tag: str) -> _Prefilled | None:
+    """The prefill saved at `path` if it was built from the same model and context (its tag), else None."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError):
+        return None
+    if not isinstance(data, dict) or data.get("tag") != tag:
+        return None
+    return _Prefilled(data["k"], data["v"], data["x"], data["importance"], int(data["first_token"]))
+
+
+def _save_prefill(path: Path, tag: str, pre: _Prefilled) -> None:
+    """Write the prefill beside the other KV files (one per folder; a partial write never replaces a good one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"tag": tag, "k": pre.k, "v": pre.v, "x": pre.x, "importance": pre.importance,
+                    "first_token": pre.first_token}, tmp)  # fmt: skip
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"KV folder {path.parent} is not writable: {exc.strerror}") from exc
+
+
+@torch.inference_mode()
+def prepare_kelle(loaded: LoadedModel, ids: Tensor, scenario: DecodeScenario, folder: Path | None = None) -> KelleSetup:
+    """Prefill `ids` with explicit attention; KV and (where useful) inputs stored with room for the steps. With
+    `folder` (the KV folder, `--kv-dir`) the prefill is saved there as `PREFILL_FILE` and reused by a later
+    setup of the same model and context instead of being computed again."""
+    if scenario.group_tokens != 1:
+        raise UserError("per-head decode (aerp, h2o) works per token: use -G 1")
+    if int(ids.shape[0]) != scenario.context_tokens:
+        raise UserError(f"the context has {int(ids.shape[0])} tokens, the scenario {scenario.context_tokens}")
+    t0 = time.perf_counter()
+    spec = loaded.spec
+    path = Path(folder) / PREFILL_FILE if folder is not None else None
+    tag = prefill_tag(loaded, ids)
+    pre = _load_prefill(path, tag) if path is not None else None
+    reused = pre is not None
+    if pre is None:
+        pre = _prefill(loaded, ids)
+        if path is not None:
+            _save_prefill(path, tag, pre)
+    total, cap = int(ids.shape[0]), int(ids.shape[0]) + scenario.steps + 1
+    kvh, hd = spec.num_kv_heads, spec.head_dim
+    ks = [torch.full((kvh, cap, hd), float("nan"), dtype=torch.float16) for _ in range(spec.num_layers)]
+    vs = [torch.full((kvh, cap, hd), float("nan"), dtype=torch.float16) for _ in range(spec.num_layers)]
+    xs = [torch.full((cap, spec.hidden_size), float("nan"), dtype=torch.float16)
+          for _ in range(spec.num_layers)] if pre.x is not None else None  # fmt: skip
+    for layer in range(spec.num_layers):
+        ks[layer][:, :total] = pre.k[layer]
+        vs[layer][:, :total] = pre.v[layer]
+        if xs is not None and pre.x is not None:
+            xs[layer][:total] = pre.x[layer]
+    how = f"read from {path}" if reused else "real prefill"
+    prefill = HeadPrefill(kvh, hd, spec.hidden_size, 2, [t.numpy() for t in pre.importance],
+                          source=f"{how} of {total} tokens, {loaded.model_id}")  # fmt: skip
     geo = decode_geometry(spec_fp16(loaded), scenario)
-    return KelleSetup(loaded, scenario, geo, prefill, KelleStore(ks, vs, xs), first, time.perf_counter() - t0)
+    return KelleSetup(loaded, scenario, geo, prefill, KelleStore(ks, vs, xs), pre.first_token,
+                      time.perf_counter() - t0, reused, path)  # fmt: skip
 
 
 def spec_fp16(loaded: LoadedModel) -> Any:
