@@ -21,6 +21,7 @@ from sparkv.commands.decode_kelle import add_kelle_args, is_head_run, run_kelle
 from sparkv.commands.decode_quality import add_quality_args, run_quality
 from sparkv.commands.decode_real import add_real_args, print_validation, run_hill_study, run_real, validate
 from sparkv.commands.decode_studies import load_compute, sweep_g, what_if
+from sparkv.commands.decode_whatif import add_whatif_args, run_whatif_table
 from sparkv.core.decode import DecodeScenario, DecodeSummary
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
@@ -108,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quality_args(p)
     add_kelle_args(p)
     add_hill_args(p)
+    add_whatif_args(p)
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -128,6 +130,11 @@ def summary_row(result: Result) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     scenario = decode_scenario_from_args(args)
+    if args.whatif_table:
+        return run_whatif_table(args, scenario)
+    if isinstance(args.quality, str):
+        raise UserError(f"--quality {args.quality}: a results file goes with --whatif-table; --quality alone runs "
+                        "the tasks")
     names = args.policy or list(DECODE_POLICIES)
     for name in names:
         make_decode_policy(name)  # an unknown name fails before any work

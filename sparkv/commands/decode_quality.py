@@ -26,7 +26,9 @@ ANSWER_STEPS = 28  # SmolLM2 first repeats the question's sentence, then gives t
 
 
 def add_quality_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quality", action="store_true", help="generated long-context tasks on the real model")
+    p.add_argument("--quality", nargs="?", const=True, default=False, metavar="FILE",
+                   help="generated long-context tasks on the real model; with --whatif-table, FILE: quality results "
+                        "(decode-quality.json, decode-kelle-quality.json; comma-separated) for the accuracy column")
     p.add_argument("--tasks", default="niah,multikey,vt", help=f"task kinds (of {', '.join(TASKS)})")
     p.add_argument("--lengths", default="4096,8192", help="context lengths in tokens (default 4096,8192)")
     p.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths (default 0.1,0.5,0.9)")
