@@ -84,6 +84,11 @@ def budget_label(fraction: float) -> str:
     return f"{f.numerator}/{f.denominator}" if abs(float(f) - fraction) < 1e-9 else f"{fraction:g}"
 
 
+def head_budget_tokens(fraction: float, context_tokens: int) -> int:
+    """N' for a budget fraction: every head of every layer keeps that share of the context's tokens (16 at least)."""
+    return max(16, int(fraction * context_tokens))
+
+
 def energy_per_token(totals: dict[str, float], power: ComputePower, storage: StorageProfile | None) -> dict[str, Any]:
     """Modelled joules per generated token by part, from a decode run's totals (see ENERGY_MODEL)."""
     steps = totals["steps"]

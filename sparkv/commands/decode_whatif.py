@@ -17,6 +17,7 @@ from sparkv.analysis.decode_whatif_table import (
     attach_accuracy,
     budget_label,
     finish_energy,
+    head_budget_tokens,
     load_quality,
     pivot_rows,
     plot_whatif,
@@ -141,11 +142,6 @@ def simulate_cells(config: dict[str, Any]) -> tuple[list[Cell], Cell | None, lis
         reference.storage, reference.uses_storage, reference.note = "any", False, "whole KV in memory, no disk reads"
     finish_energy([*cells, *([reference] if reference else [])])
     return cells, reference, results
-
-
-def head_budget_tokens(fraction: float, context_tokens: int) -> int:
-    """N' for a budget fraction: every head of every layer keeps that share of the context's tokens."""
-    return max(16, int(fraction * context_tokens))
 
 
 def _head_runs(base: DecodeScenario, spec: Any, names: list[str],
