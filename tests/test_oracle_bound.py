@@ -2,7 +2,8 @@
 than 0.1 %), the fluid lower bound is never above it, and the oracle's predicted TTFT is its simulated one.
 
 Scenarios mix real traces (from ../shared/traces, when present) and synthetic ones, offsets into them
-and looping, receive contention (profile copies with other `compute_slowdown` values) on and off,
+and looping, receive contention (profile copies with other `compute_slowdown` values, and one whose slowdown
+follows the delivered rate) on and off,
 device availability, round trips and per-transfer costs, a KV server shared with other clients,
 compute noise, codecs, context lengths and chunk sizes. They are small so that the suite stays fast;
 `test_oracle_bounds_larger_requests` (slow) runs 8k-token requests.
@@ -31,7 +32,9 @@ from sparkv.traces.expand import expand_traces
 POLICIES = ("local", "stream", "cake", "static", "sparkv")
 BEAT_TOLERANCE = 1e-3  # a policy may come within 0.1 % of the oracle, not further below it
 SCENARIOS = 200
-SLOWDOWNS = (1.0, 1.0, 1.2, 1.5)  # besides the profile's own (cpu-smollm2: 1.058)
+SLOWDOWNS = (1.0, 1.0, 1.2, 1.5, "curve")  # besides the profile's own (cpu-smollm2: 1.058)
+# "curve": a slowdown that grows with the delivered rate (bytes/s, factor), steeper than measured
+CURVE = [[0.5e6, 1.05], [3e6, 1.3], [20e6, 1.9]]
 DEVICES = (("smollm2-135m", "cpu-smollm2"), ("smollm2-135m", "analytic-cpu-2core"),
            ("llama-3.2-1b", "jetson-orin-nano-15w"))  # fmt: skip
 
@@ -47,6 +50,10 @@ def cached_trace(name: str) -> Trace:
     return get_trace(name)
 
 
+def _tag(slow: float | str) -> str:
+    return slow if isinstance(slow, str) else f"{slow:g}"
+
+
 @pytest.fixture(scope="module")
 def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Copies of the device profiles with other receive slowdowns."""
@@ -54,9 +61,12 @@ def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for _, device in DEVICES:
         data = load_profile(device).to_dict()
         for slow in SLOWDOWNS:
-            link = {**data.get("link", {}), "compute_slowdown": slow}
-            copy = {**data, "name": f"{device}-slow{slow:g}", "link": link}
-            (out / f"{device}-slow{slow:g}.json").write_text(json.dumps(copy))
+            if slow == "curve":
+                link = {**data.get("link", {}), "compute_slowdown_curve": CURVE}
+            else:
+                link = {**data.get("link", {}), "compute_slowdown": slow}
+            copy = {**data, "name": f"{device}-slow{_tag(slow)}", "link": link}
+            (out / f"{device}-slow{_tag(slow)}.json").write_text(json.dumps(copy))
     return out
 
 
@@ -80,7 +90,7 @@ def random_scenario(i: int, profiles: Path, contexts: tuple[int, int] = (512, 25
     trace = str(real[int(rng.integers(len(real)))]) if real and rng.random() < 0.4 else synthetic_trace(rng)
     model, device = DEVICES[int(rng.integers(len(DEVICES)))]
     if rng.random() < 0.75:  # else the profile as shipped
-        device = str(profiles / f"{device}-slow{SLOWDOWNS[int(rng.integers(len(SLOWDOWNS)))]:g}.json")
+        device = str(profiles / f"{device}-slow{_tag(SLOWDOWNS[int(rng.integers(len(SLOWDOWNS)))])}.json")
     chunk = int(rng.choice([256, 384, 512, 1024]))
     context = int(rng.integers(contexts[0], contexts[1] + 1))
     contended = rng.random() < 0.3

@@ -8,6 +8,7 @@ import pytest
 
 from sparkv.analysis.validate import Pair, lane_ratios, lane_summary
 from sparkv.core.config import Scenario
+from sparkv.core.contention import ReceiveContention
 from sparkv.core.result import Span
 from sparkv.policies import make_policy
 from sparkv.sim import build_world, simulate
@@ -15,7 +16,8 @@ from sparkv.sim import build_world, simulate
 
 def test_simulated_spans_match_their_own_cost_table() -> None:
     world = build_world(Scenario(context_tokens=4096, chunk_tokens=512, trace="const:20mbps"))
-    slowdown = float(world.profile.link.get("compute_slowdown", 1.0))  # the profile's receive contention
+    # the profile's receive contention at the trace's rate
+    slowdown = ReceiveContention.from_link(world.profile.link).factor(20e6 / 8 * world.scenario.link.efficiency)
     ratios = lane_ratios(simulate(world, make_policy("cake")))
     assert len(ratios["compute, link busy"]) > 0 and len(ratios["query"]) == world.spec.num_layers
     assert all(r == pytest.approx(slowdown, rel=1e-9) for r in ratios["compute, link busy"])

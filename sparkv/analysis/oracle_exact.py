@@ -62,11 +62,13 @@ def tiny_instance(rng: np.random.Generator, chunks: int, layers: int) -> TinyIns
     stepped = rng.random() < 0.5
     spec = f"steps:{rng.uniform(0.1, 1.0):.3f}s@1.6B/s,{rng.uniform(0.1, 1.0):.3f}s@0.4B/s" if stepped else "const:1B/s"
     trace = get_trace(spec).scale(goodput)
-    slowdown = float(rng.choice([1.0, 1.06, 1.3]))
+    slowdown = float(rng.choice([1.0, 1.06, 1.3, -1.0]))  # -1: a slowdown that grows with the rate
+    curve = ((0.5 * goodput, 1.05), (1.5 * goodput, 1.4)) if slowdown < 0 else ()
     costs = CostTable(compute, launch, nbytes, rtt + service + install_fixed, 0.0, query, 0.2 * cell, goodput)
     fs = Foresight(trace, efficiency=1.0, service_s=service, rtt_s=rtt, install_fixed_s=install_fixed,
-                   receive_slowdown=slowdown)  # fmt: skip
-    return TinyInstance(costs, fs, f"{chunks}x{layers} {'stepped' if stepped else 'steady'} slow={slowdown:g}")
+                   receive_slowdown=max(slowdown, 1.0), receive_curve=curve)  # fmt: skip
+    slow = "curve" if curve else f"{slowdown:g}"
+    return TinyInstance(costs, fs, f"{chunks}x{layers} {'stepped' if stepped else 'steady'} slow={slow}")
 
 
 @dataclass
@@ -127,7 +129,7 @@ class ExactSearch:
             return
         fs, now = self.fs, st.now
         if not st.computing and st.q < self.L and st.present[st.q] == self.full:  # the driver's query layer
-            work = self.query_s[st.q] * (fs.receive_slowdown if st.in_flight else 1.0)
+            work = self.query_s[st.q] * (fs.slowdown_at(now) if st.in_flight else 1.0)
             self._push(st, now + self.rep.duration_s(work, now, st.turn), _QUERY, None)
             st.turn += 1
             st.computing = True
@@ -216,7 +218,7 @@ class ExactSearch:
         cells = self.costs.compute_cell_s[c : c + 1, lo:hi]
         work = float(cells.sum()) + self.costs.compute_launch_s  # `CostTable.compute_s`, as the simulator reads it
         if receiving:
-            work *= self.fs.receive_slowdown
+            work *= self.fs.slowdown_at(st.now)
         self._push(st, st.now + self.rep.duration_s(work, st.now, st.turn), _COMPUTE, block)
         st.turn += 1
         st.computing = True
@@ -283,7 +285,7 @@ def oracle_gap_study(
             found_better += best < oracle * (1 - 1e-3)
             if search.complete:
                 ratios.append(oracle / best)
-                contended.append(inst.foresight.receive_slowdown != 1.0)
+                contended.append(not inst.foresight.contention.neutral)
         gaps = [r for r in ratios if r > 1 + 1e-3]
         out.append({
             "shape": f"{chunks}x{layers}", "instances": instances, "complete": len(ratios),

@@ -18,6 +18,8 @@ from sparkv.commands.values import nonneg_float, nonneg_int, pos_float, pos_int
 from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import DeviceProfile
 
+CONTENTION_MULTIPLES = (1.0, 4.0, 16.0)  # x the link rate: where receive contention is measured by default
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure compute, install and link costs on this machine; write a profile")
@@ -45,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--link-rate-mbps", type=pos_float, default=20.0, help="shaped rate for link calibration")
     p.add_argument("--link-rtt-ms", type=nonneg_float, help="round trip to subtract (default: measured with pings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--contention-rates-mbps", metavar="LIST",
+                   help="with --link: shaped rates (Mbit/s, comma-separated) to measure receive contention at "
+                   "(default: the link rate x1, x4, x16; one rate gives a single factor)")
     p.add_argument("--no-contention", action="store_true",
                    help="with --link: skip measuring how much slower compute runs while cells arrive")
     p.add_argument("--disk", type=Path, metavar="PATH",
@@ -116,15 +121,33 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
     if args.no_contention:
         return profile
     from sparkv.executor.model.models import load_model
-    from sparkv.profiling.contention import apply_slowdown, measure_receive_slowdown
+    from sparkv.profiling.contention import apply_slowdown, apply_slowdown_curve, measure_receive_slowdown
 
     loaded = load_model(str(profile.measurements.get("config", {}).get("model", "smollm2")))
-    slow = measure_receive_slowdown(loaded, args.link, rate_bps)
-    print(
-        f"compute while cells arrive ({args.link}, {slow.received_bps * 8 / 1e6:.1f} Mbit/s received): "
-        f"{slow.receiving_s * 1e3:.2f} ms vs {slow.alone_s * 1e3:.2f} ms alone per {slow.layers}-layer command, "
-        f"x{slow.ratio:.3f}"
-        + (f" ({slow.discarded_rounds} rounds measured again: other processes loaded the CPU)"
-           if slow.discarded_rounds else "")
-    )  # fmt: skip
-    return apply_slowdown(profile, slow)
+    rates = contention_rates(args.contention_rates_mbps, args.link_rate_mbps)
+    slows = []
+    for mbps in rates:
+        slow = measure_receive_slowdown(loaded, args.link, mbps * 1e6 / 8)
+        print(
+            f"compute while cells arrive ({args.link}, {mbps:g} Mbit/s shaped, "
+            f"{slow.received_bps * 8 / 1e6:.1f} Mbit/s received): {slow.receiving_s * 1e3:.2f} ms vs "
+            f"{slow.alone_s * 1e3:.2f} ms alone per {slow.layers}-layer command, x{slow.ratio:.3f}"
+            + (f" ({slow.discarded_rounds} rounds measured again: other processes loaded the CPU)"
+               if slow.discarded_rounds else "")
+        )  # fmt: skip
+        slows.append(slow)
+    return apply_slowdown(profile, slows[0]) if len(slows) == 1 else apply_slowdown_curve(profile, slows)
+
+
+def contention_rates(text: str | None, link_rate_mbps: float) -> list[float]:
+    """The shaped rates (Mbit/s) to measure receive contention at: `text`'s comma-separated list, else the link
+    rate x1, x4 and x16 (the slowdown grows with the received rate)."""
+    if text is None:
+        return [link_rate_mbps * m for m in CONTENTION_MULTIPLES]
+    try:
+        rates = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError as exc:
+        raise UserError(f"--contention-rates-mbps: expected comma-separated numbers, got {text!r}") from exc
+    if not rates or rates[0] <= 0:
+        raise UserError(f"--contention-rates-mbps: expected positive rates, got {text!r}")
+    return rates

@@ -22,6 +22,8 @@ class BandwidthForecast(Protocol):
 
     def bytes_between(self, t0_s: float, t1_s: float) -> float: ...
 
+    def rate_at(self, t_s: float) -> float: ...
+
 
 @dataclass(frozen=True, eq=False)
 class LocalCosts:

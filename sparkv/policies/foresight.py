@@ -13,11 +13,13 @@ the trace: `ServerForecast` and `NoiseDraws` draw the same numbers in the same o
 from __future__ import annotations
 
 import heapq
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
 
+from sparkv.core.contention import ReceiveContention
 from sparkv.core.costs import BandwidthForecast
 
 BACKGROUND_SEED_OFFSET = 7919  # the simulator seeds its background clients with scenario seed + this
@@ -35,6 +37,9 @@ class Foresight:
     rtt_s: float = 0.0  # request round trip before the first payload byte
     install_fixed_s: float = 0.0  # per transfer after its last byte (the simulator's profile-wide value)
     receive_slowdown: float = 1.0  # compute started while a transfer is in flight takes this x longer
+    # where measured, the slowdown as a function of the delivered rate: (bytes/s, factor) points that
+    # replace `receive_slowdown` (`sparkv.core.contention`)
+    receive_curve: tuple[tuple[float, float], ...] = ()
     availability: BandwidthForecast | None = None  # fraction of the device available over time (as "B/s")
     server_concurrency: int = 1  # transfers the KV server serves at once
     server_background_rps: float = 0.0  # other clients' transfers per second (Poisson)
@@ -53,6 +58,30 @@ class Foresight:
             )
         if self.compute_noise < 0:
             raise ValueError(f"compute_noise must be >= 0, got {self.compute_noise}")
+        object.__setattr__(self, "_contention", ReceiveContention(self.receive_slowdown, self.receive_curve))
+
+    @property
+    def contention(self) -> ReceiveContention:
+        return self._contention  # type: ignore[attr-defined]
+
+    def slowdown_at(self, t_s: float) -> float:
+        """The receive slowdown of compute started at request time `t_s` while a transfer is in flight: the
+        simulator's rule (`sparkv.sim.engine`), at the rate the link delivers then."""
+        c = self.contention
+        if not c.varies:
+            return self.receive_slowdown
+        return c.factor(self.forecast.rate_at(t_s + self.offset_s) * self.efficiency)
+
+    def planning_slowdown(self, n_bytes: float) -> float:
+        """One factor for a planner that models a constant slowdown: the curve at the mean rate the link
+        delivers while it carries `n_bytes` from request time 0 (the constant where there is no curve)."""
+        c = self.contention
+        if not c.varies:
+            return self.receive_slowdown
+        if n_bytes <= 0:
+            return c.factor(self.forecast.rate_at(self.offset_s) * self.efficiency)
+        span = self.forecast.time_to_deliver(self.offset_s, n_bytes / self.efficiency) - self.offset_s
+        return c.factor(n_bytes / span) if span > 0 and math.isfinite(span) else c.factor(0.0)
 
     @property
     def first_byte_s(self) -> float:
@@ -76,6 +105,7 @@ class Foresight:
             "forecast": getattr(self.forecast, "name", None), "offset_s": self.offset_s,
             "efficiency": self.efficiency, "service_s": self.service_s, "rtt_s": self.rtt_s,
             "install_fixed_s": self.install_fixed_s, "receive_slowdown": self.receive_slowdown,
+            "receive_curve": [list(p) for p in self.receive_curve],
             "availability": getattr(self.availability, "name", None) if self.availability is not None else None,
             "server_concurrency": self.server_concurrency, "server_background_rps": self.server_background_rps,
             "compute_noise": self.compute_noise, "seed": self.seed,

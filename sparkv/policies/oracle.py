@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from sparkv.core.config import Scenario
+from sparkv.core.contention import ReceiveContention
 from sparkv.core.costs import BandwidthForecast, CostTable
 from sparkv.core.events import Command, Compute, Event, Resource, TransferCancelled, TransferFailed
 from sparkv.core.request import CellBlock
@@ -47,7 +48,7 @@ class _Profile(Protocol):
     def install_fixed_s(self) -> float: ...  # per transfer, receive side
 
     @property
-    def link(self) -> dict[str, Any]: ...  # link calibration; "compute_slowdown": the receive path's cost
+    def link(self) -> dict[str, Any]: ...  # link calibration; the receive path's cost (`ReceiveContention`)
 
 
 class OracleWorld(Protocol):
@@ -72,9 +73,10 @@ def foresight_of(world: OracleWorld) -> Foresight:
     device's availability, the server's other clients and the compute noise (with the scenario's seed)."""
     scenario = world.scenario
     link = scenario.link
+    contention = ReceiveContention.from_link(world.profile.link)
     return Foresight(
         world.trace, link.trace_offset_s, link.efficiency, link.per_transfer_s, link.rtt_s,
-        world.profile.install_fixed_s, float(world.profile.link.get("compute_slowdown", 1.0)), world.availability,
+        world.profile.install_fixed_s, contention.constant, contention.points, world.availability,
         link.server_concurrency, link.server_background_rps, scenario.compute_noise, scenario.seed,
     )  # fmt: skip
 
@@ -136,7 +138,9 @@ class OraclePolicy(TrackingPolicy):
         server = fs.server() if fs.contended else None
         link = ForecastLink(fs.forecast, fs.offset_s, fs.efficiency, fs.first_byte_s, fs.install_fixed_s,
                             costs.install_s_per_byte, server, fs.rtt_s)  # fmt: skip
-        return link, ComputeSpeed(1.0, fs.availability, fs.receive_slowdown)
+        # the planner models one slowdown: where it varies with the rate, the curve at the mean rate of
+        # streaming the whole context (the replay that picks the schedule applies the exact rule)
+        return link, ComputeSpeed(1.0, fs.availability, fs.planning_slowdown(float(costs.cell_bytes.sum())))
 
     def on_begin(self, ctx: RequestContext) -> None:
         costs = ctx.costs

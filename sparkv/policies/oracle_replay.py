@@ -11,7 +11,8 @@ oracle holding those queues, with the same floating-point sums in the same order
 - a transfer: (a slot at the KV server, queueing behind its other clients), service, round trip,
   payload at the trace's rate from the request's offset (looping), installation per byte plus a fixed
   part; with nothing to queue for, the simulator's single-timeout sum;
-- compute: the cost table's seconds, x the receive slowdown when a transfer is in flight as it starts
+- compute: the cost table's seconds, x the receive slowdown (at the rate the trace delivers then, where it
+  follows a measured curve) when a transfer is in flight as it starts
   or starts in the same step (a query layer: only when one is already in flight), x the seeded noise
   factor of its turn, stretched by the device's availability;
 - the first token after the last query layer, noise and availability included.
@@ -120,7 +121,8 @@ class Replayer:
         comp_q, link_q = self._infos(schedule.compute, True), self._infos(schedule.link, False)
         n_comp, n_link = len(comp_q), len(link_q)
         slowdown = fs.receive_slowdown
-        slowed = slowdown != 1.0
+        slowed = slowdown != 1.0 or fs.contention.varies
+        slowdown_at = fs.slowdown_at if fs.contention.varies else None  # a factor that follows the rate
         exact = fs.compute_noise <= 0 and fs.availability is None
         queue = self.server.queue() if self.server is not None else None
         transfer_end = self.transfer_end_s
@@ -139,7 +141,7 @@ class Replayer:
             if not compute_busy and q < L and present[q] == full:
                 work = query_s[q]
                 if in_flight:
-                    work *= slowdown
+                    work *= slowdown if slowdown_at is None else slowdown_at(now)
                 push(heap, (now + (work if exact else duration_of(work, now, turn)), seq, _QUERY, None))
                 seq += 1
                 turn += 1
@@ -168,7 +170,7 @@ class Replayer:
                 if record:
                     starts.append(now)
                 if slowed and (in_flight or fetch is not None):
-                    work *= slowdown
+                    work *= slowdown if slowdown_at is None else slowdown_at(now)
                 push(heap, (now + (work if exact else duration_of(work, now, turn)), seq, _COMPUTE, comp))
                 seq += 1
                 turn += 1

@@ -116,7 +116,7 @@ class OracleSearch:
         """`found` with the compute command running as the link goes idle cut in two, at each layer in turn:
         the simulator slows a command by the receive slowdown when a transfer is in flight as it starts, so a
         second part started after the last transfer runs at full speed (for one more launch)."""
-        if self.speed.receive_slowdown == 1.0 or not found.schedule.link:
+        if self.replayer.fs.contention.neutral or not found.schedule.link:
             return found
         run = self.replayer.run(found.schedule, record=True)
         comp = found.schedule.compute

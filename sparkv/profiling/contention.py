@@ -5,9 +5,10 @@ model computes on another. On a small CPU the two share cores, and a compute ker
 loses a core for a moment waits at its next barrier, so compute slows by more than the receive path's
 own CPU time. This module times the same compute commands alone and while the real KV server streams
 cells over a real link (pacing or netns) into the same cache, alternating the two so that drift of the
-machine hits both alike, and reports the ratio of medians. The simulator stretches compute that runs
-while a transfer is in flight by that ratio. Like `profiler`, it drives the executor, so the executor
-imports are inside the functions.
+machine hits both alike, and reports the ratio of medians. Measured at several shaped rates it gives the
+slowdown as a function of the received rate (`apply_slowdown_curve`); the simulator stretches compute that
+starts while a transfer is in flight by the factor at the rate the link delivers then. Like `profiler`, it
+drives the executor, so the executor imports are inside the functions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sparkv.core.contention import CURVE_KEY
 from sparkv.cost_models.profiles import DeviceProfile
 
 KEY = "contention000000"
@@ -191,11 +193,48 @@ def apply_slowdown(profile: DeviceProfile, slow: ReceiveSlowdown) -> DeviceProfi
 
     kind = slow.link.split(" ")[0]
     links = dict(profile.links)
-    if kind in links:
-        links[kind] = {**links[kind], "compute_slowdown": slow.ratio}
+    if kind in links:  # (a curve measured before is replaced by the new single factor)
+        links[kind] = {**_without_curve(links[kind]), "compute_slowdown": slow.ratio}
     link = profile.link
     if not link or link.get("kind") in (None, kind):
-        link = {**link, "compute_slowdown": slow.ratio}
+        link = {**_without_curve(link), "compute_slowdown": slow.ratio}
     by_kind = {**profile.measurements.get("receive_contention_by_kind", {}), kind: slow.to_dict()}
     measurements = {**profile.measurements, "receive_contention_by_kind": by_kind}
     return replace(profile, link=link, links=links, measurements=measurements)
+
+
+def apply_slowdown_curve(profile: DeviceProfile, slows: list[ReceiveSlowdown]) -> DeviceProfile:
+    """A copy of `profile` whose calibration of the link kind measured holds the slowdown against the received
+    rate (`compute_slowdown_curve`, see `sparkv.core.contention`), measured at several shaped rates; its single
+    `compute_slowdown` is the measurement at the lowest rate (what a reader of the factor alone gets)."""
+    from dataclasses import replace
+
+    if not slows:
+        raise ValueError("a slowdown curve needs at least one measurement")
+    kinds = {s.link.split(" ")[0] for s in slows}
+    if len(kinds) != 1:
+        raise ValueError(f"a slowdown curve is measured on one link kind, got {sorted(kinds)}")
+    points: list[list[float]] = []
+    for s in sorted(slows, key=lambda s: s.received_bps or s.rate_bps):
+        rate = s.received_bps or s.rate_bps
+        if points and rate <= points[-1][0] * 1.02:  # the receiver's ceiling: two asks, one received rate
+            points[-1] = [max(points[-1][0], rate), max(points[-1][1], s.ratio)]
+        else:
+            points.append([rate, s.ratio])
+    profile = apply_slowdown(profile, min(slows, key=lambda s: s.rate_bps))
+    kind = kinds.pop()
+    curve: dict[str, Any] = {CURVE_KEY: points}
+    links = dict(profile.links)
+    if kind in links:
+        links[kind] = {**links[kind], **curve}
+    link = profile.link
+    if link.get("kind") in (None, kind):
+        link = {**link, **curve}
+    by_kind = {**profile.measurements.get("receive_contention_curve_by_kind", {}),
+               kind: [s.to_dict() for s in slows]}  # fmt: skip
+    measurements = {**profile.measurements, "receive_contention_curve_by_kind": by_kind}
+    return replace(profile, link=link, links=links, measurements=measurements)
+
+
+def _without_curve(link: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in link.items() if k != CURVE_KEY}

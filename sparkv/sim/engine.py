@@ -29,6 +29,7 @@ import simpy
 from simpy.core import StopSimulation
 from simpy.events import Timeout
 
+from sparkv.core.contention import ReceiveContention
 from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Result
@@ -80,9 +81,10 @@ class SimRun:
         self.first_byte_s = self.server.service_s + link.rtt_s  # fetch to first payload byte, without a queue
         self.availability = world.availability
         self.exact_compute = self.noise <= 0 and self.availability is None  # wall time = work time
-        # compute that starts while a transfer is in flight runs this much slower (the receive path takes
-        # CPU time; measured by `sparkv profile --link`, 1.0 when the profile has no measurement)
-        self.receive_slowdown = float(world.profile.link.get("compute_slowdown", 1.0))
+        # compute that starts while a transfer is in flight runs slower (the receive path takes CPU time in
+        # proportion to the rate it receives at; measured by `sparkv profile --link`, 1.0 when not measured)
+        self.contention = ReceiveContention.from_link(world.profile.link)
+        self.receive_slowdown = self.contention.constant  # the factor at every rate, where it has no curve
         # read on every transfer: the trace, link and install constants, as attributes
         self.trace = world.trace
         self.offset_s = link.trace_offset_s
@@ -160,9 +162,15 @@ class SimRun:
                 t.handle.callbacks.clear()  # its end (or its failure) will not come
                 self._soon(lambda: self._cancel(t))
 
+    def _slowdown(self, now_s: float) -> float:
+        """The receive slowdown of compute starting now, while a transfer is in flight."""
+        if not self.contention.varies:
+            return self.receive_slowdown
+        return self.contention.factor(self.trace.rate_at(self._trace_t(now_s)) * self.efficiency)
+
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
         if receiving:
-            work_s *= self.receive_slowdown
+            work_s *= self._slowdown(now_s)
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
         self.compute_end_s = now_s + duration  # SimPy's own sum: the clock when the timeout fires
         ev = Timeout(self.env, duration)  # `_after`, written out
@@ -170,7 +178,7 @@ class SimRun:
 
     def start_query_layer(self, layer: int, work_s: float, now_s: float, receiving: bool) -> None:
         if receiving:
-            work_s *= self.receive_slowdown
+            work_s *= self._slowdown(now_s)
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
         self.compute_end_s = now_s + duration
         ev = Timeout(self.env, duration)  # `_after`, written out
