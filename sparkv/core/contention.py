@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sparkv.core.costs import BandwidthForecast
+
 CURVE_KEY = "compute_slowdown_curve"  # a link calibration's measured [received bytes/s, factor] points
 FACTOR_KEY = "compute_slowdown"  # a link calibration's single factor
 
@@ -65,11 +67,12 @@ class ReceiveContention:
         r0, f0 = rates[i], factors[i]
         return f0 + (factors[i + 1] - f0) * (rate_bps - r0) / (rates[i + 1] - r0)
 
-    def at_least(self) -> float:
-        """The smallest factor at any rate (a bound may use it)."""
+    def during(self, forecast: BandwidthForecast, trace_t_s: float, efficiency: float) -> float:
+        """The slowdown of compute started at trace time `trace_t_s` while a transfer is in flight, on a
+        link that delivers `forecast`'s rate x `efficiency` (the simulator's rule; its replays use it too)."""
         if not self.points:
             return self.constant
-        return min(1.0, *(f for _, f in self.points))
+        return self.factor(forecast.rate_at(trace_t_s) * efficiency)
 
     @classmethod
     def from_link(cls, link: Mapping[str, Any]) -> ReceiveContention:
@@ -79,12 +82,6 @@ class ReceiveContention:
         if curve:
             return cls(float(link.get(FACTOR_KEY, 1.0)), curve_points(curve))
         return cls(float(link.get(FACTOR_KEY, 1.0)))
-
-    def describe(self) -> dict[str, Any]:
-        """Plain data for configs and results."""
-        if not self.points:
-            return {FACTOR_KEY: self.constant}
-        return {CURVE_KEY: [[r, f] for r, f in self.points]}
 
 
 def curve_points(curve: Sequence[Sequence[float]]) -> tuple[tuple[float, float], ...]:

@@ -67,10 +67,7 @@ class Foresight:
     def slowdown_at(self, t_s: float) -> float:
         """The receive slowdown of compute started at request time `t_s` while a transfer is in flight: the
         simulator's rule (`sparkv.sim.engine`), at the rate the link delivers then."""
-        c = self.contention
-        if not c.varies:
-            return self.receive_slowdown
-        return c.factor(self.forecast.rate_at(t_s + self.offset_s) * self.efficiency)
+        return self.contention.during(self.forecast, t_s + self.offset_s, self.efficiency)
 
     def planning_slowdown(self, n_bytes: float) -> float:
         """One factor for a planner that models a constant slowdown: the curve at the mean rate the link

@@ -121,7 +121,7 @@ class Replayer:
         comp_q, link_q = self._infos(schedule.compute, True), self._infos(schedule.link, False)
         n_comp, n_link = len(comp_q), len(link_q)
         slowdown = fs.receive_slowdown
-        slowed = slowdown != 1.0 or fs.contention.varies
+        slowed = not fs.contention.neutral
         slowdown_at = fs.slowdown_at if fs.contention.varies else None  # a factor that follows the rate
         exact = fs.compute_noise <= 0 and fs.availability is None
         queue = self.server.queue() if self.server is not None else None

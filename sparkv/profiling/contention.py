@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkv.core.contention import CURVE_KEY
+from sparkv.core.contention import CURVE_KEY, FACTOR_KEY
 from sparkv.cost_models.profiles import DeviceProfile
 
 KEY = "contention000000"
@@ -188,27 +188,15 @@ def measure_receive_slowdown(
 
 def apply_slowdown(profile: DeviceProfile, slow: ReceiveSlowdown) -> DeviceProfile:
     """A copy of `profile` whose calibration of the link kind measured holds the slowdown (`compute_slowdown`),
-    with its details."""
-    from dataclasses import replace
-
+    with its details; a curve measured before is dropped."""
     kind = slow.link.split(" ")[0]
-    links = dict(profile.links)
-    if kind in links:  # (a curve measured before is replaced by the new single factor)
-        links[kind] = {**_without_curve(links[kind]), "compute_slowdown": slow.ratio}
-    link = profile.link
-    if not link or link.get("kind") in (None, kind):
-        link = {**_without_curve(link), "compute_slowdown": slow.ratio}
-    by_kind = {**profile.measurements.get("receive_contention_by_kind", {}), kind: slow.to_dict()}
-    measurements = {**profile.measurements, "receive_contention_by_kind": by_kind}
-    return replace(profile, link=link, links=links, measurements=measurements)
+    return _with_contention(profile, kind, {FACTOR_KEY: slow.ratio}, {"receive_contention_by_kind": slow.to_dict()})
 
 
 def apply_slowdown_curve(profile: DeviceProfile, slows: list[ReceiveSlowdown]) -> DeviceProfile:
     """A copy of `profile` whose calibration of the link kind measured holds the slowdown against the received
     rate (`compute_slowdown_curve`, see `sparkv.core.contention`), measured at several shaped rates; its single
     `compute_slowdown` is the measurement at the lowest rate (what a reader of the factor alone gets)."""
-    from dataclasses import replace
-
     if not slows:
         raise ValueError("a slowdown curve needs at least one measurement")
     kinds = {s.link.split(" ")[0] for s in slows}
@@ -221,20 +209,31 @@ def apply_slowdown_curve(profile: DeviceProfile, slows: list[ReceiveSlowdown]) -
             points[-1] = [max(points[-1][0], rate), max(points[-1][1], s.ratio)]
         else:
             points.append([rate, s.ratio])
-    profile = apply_slowdown(profile, min(slows, key=lambda s: s.rate_bps))
-    kind = kinds.pop()
-    curve: dict[str, Any] = {CURVE_KEY: points}
+    lowest = min(slows, key=lambda s: s.rate_bps)
+    return _with_contention(
+        profile, kinds.pop(), {FACTOR_KEY: lowest.ratio, CURVE_KEY: points},
+        {"receive_contention_by_kind": lowest.to_dict(),
+         "receive_contention_curve_by_kind": [s.to_dict() for s in slows]},
+    )  # fmt: skip
+
+
+def _with_contention(
+    profile: DeviceProfile, kind: str, entries: dict[str, Any], details: dict[str, Any]
+) -> DeviceProfile:
+    """`profile` with the link kind's calibration (and the default link, where it is that kind's or has none)
+    holding `entries` in place of any contention measured before, and `details` under each measurements key."""
+    from dataclasses import replace
+
+    def updated(link: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in link.items() if k not in (FACTOR_KEY, CURVE_KEY)}, **entries}
+
     links = dict(profile.links)
     if kind in links:
-        links[kind] = {**links[kind], **curve}
+        links[kind] = updated(links[kind])
     link = profile.link
-    if link.get("kind") in (None, kind):
-        link = {**link, **curve}
-    by_kind = {**profile.measurements.get("receive_contention_curve_by_kind", {}),
-               kind: [s.to_dict() for s in slows]}  # fmt: skip
-    measurements = {**profile.measurements, "receive_contention_curve_by_kind": by_kind}
+    if not link or link.get("kind") in (None, kind):
+        link = updated(link)
+    measurements = dict(profile.measurements)
+    for key, value in details.items():
+        measurements[key] = {**measurements.get(key, {}), kind: value}
     return replace(profile, link=link, links=links, measurements=measurements)
-
-
-def _without_curve(link: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in link.items() if k != CURVE_KEY}

@@ -84,7 +84,6 @@ class SimRun:
         # compute that starts while a transfer is in flight runs slower (the receive path takes CPU time in
         # proportion to the rate it receives at; measured by `sparkv profile --link`, 1.0 when not measured)
         self.contention = ReceiveContention.from_link(world.profile.link)
-        self.receive_slowdown = self.contention.constant  # the factor at every rate, where it has no curve
         # read on every transfer: the trace, link and install constants, as attributes
         self.trace = world.trace
         self.offset_s = link.trace_offset_s
@@ -162,15 +161,9 @@ class SimRun:
                 t.handle.callbacks.clear()  # its end (or its failure) will not come
                 self._soon(lambda: self._cancel(t))
 
-    def _slowdown(self, now_s: float) -> float:
-        """The receive slowdown of compute starting now, while a transfer is in flight."""
-        if not self.contention.varies:
-            return self.receive_slowdown
-        return self.contention.factor(self.trace.rate_at(self._trace_t(now_s)) * self.efficiency)
-
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
         if receiving:
-            work_s *= self._slowdown(now_s)
+            work_s *= self.contention.during(self.trace, now_s + self.offset_s, self.efficiency)
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
         self.compute_end_s = now_s + duration  # SimPy's own sum: the clock when the timeout fires
         ev = Timeout(self.env, duration)  # `_after`, written out
@@ -178,7 +171,7 @@ class SimRun:
 
     def start_query_layer(self, layer: int, work_s: float, now_s: float, receiving: bool) -> None:
         if receiving:
-            work_s *= self._slowdown(now_s)
+            work_s *= self.contention.during(self.trace, now_s + self.offset_s, self.efficiency)
         duration = work_s if self.exact_compute else self._compute_duration(work_s)
         self.compute_end_s = now_s + duration
         ev = Timeout(self.env, duration)  # `_after`, written out
