@@ -22,18 +22,21 @@ def _plans(engine: DecodeEngine) -> dict[tuple[int, int], LayerPlan]:
 def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> DecodeCompute:
     """Least squares over the layer spans of calibration runs (score kind, policy name, engine with a log):
     layer seconds = fixed + per attended token x attended + per scored token x scored; exact scoring from the
-    gap before each oracle layer; the step's fixed part and appends from what follows the last layer."""
+    gap before each oracle layer. The step's fixed part (and the appends) is the rest of each step: its time
+    less its compute spans (layers, scoring phases), its stalls, its exact-scoring gaps and its layer-0
+    scoring as the simulator charges it, so the work no span covers (the first layer's plan, the
+    bookkeeping between layers, the LM head) is counted once, where the simulator charges it."""
     rows: list[list[float]] = []
     ys: list[float] = []
     gaps: list[tuple[float, int]] = []
-    tails: list[float] = []
-    appends: list[float] = []
+    rests: list[tuple[str, float, int, bool]] = []  # (score kind, unexplained s, tokens scored, appended)
     for kind, _name, engine in runs:
         geo = engine.geo
         plans = _plans(engine)
         layer_spans = [s for s in engine.spans if s.kind == "layer"]
         by_key = {(s.step, s.layer): s for s in layer_spans}
         reads = {(s.step, s.layer): s for s in engine.spans if s.kind == "read"}
+        step_gaps: dict[int, float] = {}
         for (step, layer), span in by_key.items():
             if step == 0:  # the first step warms up (allocations, first touches): not the steady cost
                 continue
@@ -49,13 +52,18 @@ def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> 
                 if prev is not None:  # scoring ends where the layer's reads start (or its compute, without reads)
                     began = reads[(step, layer)].start_s if (step, layer) in reads else span.start_s
                     gaps.append((began - prev.end_s, full_tokens))
+                    step_gaps[step] = step_gaps.get(step, 0.0) + began - prev.end_s
+        busy: dict[int, float] = {}
+        for s in engine.spans:
+            if s.lane == "compute":  # layers and (storage-scoring worlds) scoring phases
+                busy[s.step] = busy.get(s.step, 0.0) + s.end_s - s.start_s
         for st in engine.steps:
-            last = by_key.get((st.step, geo.num_layers - 1))
-            if last is None or st.step == 0:
+            if (st.step, geo.num_layers - 1) not in by_key or st.step == 0:
                 continue
-            after = st.end_s - last.end_s
+            tokens = geo.context_groups * geo.group_tokens + geo.context_tail_tokens + st.step
+            rest = st.end_s - st.start_s - busy.get(st.step, 0.0) - st.stall_s - step_gaps.get(st.step, 0.0)
             appended = (geo.context_tail_tokens + st.step + 1) % geo.group_tokens == 0
-            (appends if appended else tails).append(after)
+            rests.append((kind, rest, tokens // geo.group_tokens * geo.group_tokens, appended))
     x, y = np.asarray(rows), np.asarray(ys)
     used = [0, 1] + ([2] if x[:, 2].any() else [])
     coef, _ = nnls(x[:, used], y)  # costs are never negative: non-negative least squares
@@ -66,10 +74,13 @@ def fit_decode_compute(runs: list[tuple[str, str, DecodeEngine]], rank: int) -> 
         coef, _ = nnls(x[inliers][:, used], y[inliers])
     fixed, per_att = float(coef[0]), float(coef[1])
     per_scored = float(coef[2]) if len(used) == 3 else 0.0
-    step_fixed = statistics.median(tails) if tails else 0.0
+    per_exact = statistics.median(g / t for g, t in gaps) if gaps else 0.0
+    first = {"predicted": per_scored, "exact": per_exact}  # layer 0's scoring, charged apart by the simulator
+    tails = [r - first.get(k, 0.0) * t for k, r, t, appended in rests if not appended]
+    appends = [r - first.get(k, 0.0) * t for k, r, t, appended in rests if appended]
+    step_fixed = max(statistics.median(tails), 0.0) if tails else 0.0
     append = (statistics.median(appends) - step_fixed) if appends else 0.0
     num_layers = runs[0][2].geo.num_layers if runs else 1
-    per_exact = statistics.median(g / t for g, t in gaps) if gaps else 0.0
     return DecodeCompute(
         layer_fixed_s=max(fixed, 0.0), per_attended_token_s=per_att, per_scored_token_s=per_scored,
         per_exact_token_s=per_exact, step_fixed_s=step_fixed, append_layer_s=max(append, 0.0) / num_layers,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from sparkv.commands.decode_hillinfer import (
 from sparkv.core.decode import DecodeScenario
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
+from sparkv.cost_models.decode_compute import DecodeCompute
 from sparkv.cost_models.smartssd import HostScoring, get_smartssd
-from sparkv.cost_models.storage import load_storage
+from sparkv.cost_models.storage import StorageProfile, load_storage
+from sparkv.engine.decode import DecodeEngine
 from sparkv.executor.model.decode_run import (
     RealDecodeSetup,
     TokenScores,
@@ -56,7 +59,11 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads for real decode (default 1)")
     p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")
     p.add_argument("--calibrate", choices=("joint", "per-policy"), default="joint",
-                   help="--validate: one compute fit over every calibration run, or one per policy")
+                   help="--validate: one compute fit over every calibration run (all run first), or one per "
+                        "policy from a calibration run right before its measured run")
+    p.add_argument("--probe-disk", action="store_true",
+                   help="--validate: measure the disk holding --kv-dir first (about 10 s) and simulate with that "
+                        "profile instead of --storage")
     p.add_argument("--record-scores", type=Path,
                    help="with --real: also record every token's predicted and exact scores to this .npz (per-token "
                         "trace for --sweep-g and recall; untimed extra work)")  # fmt: skip
@@ -94,13 +101,15 @@ def prepare(args: argparse.Namespace, scenario: DecodeScenario) -> RealDecodeSet
     return setup
 
 
-def real_hill_options(args: argparse.Namespace, setup: RealDecodeSetup, host: HostScoring | None = None
-                      ) -> dict[str, Any]:  # fmt: skip
-    """HillInfer's settings for a real run: the host kernel measured on this machine's real keys (or `host`)."""
+def real_hill_options(args: argparse.Namespace, setup: RealDecodeSetup, host: HostScoring | None = None,
+                      storage: StorageProfile | None = None) -> dict[str, Any]:  # fmt: skip
+    """HillInfer's settings for a real run: the host kernel measured on this machine's real keys (or `host`),
+    B_c from `storage` (default: the scenario's profile)."""
     spec, sc = setup.loaded.spec, setup.scenario
     keys = setup.cache.keys[0][:, : sc.context_tokens].transpose(0, 1).reshape(sc.context_tokens, -1).numpy()
     host = host or measure_host_scoring(keys, spec, sc.group_tokens, args.hill_bits)
-    return hill_options(sc, spec, load_storage(sc.storage), get_smartssd("samsung-smartssd"), host, args.hill_bits)
+    storage = storage or load_storage(sc.storage)
+    return hill_options(sc, spec, storage, get_smartssd("samsung-smartssd"), host, args.hill_bits)
 
 
 def run_real(args: argparse.Namespace, scenario: DecodeScenario, names: list[str]) -> list[Result]:
@@ -126,41 +135,60 @@ def run_real(args: argparse.Namespace, scenario: DecodeScenario, names: list[str
 def validate(
     args: argparse.Namespace, scenario: DecodeScenario, names: list[str]
 ) -> tuple[list[Result], list[dict[str, Any]]]:
-    """Calibration runs (short), then a real run per policy and its replay in the simulator."""
+    """Calibration runs (short), then a real run per policy and its replay in the simulator. `--calibrate
+    joint` runs every calibration first and fits them together; `per-policy` calibrates each policy right
+    before its measured run (less drift between the two). `--probe-disk` measures the disk holding the KV
+    files first and simulates with that profile instead of the scenario's."""
     setup = prepare(args, scenario)
     storage = load_storage(scenario.storage)
     try:
+        if getattr(args, "probe_disk", False):
+            storage, saved = probe_disk(args.kv_dir, getattr(args, "out", None))
+            scenario = scenario.with_(storage=str(saved) if saved else storage.name)
+            setup = RealDecodeSetup(**{**setup.__dict__, "scenario": scenario})
         calib_sc = scenario.with_(steps=max(2, min(args.calib_steps, scenario.steps)))
         calib_setup = RealDecodeSetup(**{**setup.__dict__, "scenario": calib_sc})
-        runs = []
-        hill = real_hill_options(args, setup) if "hillinfer" in names else None
-        host = None
-        for name in names:
-            policy = build_policy(name, hill)
+        hill = real_hill_options(args, setup, storage=storage) if "hillinfer" in names else None
+        state: dict[str, Any] = {"hill": hill, "host": None}
+
+        def calibrate(name: str) -> tuple[str, str, DecodeEngine]:
+            policy = build_policy(name, state["hill"])
             calib, _, engine, _ = run_real_decode(calib_setup, policy, log=True)
-            # hillinfer's layer spans hold no scoring (its scoring phase is fitted on its own)
-            runs.append(("none" if name == "hillinfer" else policy.score_kind, name, engine))
             if name == "hillinfer":
                 host = fit_host_scoring(calib.extra["scoring_samples"])
-                hill = real_hill_options(args, setup, host)
+                state["host"] = host
+                state["hill"] = real_hill_options(args, setup, host, storage=storage)
                 print(f"hillinfer host scoring fitted: {host.per_token_s * 1e9:.1f} ns/token, hot phase "
                       f"{host.hot_fixed_s * 1e3:.3f} ms + per token, cold share {host.cpu_fixed_s * 1e3:.3f} ms + "
                       "per token")  # fmt: skip
-        joint = fit_decode_compute(runs, scenario.rank)
-        print(f"decode compute fitted on {len(runs)} calibration runs of {calib_sc.steps} steps: "
-              f"{json.dumps({k: v for k, v in joint.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
+            # hillinfer's layer spans hold no scoring (its scoring phase is fitted on its own)
+            return ("none" if name == "hillinfer" else policy.score_kind, name, engine)
+
+        def describe_fit(fit: DecodeCompute, what: str) -> None:
+            print(f"decode compute fitted on {what} of {calib_sc.steps} steps: "
+                  f"{json.dumps({k: v for k, v in fit.to_dict().items() if k.endswith('_s')})}")  # fmt: skip
+
         per_policy = args.calibrate == "per-policy"
-        fits = {name: fit_decode_compute([run], scenario.rank) if per_policy else joint
-                for name, run in zip(names, runs, strict=True)}  # fmt: skip
-        if per_policy:
-            print("each policy is predicted with the fit of its own calibration run (--calibrate per-policy)")
+        fits: dict[str, DecodeCompute] = {}
+        if not per_policy:
+            runs = [calibrate(name) for name in names]
+            joint = fit_decode_compute(runs, scenario.rank)
+            describe_fit(joint, f"{len(runs)} calibration runs")
+            fits = dict.fromkeys(names, joint)
+        else:
+            print("each policy is calibrated right before its measured run and predicted with that fit "
+                  "(--calibrate per-policy)")
         reals, sims, rows = [], [], []
         for name in names:
-            real, trace, _, _ = run_real_decode(setup, build_policy(name, hill))
+            if per_policy:
+                fits[name] = fit_decode_compute([calibrate(name)], scenario.rank)
+                describe_fit(fits[name], f"{name}'s calibration run")
+            real, trace, _, _ = run_real_decode(setup, build_policy(name, state["hill"]))
             world = build_decode_world(scenario, compute=fits[name], scores=trace, storage=storage,
                                        spec=spec_for_disk(setup.loaded))  # fmt: skip
             if name == "hillinfer":  # the same settings as the real run, the fitted host kernel
-                sim, _ = run_storage_decode_sim(world, make_decode_policy(name, **settings_of(real)), host=host)
+                sim, _ = run_storage_decode_sim(world, make_decode_policy(name, **settings_of(real)),
+                                                host=state["host"])  # fmt: skip
             else:
                 sim = simulate_decode(world, make_decode_policy(name))
             reals.append(real)
@@ -169,6 +197,23 @@ def validate(
     finally:
         setup.files.close()
     return reals + sims, rows
+
+
+def probe_disk(kv_dir: Path, out: Path | None, file_bytes: int = 128 << 20, cell_s: float = 0.08
+               ) -> tuple[StorageProfile, Path | None]:  # fmt: skip
+    """A short measured profile of the disk holding `kv_dir` (sizes 512 B-1 MiB x depths 1-16, about 10 s),
+    and where it was saved (into `out`, when given)."""
+    from sparkv.profiling.disk import profile_disk
+
+    t0 = time.perf_counter()
+    profile = profile_disk(kv_dir, file_bytes=file_bytes, cell_s=cell_s)
+    profile = replace(profile, name=f"{profile.name}-probed",
+                      sources={**profile.sources, "when": "probed by decode --validate --probe-disk right before "
+                               "the validation"})  # fmt: skip
+    print(f"disk probed ({time.perf_counter() - t0:.1f} s): {profile.bandwidth_bps(16 << 10, 16) / 1e6:.0f} MB/s "
+          f"at 16 KiB and {profile.bandwidth_bps(1 << 20, 16) / 1e6:.0f} MB/s at 1 MiB (depth 16), per batch "
+          f"{profile.batch_fixed_s * 1e6:.0f} us; the simulator uses this profile")  # fmt: skip
+    return profile, profile.save(Path(out) / "disk-probed.json") if out is not None else None
 
 
 VALIDATE_COLUMNS = [
