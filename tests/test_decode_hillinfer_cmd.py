@@ -29,7 +29,7 @@ def test_validate_pairs_real_and_simulated_hillinfer(tmp_path: Path, capsys: pyt
     code = main(["decode", "--validate", *TINY, "--steps", "6", "--calib-steps", "3", "--policy", "hillinfer",
                  "--policy", "full-reload", *folders])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == 0 and "hillinfer host scoring fitted" in out
+    assert code == 0 and "hillinfer host scoring: kernel" in out
     rows = {r["policy"]: r for r in json.loads((tmp_path / "out" / "decode-validation.json").read_text())}
     assert rows["hillinfer"]["bytes_match"] and rows["hillinfer"]["hits_match"]
     real = json.loads((tmp_path / "out" / "decode-real-hillinfer.json").read_text())
@@ -55,7 +55,7 @@ def test_validate_per_policy_on_a_probed_disk(tmp_path: Path, capsys: pytest.Cap
                  str(tmp_path / "kv"), "--out", str(out)])  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0 and "disk probed" in text
-    assert text.index("full-reload's calibration run") < text.index("hillinfer host scoring fitted")
+    assert text.index("full-reload's calibration run") < text.index("hillinfer host scoring: kernel")
     probed = load_storage(str(out / "disk-probed.json"))
     assert probed.kind == "measured" and "probed" in probed.name
     sim = json.loads((out / "decode-sim-hillinfer.json").read_text())

@@ -66,8 +66,25 @@ def test_only_the_selected_cold_groups_are_read_at_fp16(setup: RealDecodeSetup) 
 
 def test_host_scoring_fit_reads_the_real_phases(setup: RealDecodeSetup) -> None:
     real, _, _, _ = run_real_decode(setup, make_decode_policy("hillinfer"))
-    host = fit_host_scoring(real.extra["scoring_samples"])
-    assert host.per_token_s >= 0 and host.hot_fixed_s >= 0 and "least squares" in host.source
+    host = fit_host_scoring(real.extra["scoring_samples"], per_token_s=1e-7)
+    assert host.per_token_s == 1e-7 and host.hot_fixed_s > 0 and "measured on the day" in host.source
+
+
+def _phases(hot_tokens: list[int], cpu_tokens: list[int]) -> list[dict[str, float]]:
+    """Scoring phases costing 1 ms + 100 ns/token (hot) and 0.2 ms + 100 ns/token (host's cold share)."""
+    return [{"step": 1 + i, "hot_tokens": h, "hot_s": 1e-3 + 1e-7 * h, "cpu_tokens": c, "cpu_s": 2e-4 + 1e-7 * c}
+            for i, (h, c) in enumerate(zip(hot_tokens, cpu_tokens, strict=True))]  # fmt: skip
+
+
+def test_host_scoring_fit_separates_fixed_and_per_token_costs() -> None:
+    varied = fit_host_scoring(_phases([100, 400, 900, 1600], [50, 300, 700, 20]))
+    assert varied.per_token_s == pytest.approx(1e-7, rel=1e-6)
+    assert varied.hot_fixed_s == pytest.approx(1e-3, rel=1e-6) and varied.cpu_fixed_s == pytest.approx(2e-4, rel=1e-5)
+    fixed = _phases([300] * 6, [0] * 6)  # the same pool every phase: per-token and fixed cannot be told apart
+    with pytest.raises(ValueError, match="not identifiable"):
+        fit_host_scoring(fixed)
+    given = fit_host_scoring(fixed, per_token_s=1e-7)
+    assert given.hot_fixed_s == pytest.approx(1e-3, rel=1e-6) and given.cpu_fixed_s == 0.0
 
 
 def test_int8_scores_rank_like_fp16_and_int4_round_trips() -> None:

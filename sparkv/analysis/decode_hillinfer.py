@@ -39,9 +39,15 @@ def topk_overlap(keys: np.ndarray, queries: np.ndarray, kv_heads: int, bits: int
             "top_tokens": float(k)}  # fmt: skip
 
 
-def fit_host_scoring(samples: list[dict[str, Any]]) -> HostScoring:
-    """Least squares over real scoring phases (`Result.extra["scoring_samples"]`, the first step left out as
-    warm-up): hot seconds = hot fixed + per token x hot tokens; cpu seconds = cpu fixed + per token x tokens."""
+MIN_TOKEN_SPREAD = 0.1  # the token counts' coefficient of variation below which per-token costs are not fitted
+
+
+def fit_host_scoring(samples: list[dict[str, Any]], per_token_s: float | None = None) -> HostScoring:
+    """The host's scoring cost from real scoring phases (`Result.extra["scoring_samples"]`, the first step left
+    out as warm-up): hot seconds = hot fixed + per token x hot tokens; cpu seconds = cpu fixed + per token x
+    tokens. With `per_token_s` (the kernel measured on the day) only the fixed parts are fitted (medians of
+    the rest); without it, non-negative least squares, which needs the token counts to vary enough to tell
+    the per-token cost from the fixed ones (a ValueError when they do not)."""
     rows, ys = [], []
     for s in samples:
         if s["step"] == 0:
@@ -53,7 +59,21 @@ def fit_host_scoring(samples: list[dict[str, Any]]) -> HostScoring:
             ys.append(float(s["cpu_s"]))
     if len(rows) < 3:
         raise ValueError(f"fitting the host's scoring cost needs at least 3 samples beyond step 0, got {len(rows)}")
-    coef, _ = nnls(np.asarray(rows), np.asarray(ys))
+    x, y = np.asarray(rows), np.asarray(ys)
+    if per_token_s is not None:
+        rest = y - x[:, 2] * per_token_s
+        hot, cpu = rest[x[:, 0] == 1.0], rest[x[:, 1] == 1.0]
+        return HostScoring(hot_fixed_s=max(float(np.median(hot)), 0.0),
+                           cpu_fixed_s=max(float(np.median(cpu)), 0.0) if cpu.size else 0.0,
+                           per_token_s=per_token_s,
+                           source=f"kernel measured on the day ({per_token_s * 1e9:.1f} ns/token), fixed parts the "
+                                  f"median rest of {len(ys)} real scoring phases")  # fmt: skip
+    spread = max(float(np.std(x[m, 2]) / max(np.mean(x[m, 2]), 1.0)) for m in (x[:, 0] == 1.0, x[:, 1] == 1.0)
+                 if m.any())  # fmt: skip
+    coef, _ = nnls(x, y)
+    if spread < MIN_TOKEN_SPREAD or coef[2] <= 0.0:
+        raise ValueError(f"the per-token scoring cost is not identifiable from {len(ys)} phases (token counts "
+                         "barely vary): give the kernel's measured cost")  # fmt: skip
     return HostScoring(hot_fixed_s=float(coef[0]), cpu_fixed_s=float(coef[1]), per_token_s=float(coef[2]),
                        source=f"non-negative least squares over {len(ys)} real scoring phases")  # fmt: skip
 

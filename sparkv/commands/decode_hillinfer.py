@@ -165,7 +165,7 @@ def hill_study(args: argparse.Namespace, scenario: DecodeScenario, real: Result 
     """Print (and save) the study's tables: split vs brute force, what-if, and the real overlap if measured."""
     world = build_decode_world(scenario, spec=spec)
     if real is not None:
-        host = fit_host_scoring(real.extra["scoring_samples"])
+        host = fit_host_scoring(real.extra["scoring_samples"], 1.0 / real.config["policy"]["cpu_tokens_per_s"])
     else:
         host = HostScoring(per_token_s=1.0 / HillInfer().settings.cpu_tokens_per_s)
     budget_mb = world.geometry.budget_bytes / 1e6
