@@ -77,3 +77,27 @@ def test_a_second_build_of_the_same_context_is_reused(setup: RealDecodeSetup) ->
     first = prepare_real_decode(setup.loaded, ids, calib, SCENARIO, folder)
     other = prepare_real_decode(setup.loaded, ids, calib, SCENARIO.with_(rank=4), folder)
     assert not first.reused and not other.reused  # a new folder, then a different rank: each a new build
+
+
+def test_the_timed_loop_runs_with_the_collector_frozen(setup: RealDecodeSetup) -> None:
+    """A full collection over the loaded model stalled SmolLM2's decode by ~240 ms every few steps."""
+    import gc
+
+    from sparkv.executor.model.gcpause import frozen_gc
+
+    policy = make_decode_policy("full-reload")
+    seen: list[int] = []
+    plan = policy.plan
+
+    def recording(scores):  # type: ignore[no-untyped-def]
+        seen.append(gc.get_freeze_count())
+        return plan(scores)
+
+    policy.plan = recording  # type: ignore[method-assign]
+    before = gc.get_freeze_count()
+    run_real_decode(setup, policy)
+    assert seen and min(seen) > 0  # everything alive before the loop was frozen
+    assert gc.get_freeze_count() == before  # and released after
+    with frozen_gc():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == before

@@ -382,6 +382,7 @@ def _dump(out: Path | None, name: str, data: dict[str, Any]) -> None:
 def task_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list[str]) -> int:
     """The generated tasks (niah, multikey, vt) answered greedily under each per-head policy and N'."""
     from sparkv.analysis.decode_tasks import TASKS, make_tasks
+    from sparkv.analysis.needle_kept import after_prefill, answer_tokens, kept_share, needle_rank
     from sparkv.commands.decode_quality import ANSWER_STEPS, _prompt_ids
     from sparkv.executor.model.kelle_run import prepare_kelle, run_kelle_real
     from sparkv.executor.model.models import load_model
@@ -400,20 +401,33 @@ def task_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list
             ids = _prompt_ids(loaded, task, length)
             sc = scenario.with_(context_tokens=int(ids.shape[0]), steps=ANSWER_STEPS, seed=task.seed)
             setup = prepare_kelle(loaded, ids, sc, args.kv_dir)
+            needle = answer_tokens([loaded.tokenizer.decode([t]) for t in ids.tolist()], task.answer)
             answers: dict[str, float] = {}
             for budget in budgets(args):
-                row: dict[str, Any] = {"kind": task.kind, "length": length, "depth": task.depth, "budget": budget}
+                row: dict[str, Any] = {"kind": task.kind, "length": length, "depth": task.depth, "budget": budget,
+                                       "needle_tokens": int(needle.size),
+                                       "needle_rank": needle_rank(setup.prefill, needle)}  # fmt: skip
                 for name in policies:
                     if name == "full" and "full" in answers:  # no eviction: the same at every N'
                         row[name] = answers["full"]
                         continue
-                    run = run_kelle_real(setup, head_policy(name, budget, sc.context_tokens + sc.steps))
+                    policy = head_policy(name, budget, sc.context_tokens + sc.steps)
+                    run = run_kelle_real(setup, policy)
                     text = loaded.tokenizer.decode(run.tokens, skip_special_tokens=True)
                     row[name] = answers[name] = float(task.answer in text)
                     row[f"{name}_text"] = text.strip()[:40]
+                    if name != "full":
+                        fresh = head_policy(name, budget, sc.context_tokens + sc.steps)
+                        start = after_prefill(fresh, setup.geometry, setup.prefill)
+                        end = [policy.head_state(layer) for layer in range(setup.geometry.num_layers)]
+                        row[f"{name}_kept_prefill"] = kept_share(start, needle)["mean"]
+                        row[f"{name}_kept_end"] = kept_share(end, needle)["mean"]
                 rows.append(row)
                 print(f"  {task.kind} {length} depth {task.depth} N'={budget}: "
-                      + ", ".join(f"{n} {'ok' if row[n] else 'wrong'}" for n in policies), flush=True)  # fmt: skip
+                      + ", ".join(f"{n} {'ok' if row[n] else 'wrong'}" for n in policies)
+                      + "; answer tokens kept after the prefill (mean over layers and heads): "
+                      + ", ".join(f"{n} {row[f'{n}_kept_prefill']:.2f}" for n in policies if n != "full")
+                      + f"; needle's prefill-attention quantile {row['needle_rank']:.2f}", flush=True)  # fmt: skip
     summary = []
     for budget in budgets(args):
         for kind in kinds:
@@ -423,7 +437,23 @@ def task_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list
                                 **{n: 100.0 * sum(r[n] for r in sel) / len(sel) for n in policies}})  # fmt: skip
     cols = [("kind", "task", ""), ("budget", "N'", "d"), ("n", "n", "d")] + [(n, f"{n} %", ".0f") for n in policies]
     print(format_table(summary, cols))
-    _dump(args.out, "decode-kelle-quality.json", {"scenario": scenario.to_dict(), "rows": rows, "summary": summary})
+    kept = []
+    for budget in budgets(args):
+        sel = [r for r in rows if r["budget"] == budget and r["needle_tokens"]]
+        if sel:
+            kept.append({"budget": budget, "rank": statistics.mean(r["needle_rank"] for r in sel),
+                         **{n: statistics.mean(r[f"{n}_kept_prefill"] for r in sel) for n in policies if n != "full"},
+                         **{f"{n}_end": statistics.mean(r[f"{n}_kept_end"] for r in sel)
+                            for n in policies if n != "full"}})  # fmt: skip
+    if kept:
+        print("share of the answer's tokens each (layer, KV head) keeps, mean over heads and tasks: after the "
+              "prefill's eviction / at the end of the answer; quantile: the needle's accumulated prefill attention "
+              "among all prompt tokens")  # fmt: skip
+        print(format_table(kept, [("budget", "N'", "d"), ("rank", "needle quantile", ".2f")]
+                           + [(n, f"{n} after prefill", ".2f") for n in policies if n != "full"]
+                           + [(f"{n}_end", f"{n} at end", ".2f") for n in policies if n != "full"]))  # fmt: skip
+    _dump(args.out, "decode-kelle-quality.json", {"scenario": scenario.to_dict(), "rows": rows, "summary": summary,
+                                                 "needle_kept": kept})
     return 0
 
 

@@ -36,6 +36,7 @@ from sparkv.executor.model.decode import (
     save_cache,
 )
 from sparkv.executor.model.decode import prefill_keys as _prefill_keys
+from sparkv.executor.model.gcpause import frozen_gc
 from sparkv.executor.model.kvfile import LAYOUT_FILE, GroupReader, KVFiles, KVLayout
 from sparkv.executor.model.models import LoadedModel
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
@@ -175,7 +176,7 @@ def run_real_decode(
         return plan, job, batch
 
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), frozen_gc():
             for step in range(sc.steps):
                 engine.step_begin(step, now())
                 pos = sc.context_tokens + step

@@ -23,6 +23,7 @@ from sparkv.core.result import Result
 from sparkv.cost_models.smartssd import MODELLED, SmartSSDProfile
 from sparkv.engine.decode import DecodeEngine
 from sparkv.executor.model.decode import CacheBuild, SlotPool, SparseDecoder, append_filled_group
+from sparkv.executor.model.gcpause import frozen_gc
 from sparkv.executor.model.keyplane_file import KeyPlane
 from sparkv.executor.model.keyscore import dequantize_keys, quantize_query, score_records, token_scores
 from sparkv.executor.model.kvfile import GroupReader, KVFiles
@@ -141,7 +142,7 @@ def run_real_storage_decode(
         return plan, job, reader.submit(layer, requests) if requests else None
 
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), frozen_gc():
             for step in range(sc.steps):
                 engine.step_begin(step, now())
                 pos = sc.context_tokens + step

@@ -30,6 +30,7 @@ from sparkv.core.errors import UserError
 from sparkv.core.result import Result
 from sparkv.cost_models.kelle import RefreshPlan, RetentionModel
 from sparkv.engine.decode import DecodeEngine
+from sparkv.executor.model.gcpause import frozen_gc
 from sparkv.executor.model.models import LoadedModel
 from sparkv.executor.model.prefill_layers import LLAMA_LIKE, LlamaMath, _rotate_half
 from sparkv.policies.decode.base import DecodeContext
@@ -399,7 +400,7 @@ def run_kelle_real(
     def now() -> float:
         return time.perf_counter() - origin
 
-    with torch.inference_mode():
+    with torch.inference_mode(), frozen_gc():
         for step in range(sc.steps):
             engine.step_begin(step, now())
             pos = sc.context_tokens + step
