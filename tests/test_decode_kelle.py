@@ -219,3 +219,34 @@ def test_kv_folder_keeps_the_prefill_and_a_second_setup_reuses_it(tmp_path: Path
     other[5] = (other[5] + 1) % 256  # another context: computed again, the folder's file replaced
     assert not prepare_kelle(loaded, other, SCENARIO, tmp_path / "kv").reused
     assert prepare_kelle(loaded, other, SCENARIO, tmp_path / "kv").reused
+
+
+@pytest.mark.parametrize("beta", [0.7, 1.0, 3.06, 6.0])
+def test_at_equal_mean_failure_uniform_refresh_does_the_least_refresh_work(beta: float) -> None:
+    """Jensen: with F convex in the refresh rate, no plan with one mean failure rate refreshes less than uniform
+    refresh; 2DRP's intervals and random four-bucket plans alike."""
+    from sparkv.cost_models.kelle import RefreshPlan, RetentionModel, equal_error_uniform
+
+    model = RetentionModel(tau_s=39e-3, beta=beta)
+    rng = np.random.default_rng(0)
+    plans = [two_drp()] + [RefreshPlan("random", {b: float(v) for b, v in zip(
+        (("high", "msb"), ("high", "lsb"), ("low", "msb"), ("low", "lsb")), rng.uniform(1e-4, 2e-2, 4), strict=True)},
+        float(rng.uniform(0.1, 0.9))) for _ in range(20)]  # fmt: skip
+    for plan in plans:
+        same = equal_error_uniform(plan, model)
+        assert same.mean_failure(model) == pytest.approx(plan.mean_failure(model), rel=1e-6)
+        assert same.refreshes_per_byte_s() <= plan.refreshes_per_byte_s() * (1 + 1e-9)
+
+
+def test_the_refresh_verdict_compares_at_equal_error_and_at_equal_quality() -> None:
+    from sparkv.commands.decode_kelle import refresh_verdict
+
+    def row(name: str, interval: float, rise: float, mj: float) -> dict[str, float | str]:
+        return {"refresh": name, "interval_s": interval, "rise": rise, "refresh_mj": mj, "mean_failure": 2e-3}
+
+    summary = [row("2DRP", 1.05e-3, 0.08, 0.34), row("uniform 5130 us", 5.13e-3, 70.0, 0.07),
+               row("uniform 1050 us", 1.05e-3, 0.9, 0.34), row("uniform 430 us", 0.43e-3, 0.05, 0.82),
+               row("uniform 200 us", 0.2e-3, 0.01, 1.8)]  # fmt: skip
+    verdict = refresh_verdict(summary, "2DRP", "uniform 5130 us")
+    assert verdict["equal_quality_uniform"]["refresh"] == "uniform 430 us"  # the cheapest uniform as good as 2DRP
+    assert "2DRP x0.41" in verdict["lines"][1] and "2DRP x4.86" in verdict["lines"][0]

@@ -27,6 +27,7 @@ from sparkv.cost_models.kelle import (
     MemoryConfig,
     RefreshPlan,
     TokenTraffic,
+    equal_error_uniform,
     fit_retention,
     kelle_configs,
     paper_workloads,
@@ -55,7 +56,7 @@ def add_kelle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-prefix", type=int, default=1024, help="tokens prefilled before scoring (default 1024)")
     p.add_argument("--refresh-study", action="store_true",
                    help="aerp: perplexity under eDRAM bit errors, 2DRP vs uniform refresh (modelled retention)")
-    p.add_argument("--error-rates", default="1e-4,1e-3",
+    p.add_argument("--error-rates", default="1e-6,1e-5,1e-4,1e-3",
                    help="--refresh-study: uniform failure rates to test besides the refresh plans")  # fmt: skip
 
 
@@ -468,8 +469,7 @@ def refresh_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
     spec = loaded.spec
     retention = fit_retention()
     drp = two_drp()
-    plans: list[RefreshPlan] = [drp, uniform_refresh(retention.interval_for(drp.mean_failure(retention))),
-                                uniform_refresh(drp.mean_interval_s())]  # fmt: skip
+    plans: list[RefreshPlan] = [drp, equal_error_uniform(drp, retention), uniform_refresh(drp.mean_interval_s())]
     plans += [uniform_refresh(retention.interval_for(float(r))) for r in args.error_rates.split(",") if r.strip()]
     budget = budgets(args)[0]
     prefix, steps = args.ppl_prefix, scenario.steps
@@ -487,7 +487,7 @@ def refresh_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
         step_s = token_energy(spec, traffic, edram, args.batch).token_s * args.batch  # modelled batch step
         base = float(np.exp(np.mean(clean.nll)))
         rows.append({"doc": index, "refresh": "none (error-free)", "ppl": base, "rise": 0.0, "failure_rate": 0.0,
-                     "mean_failure": 0.0, "refresh_mw": 0.0})  # fmt: skip
+                     "mean_failure": 0.0, "bit_error_rate": 0.0, "interval_s": 0.0, "refresh_mw": 0.0})  # fmt: skip
         for plan in plans:
             errors = BitErrors(retention, plan, step_s, seed=index)
             run = run_kelle_real(setup, head_policy("aerp", budget, prefix + steps), errors=errors, teacher=teacher)
@@ -495,6 +495,7 @@ def refresh_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
             e = token_energy(spec, traffic, MemoryConfig(plan.name, edram.onchip, plan), args.batch)
             rows.append({"doc": index, "refresh": plan.name, "ppl": ppl, "rise": ppl - base,
                          "failure_rate": errors.stats()["failure_rate"], "mean_failure": plan.mean_failure(retention),
+                         "bit_error_rate": errors.stats()["bit_error_rate"], "interval_s": plan.mean_interval_s(),
                          "refresh_mw": e.lines[0].refresh_j / e.token_s * 1e3 if e.token_s else 0.0,
                          "refresh_mj": e.lines[0].refresh_j * 1e3})  # fmt: skip
             print(f"  doc {index}: {plan.name}: ppl {ppl:.3f} ({ppl - base:+.3f}), cells failed "
@@ -506,15 +507,44 @@ def refresh_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
                         "rise": statistics.mean(r["rise"] for r in sel),
                         "mean_failure": sel[0]["mean_failure"],
                         "measured_failure": statistics.mean(r["failure_rate"] for r in sel),
+                        "bit_error_rate": statistics.mean(r["bit_error_rate"] for r in sel),
+                        "interval_s": sel[0]["interval_s"],
                         "refresh_mj": statistics.mean(r.get("refresh_mj", 0.0) for r in sel)})  # fmt: skip
     print(f"refresh study (modelled eDRAM, Weibull retention tau {retention.tau_s * 1e3:.2f} ms beta "
           f"{retention.beta:.2f}): {loaded.model_id}, AERP N'={budget}, {len(docs)} documents, prefix {prefix}, "
           f"{steps} scored tokens; modelled step {step_s * 1e3:.3f} ms (batch {args.batch})")  # fmt: skip
     print(format_table(summary, [("refresh", "refresh (modelled)", ""), ("mean_failure", "model failure rate", ".2e"),
                                  ("measured_failure", "injected cell failure rate", ".2e"),
+                                 ("bit_error_rate", "bit-error rate (flipped)", ".2e"),
                                  ("ppl", "perplexity", ".3f"), ("rise", "rise", "+.4f"),
                                  ("refresh_mj", "refresh mJ/token", ".5f")]))  # fmt: skip
+    verdict = refresh_verdict(summary, drp.name, equal_error_uniform(drp, retention).name)
+    for line in verdict["lines"]:
+        print(line)
     _dump(args.out, "decode-kelle-refresh.json",
           {"scenario": sc.to_dict(), "retention": retention.to_dict(), "plans": [p.describe(retention) for p in plans],
-           "traffic": geo_traffic.__dict__, "rows": rows, "summary": summary, "modelled": True})  # fmt: skip
+           "traffic": geo_traffic.__dict__, "rows": rows, "summary": summary, "verdict": verdict,
+           "modelled": True})  # fmt: skip
     return 0
+
+
+def refresh_verdict(summary: list[dict[str, Any]], drp_name: str, equal_name: str) -> dict[str, Any]:
+    """2DRP against uniform refresh: at equal mean failure rate (quality and refresh energy), and at equal
+    quality (the longest uniform interval measured whose perplexity rise is at most 2DRP's)."""
+    by = {r["refresh"]: r for r in summary}
+    drp, same = by[drp_name], by[equal_name]
+    uniform = [r for r in summary if r["refresh"].startswith("uniform")]
+    ok = [r for r in uniform if r["rise"] <= drp["rise"]]
+    best = max(ok, key=lambda r: r["interval_s"]) if ok else None
+    lines = [f"equal mean failure rate ({drp['mean_failure']:.1e}): 2DRP rise {drp['rise']:+.3f} vs uniform "
+             f"{same['rise']:+.3f}; refresh {drp['refresh_mj']:.4f} vs {same['refresh_mj']:.4f} mJ/token "
+             f"(2DRP x{drp['refresh_mj'] / same['refresh_mj']:.2f}; uniform is the least refresh work at a given mean "
+             "rate, see cost_models.kelle.equal_error_uniform)"]  # fmt: skip
+    if best is not None:
+        lines.append(f"equal quality (rise <= {drp['rise']:+.3f}): the longest uniform interval measured is "
+                     f"{best['interval_s'] * 1e3:.3f} ms (rise {best['rise']:+.3f}), refresh {best['refresh_mj']:.4f} "
+                     f"mJ/token: 2DRP x{drp['refresh_mj'] / best['refresh_mj']:.2f} of it")  # fmt: skip
+    else:
+        lines.append(f"equal quality: no uniform interval measured kept the rise <= {drp['rise']:+.3f}")
+    return {"lines": lines, "equal_error": {"2drp": drp, "uniform": same},
+            "equal_quality_uniform": best}  # fmt: skip

@@ -295,6 +295,7 @@ class BitErrors:
     def stats(self) -> dict[str, Any]:
         return {"refresh": self.plan.name, "step_s": self.step_s, "cells": self.cells, "failed_cells": self.failed,
                 "flipped_bits": self.flipped, "failure_rate": self.failed / self.cells if self.cells else 0.0,
+                "bit_error_rate": self.flipped / self.cells if self.cells else 0.0,
                 "modelled": True}  # fmt: skip
 
 
