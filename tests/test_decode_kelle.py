@@ -245,8 +245,11 @@ def test_the_refresh_verdict_compares_at_equal_error_and_at_equal_quality() -> N
         return {"refresh": name, "interval_s": interval, "rise": rise, "refresh_mj": mj, "mean_failure": 2e-3}
 
     summary = [row("2DRP", 1.05e-3, 0.08, 0.34), row("uniform 5130 us", 5.13e-3, 70.0, 0.07),
-               row("uniform 1050 us", 1.05e-3, 0.9, 0.34), row("uniform 430 us", 0.43e-3, 0.05, 0.82),
-               row("uniform 200 us", 0.2e-3, 0.01, 1.8)]  # fmt: skip
+               row("uniform 1050 us", 1.05e-3, 0.9, 0.34), row("uniform 430 us", 0.43e-3, 0.15, 0.82),
+               row("uniform 200 us", 0.2e-3, 0.01, 1.8), row("uniform 1930 us", 1.93e-3, -0.5, 0.18)]  # fmt: skip
     verdict = refresh_verdict(summary, "2DRP", "uniform 5130 us")
-    assert verdict["equal_quality_uniform"]["refresh"] == "uniform 430 us"  # the cheapest uniform as good as 2DRP
+    # the cheapest uniform within 0.1 of 2DRP's rise, every shorter one too (1930 us: lucky, past a failing 1050)
+    assert verdict["equal_quality_uniform"]["refresh"] == "uniform 430 us"
     assert "2DRP x0.41" in verdict["lines"][1] and "2DRP x4.86" in verdict["lines"][0]
+    summary[3] = row("uniform 430 us", 0.43e-3, 0.3, 0.82)  # beyond 2DRP's +0.08 + 0.1
+    assert refresh_verdict(summary, "2DRP", "uniform 5130 us")["equal_quality_uniform"]["refresh"] == "uniform 200 us"
