@@ -14,6 +14,7 @@ import torch
 from sparkv.analysis.decode_quality import topm_recall
 from sparkv.analysis.decode_tasks import TASKS, Task, make_tasks
 from sparkv.commands.common import format_table
+from sparkv.commands.decode_real import CALIB_TOKENS, _tokens
 from sparkv.core.decode import DecodeScenario
 from sparkv.core.errors import UserError
 from sparkv.executor.model.decode import calibrate_projections, prefill_keys
@@ -63,8 +64,8 @@ def run_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list[
     except ValueError as exc:
         raise UserError(f"bad --lengths or --depths: {exc}") from exc
     loaded = load_model(args.hf_model)
-    calib = TASKS["niah"](1536, 0.5, 10_000)  # calibration text: a generated haystack no task uses
-    calib_keys, _, _ = prefill_keys(loaded, _prompt_ids(loaded, calib, 2048))
+    calib_ids = _tokens(loaded, CALIB_TOKENS, 10_000)  # calibration text: the built-in logbook, no task uses it
+    calib_keys, _, _ = prefill_keys(loaded, calib_ids)
     projections = calibrate_projections(calib_keys, scenario.rank)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
