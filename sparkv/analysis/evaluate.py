@@ -28,6 +28,7 @@ from sparkv.policies.base import RequestContext
 from sparkv.policies.bounds import fluid_bound_for
 from sparkv.policies.controller import SparKVConfig
 from sparkv.policies.oracle import foresight_of, oracle_options
+from sparkv.policies.planner_energy import EnergyRates
 from sparkv.sim import SimulationStalled, World, build_world, simulate
 from sparkv.traces import Trace, get_trace, is_spec
 from sparkv.traces.expand import expand_traces
@@ -47,6 +48,8 @@ class EvalConfig:
     policies: list[str] = field(default_factory=lambda: list(POLICY_ORDER))
     base: dict[str, Any] = field(default_factory=dict)  # Scenario.to_dict() every point starts from
     sparkv: dict[str, Any] = field(default_factory=dict)  # SparKVConfig.to_dict()
+    # the sparkv policy once per objective (`policies.objective`): rows "sparkv" (ttft) and "sparkv[OBJECTIVE]"
+    objectives: list[str] = field(default_factory=lambda: ["ttft"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +74,8 @@ def jobs_for(cfg: EvalConfig) -> list[dict[str, Any]]:
             targets = [("ratio", r) for r in cfg.ratios] + [("scale", s) for s in cfg.scales]
             for kind, value in targets:
                 out.append({"trace": trace, "context_tokens": ctx, "kind": kind, "value": value,
-                            "policies": cfg.policies, "base": cfg.base, "sparkv": cfg.sparkv})  # fmt: skip
+                            "policies": cfg.policies, "base": cfg.base, "sparkv": cfg.sparkv,
+                            "objectives": cfg.objectives})  # fmt: skip
     return out
 
 
@@ -96,24 +100,30 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
         world = build_world(scenario, trace=trace)
     bound = fluid_bound(world)
     rows: list[dict[str, Any]] = []
+    runs: list[tuple[str, str, dict[str, Any]]] = []  # (row label, policy, options)
     for name in job["policies"]:
-        options: dict[str, Any] = {}
         if name == "oracle":
-            options = oracle_options(world)
-        elif name == "sparkv" and job["sparkv"]:
-            options = {"config": SparKVConfig.from_dict(job["sparkv"])}
+            runs.append((name, name, oracle_options(world)))
+        elif name == "sparkv":
+            base_cfg = SparKVConfig.from_dict(job["sparkv"]) if job["sparkv"] else SparKVConfig()
+            for objective in job.get("objectives") or ["ttft"]:
+                cfg = base_cfg if objective == base_cfg.objective else base_cfg.with_(objective=objective)
+                runs.append((objective_label(objective), name, {"config": cfg} if cfg != SparKVConfig() else {}))
+        else:
+            runs.append((name, name, {}))
+    for label, name, options in runs:
         plan_ms = _plan_ms(world, name, options) if name in ("sparkv", "oracle") else math.nan
         policy = make_policy(name, **options)
         t0 = time.perf_counter()
         try:
             result = simulate(world, policy, record=False)
         except SimulationStalled as exc:
-            rows.append({"policy": name, "status": "stalled", "reason": str(exc), "ttft_s": math.inf})
+            rows.append({"policy": label, "status": "stalled", "reason": str(exc), "ttft_s": math.inf})
             continue
         wall = time.perf_counter() - t0
         stats = result.extra.get("policy_stats", {})
         rows.append({
-            "policy": name, "status": "ok", "ttft_s": result.ttft_s, "energy_j": result.energy_total_j,
+            "policy": label, "status": "ok", "ttft_s": result.ttft_s, "energy_j": result.energy_total_j,
             **{f"energy_{k}_j": v for k, v in result.energy_j.items()},
             "mb_streamed": result.bytes_streamed / 1e6, "mb_wasted": result.bytes_wasted / 1e6,
             "cells_computed": result.cells_computed, "cells_streamed": result.cells_streamed,
@@ -122,6 +132,7 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
             "policy_config": json.dumps(result.config["policy"]),
         })  # fmt: skip
     ttft = {r["policy"]: r["ttft_s"] for r in rows}
+    energy = {r["policy"]: r.get("energy_j", math.nan) for r in rows}
     common = {
         "trace": Path(job["trace"]).name if not is_spec(job["trace"]) else job["trace"],
         "trace_path": job["trace"], "context_tokens": job["context_tokens"], "scale_kind": job["kind"],
@@ -129,9 +140,15 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
         "calibration": calibration, "trace_mean_mbps": world.trace.mean_bps * 8 / 1e6, "fluid_bound_s": bound,
         "local_ttft_s": ttft.get("local", math.nan), "stream_ttft_s": ttft.get("stream", math.nan),
         "oracle_ttft_s": ttft.get("oracle", math.nan), "cake_ttft_s": ttft.get("cake", math.nan),
+        "local_energy_j": energy.get("local", math.nan),
         "scenario": json.dumps(scenario.to_dict()),
     }  # fmt: skip
     return [{**common, **row} for row in rows]
+
+
+def objective_label(objective: str) -> str:
+    """The row name of the sparkv policy under `objective`: "sparkv" for TTFT, else "sparkv[OBJECTIVE]"."""
+    return "sparkv" if objective == "ttft" else f"sparkv[{objective}]"
 
 
 CALIBRATION_STEPS = 4  # simulated stream-only runs at most when stream-only does not finish at scale 1
@@ -296,7 +313,8 @@ def _plan_ms(world: World, name: str, options: dict[str, Any], clock: Callable[[
     """Milliseconds of the policy's first plan (its `begin`), timed outside the pure policy."""
     policy = make_policy(name, **options)
     t0 = clock()
-    policy.begin(RequestContext(world.request, world.spec, world.costs, 0.0))
+    policy.begin(RequestContext(world.request, world.spec, world.costs, 0.0, None,
+                                EnergyRates.of(world.radio, world.profile.power)))
     return (clock() - t0) * 1e3
 
 

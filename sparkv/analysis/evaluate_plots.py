@@ -92,3 +92,25 @@ def _cdf_axes(ax: Any, xlabel: str, unit_line: bool = False) -> None:
     ax.set_ylabel("fraction of scenarios")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def plot_pareto(points: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per regime: each policy's median TTFT and energy relative to local-only; the front joined."""
+    regimes = sorted({p["regime"] for p in points})
+    fig, axes = plt.subplots(1, max(1, len(regimes)), figsize=(4.5 * max(1, len(regimes)), 4.2), squeeze=False)
+    for ax, regime in zip(axes[0], regimes, strict=False):
+        sel = [p for p in points if p["regime"] == regime]
+        for p in sel:
+            color = COLORS.get(p["policy"], COLORS["sparkv"] if p["policy"].startswith("sparkv") else None)
+            ax.scatter(p["ttft_over_local_med"], p["energy_over_local_med"], color=color,
+                       marker="o" if p["on_front"] else "x")
+            ax.annotate(p["policy"], (p["ttft_over_local_med"], p["energy_over_local_med"]), fontsize=7)
+        front = sorted((p["ttft_over_local_med"], p["energy_over_local_med"]) for p in sel if p["on_front"])
+        if front:
+            ax.plot(*zip(*front, strict=True), color="k", lw=0.8)
+        ax.set_title(regime)
+        ax.set_xlabel("TTFT / local-only (median)")
+        ax.set_ylabel("energy / local-only (median, modelled)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("TTFT-energy Pareto front per regime (o: on the front)")
+    return _save(fig, path)

@@ -21,6 +21,7 @@ from sparkv.core.replay import replay
 from sparkv.core.result import Result
 from sparkv.policies import make_policy
 from sparkv.policies.base import Policy, RequestContext
+from sparkv.policies.planner_energy import EnergyRates
 from sparkv.sim import simulate
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
     """
     costs = CostTable.from_dict(real.extra["context"]["costs"])
     hint = real.extra["context"].get("speed_hint")
-    policy.begin(RequestContext(template.request, template.model, costs, 0.0, hint))
+    rates = real.extra["context"].get("energy")
+    energy = EnergyRates.from_dict(rates) if rates else template.energy
+    policy.begin(RequestContext(template.request, template.model, costs, 0.0, hint, energy))
     return len(replay(policy, real.log))
 
 
@@ -158,7 +161,8 @@ def run_validation(
             )
         with session, BackgroundLoad(background_cores):
             for name in policies:
-                template = RequestContext(session.world.request, session.world.spec, session.world.costs)
+                template = RequestContext(session.world.request, session.world.spec, session.world.costs,
+                                          energy=EnergyRates.of(session.world.radio, session.world.profile.power))
                 runs = [
                     _probed_run(session, make, name, speed_tolerance, attempts, max_foreign_cores) if probe
                     else session.run(make(name), max_new_tokens=1)

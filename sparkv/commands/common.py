@@ -171,30 +171,57 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
 def add_policy_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-config", type=Path,
                    help="a policy config JSON (as `sparkv tune` writes) for the policy it names")  # fmt: skip
+    p.add_argument("--objective", type=objective_arg, default=None,
+                   help="what the sparkv policy's plans minimise: ttft (default), energy (least energy; the fastest "
+                        "within 1 %% of it), weighted:LAMBDA ((1-LAMBDA) x TTFT + LAMBDA x energy, each relative to "
+                        "the fastest plan's; 0..1) or budget:SECONDS (least energy with TTFT within SECONDS)")
+
+
+def objective_arg(text: str) -> str:
+    """`--objective`: checked by `parse_objective`, kept as its canonical text."""
+    from sparkv.policies.objective import parse_objective
+
+    try:
+        return parse_objective(text).spec()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _with_objective(options: dict[str, dict[str, Any]], objective: str | None) -> dict[str, dict[str, Any]]:
+    """`options` with the sparkv policy's objective set (in its config, if a file gave one)."""
+    if objective is None:
+        return options
+    out = dict(options)
+    mine = dict(out.get("sparkv", {}))
+    config = mine.get("config")
+    if config is not None:
+        mine["config"] = config.with_(objective=objective)
+    else:
+        mine["objective"] = objective
+    out["sparkv"] = mine
+    return out
 
 
 def policy_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """{policy name: options} from `--policy-config` (for the policy that file names), or {}."""
     path = getattr(args, "policy_config", None)
+    objective = getattr(args, "objective", None)
     if path is None:
-        return {}
+        return _with_objective({}, objective)
     from sparkv.policies.config_file import load_policy_config
 
     configured = load_policy_config(path)
-    return {configured.policy: dict(configured.options)}
+    return _with_objective({configured.policy: dict(configured.options)}, objective)
 
 
 def policy_maker(args: argparse.Namespace) -> Callable[[str], Policy]:
     """make_policy, with the options of `--policy-config` for the policy that file names."""
-    path = getattr(args, "policy_config", None)
-    if path is None:
+    options = policy_options(args)
+    if not options:
         return make_policy
-    from sparkv.policies.config_file import load_policy_config
-
-    configured = load_policy_config(path)
 
     def make(name: str) -> Policy:
-        return make_policy(name, **configured.options) if name == configured.policy else make_policy(name)
+        return make_policy(name, **options[name]) if name in options else make_policy(name)
 
     return make
 

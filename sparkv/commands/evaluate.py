@@ -20,7 +20,7 @@ from sparkv.analysis.evaluate import (
     summarise,
 )
 from sparkv.commands.common import floats as _floats
-from sparkv.commands.common import format_table, write_csv
+from sparkv.commands.common import format_table, objective_arg, write_csv
 from sparkv.commands.evaluate_paper import run_paper
 from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
 from sparkv.core.attention import parse_attention
@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rtt-ms", type=nonneg_float, help="round trip per transfer, ms (default 30)")
     p.add_argument("--policy-config", "--sparkv-config", dest="policy_config", type=Path,
                    help="the sparkv policy's config file, as `sparkv tune` writes it (--sparkv-config: old name)")
+    p.add_argument("--objective", action="append", type=objective_arg,
+                   help="run the sparkv policy under this objective (ttft, energy, weighted:LAMBDA, budget:SECONDS); "
+                        "repeatable, rows sparkv[OBJECTIVE] (default: ttft only, rows sparkv)")
     p.add_argument("--jobs", type=pos_int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
     p.add_argument("--planner-check", type=nonneg_int, default=0, metavar="N",
@@ -97,7 +100,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if any(c <= 0 for c in contexts):
         raise UserError(f"--context-tokens must be positive, got {args.context_tokens}")
     ratios = _floats(args.ratios or "0.5,1,2")
-    return EvalConfig(traces, contexts, ratios, _floats(args.scales), names, base.to_dict(), sparkv)
+    objectives = list(dict.fromkeys(args.objective or ["ttft"]))
+    return EvalConfig(traces, contexts, ratios, _floats(args.scales), names, base.to_dict(), sparkv, objectives)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
         oracle_check = oracle_gap_study(args.oracle_check, seed=3)
     beaten = oracle_beaten(rows)
-    report = {"config": cfg.to_dict(), "sparkv_config": cfg.sparkv or SparKVConfig().to_dict(),
+    energy = energy_report(rows, cfg)
+    report = {"energy": energy, "config": cfg.to_dict(), "sparkv_config": cfg.sparkv or SparKVConfig().to_dict(),
               "summary_in_band": summary, "summary_all": summarise(rows, band_only=False), "targets": targets,
               "planning": planning, "planner_check": planner_check, "oracle_beaten": beaten,
               "oracle_check": oracle_check,
@@ -144,10 +149,12 @@ def run(args: argparse.Namespace) -> int:
     (out / "evaluation.json").write_text(json.dumps(report, indent=1, default=str))
     print_report(summary, targets, planning, planner_check, rows)
     print_oracle_checks(beaten, oracle_check)
+    print_energy(energy)
     if not args.no_plots:
-        from sparkv.analysis.evaluate_plots import plot_evaluation
+        from sparkv.analysis.evaluate_plots import plot_evaluation, plot_pareto
 
         plot_evaluation(rows, out)
+        plot_pareto(energy["pareto"], out / "pareto_ttft_energy.png")
     print(f"wrote {out}/ (rows.csv, evaluation.json{'' if args.no_plots else ', *.png'})")
     return 0
 
@@ -211,3 +218,33 @@ def print_oracle_checks(beaten: dict[str, Any], oracle_check: list[dict[str, Any
         print("oracle vs the exact optimum (every decision of a policy without ticks searched, the simulator's "
               "arithmetic), tiny random requests:")  # fmt: skip
         print(format_table(oracle_check, ORACLE_CHECK))
+
+
+def energy_report(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    """TTFT and energy together: dominance of each sparkv row by a baseline, the energy objective's target,
+    and the Pareto front per regime (points with the policy's configuration)."""
+    from sparkv.analysis.evaluate import objective_label
+    from sparkv.analysis.pareto import dominance, energy_target, pareto_fronts
+
+    labels = [objective_label(o) for o in cfg.objectives] if "sparkv" in cfg.policies else []
+    base = cfg.sparkv or SparKVConfig().to_dict()
+    configs = {objective_label(o): json.dumps({**base, "objective": o}) for o in cfg.objectives}
+    configs.update({n: n for n in cfg.policies if n != "sparkv"})
+    return {"energy_kind": "modelled (simulator)", "dominated": [dominance(rows, n) for n in labels],
+            "energy_objective": [energy_target(rows, n) for n in labels if n != "sparkv"],
+            "pareto": pareto_fronts(rows, configs)}
+
+
+def print_energy(energy: dict[str, Any]) -> None:
+    for d in energy["dominated"]:
+        print(f"{d['policy']}: dominated by a baseline (both faster and less energy) in {d['dominated']} of "
+              f"{d['scenarios']} scenarios")
+    for t in energy["energy_objective"]:
+        e, tt = t["energy_over_lowest_baseline"], t["ttft_over_it"]
+        print(f"{t['policy']}: energy / lowest-energy baseline's median {e['median']:.3f}, p90 {e['p90']:.3f}, max "
+              f"{e['max']:.3f}; TTFT / its median {tt['median']:.3f}, p90 {tt['p90']:.3f}, max {tt['max']:.3f}; "
+              f"target met in {t['met']} of {t['scenarios']} (lowest-energy baseline: {t['lowest_energy_baseline']})")
+    print("Pareto front per regime (median TTFT and energy / local-only's, modelled energy):")
+    print(format_table([p for p in energy["pareto"]], [("regime", "regime", ""), ("policy", "policy", ""),
+                       ("ttft_over_local_med", "TTFT/local", ".3f"), ("energy_over_local_med", "energy/local", ".3f"),
+                       ("on_front", "on front", "")]))  # fmt: skip

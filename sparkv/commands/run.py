@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     names = args.policy or [*BASELINES, *(n for n in ("sparkv",) if n in POLICIES),
                             *(DISK_POLICIES if scenario.local is not None else ())]  # fmt: skip
     options = policy_options(args)
-    if options:  # a tuned config replaces its policy's name by the file that holds it
+    if args.objective is not None and args.objective != "ttft":
+        raise UserError("--objective: real runs plan with the TTFT objective only (simulate and validate take it)")
+    if options and args.policy_config:  # a tuned config replaces its policy's name by the file that holds it
         configured = next(iter(options))
         names = [str(args.policy_config) if n == configured else n for n in names]
 

@@ -32,6 +32,7 @@ from sparkv.executor.model.smollm2 import SMOLLM2_NAMES, cache_root
 from sparkv.executor.model.speed import DeviceSpeed, availability_spec, probe_speed
 from sparkv.executor.sensors import EnergySensor, measure_energy, open_sensor
 from sparkv.policies.base import Policy, RequestContext
+from sparkv.policies.planner_energy import EnergyRates
 from sparkv.traces import Trace, get_trace
 
 
@@ -219,7 +220,8 @@ class RealSession:
         prefill = LayerwisePrefill(self.loaded, self.prompt.context_ids, self.prompt.query_ids,
                                    self.scenario.chunk_tokens, max_new_tokens=max(1, max_new_tokens),
                                    attention=self.scenario.attention)  # fmt: skip
-        ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0, speed_hint)
+        ctx = RequestContext(self.world.request, self.world.spec, self.world.costs, 0.0, speed_hint,
+                             EnergyRates.of(self.world.radio, self.world.profile.power))
         codec, key, chunk = self.scenario.codec, self.store.key, self.scenario.chunk_tokens
 
         spec, context_t = self.loaded.spec, self.store.context_tokens
@@ -264,7 +266,8 @@ class RealSession:
             "torch_threads": torch.get_num_threads(),
         }
         extra = {
-            "context": {"costs": self.world.costs.to_dict(), "speed_hint": speed_hint},
+            "context": {"costs": self.world.costs.to_dict(), "speed_hint": speed_hint,
+                        "energy": ctx.energy.to_dict() if ctx.energy is not None else None},
             "link": link.kind,
             "link_constants": self.link_constants,
             "energy_kind": "modelled from the measured timeline",

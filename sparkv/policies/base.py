@@ -28,6 +28,7 @@ from sparkv.core.costs import CostTable
 from sparkv.core.events import Command, Event, Resource
 from sparkv.core.model import ModelSpec
 from sparkv.core.request import Request
+from sparkv.policies.planner_energy import EnergyRates
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +42,9 @@ class RequestContext:
     # the device's compute speed measured just before the request (measured / profiled seconds, e.g. from
     # `RealSession.probe_speed`); None: unknown, plan with the profile's
     speed_hint: float | None = None
+    # the power models of this request's radio and device (what its energy is modelled with); None: unknown,
+    # and a policy that weighs energy refuses to plan
+    energy: EnergyRates | None = None
 
     def __post_init__(self) -> None:
         if self.speed_hint is not None and not (0 < self.speed_hint < float("inf")):

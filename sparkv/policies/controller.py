@@ -16,7 +16,9 @@ from typing import Any
 from sparkv.core.costs import CostTable
 from sparkv.core.request import CellBlock
 from sparkv.policies.estimators import ESTIMATORS, BandwidthEstimator, SpeedEstimator
-from sparkv.policies.planner import Plan, Planner
+from sparkv.policies.objective import parse_objective
+from sparkv.policies.planner import Plan, Planner, available_layers, feasible_k
+from sparkv.policies.planner_energy import EnergyRates, candidates, predict_energy
 from sparkv.policies.planner_model import ComputeSpeed, ConstantLink, Evaluator, Prediction, Snapshot
 
 
@@ -50,6 +52,7 @@ class SparKVConfig:
     starvation_check: bool = True  # an idle compute lane with link work left re-plans (and weighs a cancel) at once
     prior_weight_s: float = 0.5  # the bandwidth prior counts as this many seconds of samples (inf: plain EWMA)
     ttft_drift: bool = True  # a rise of the predicted TTFT since the plan also counts as drift
+    objective: str = "ttft"  # what plans are chosen by: ttft, energy, weighted:LAMBDA, budget:SECONDS (`objective`)
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -64,6 +67,10 @@ class SparKVConfig:
             raise ValueError(f"SparKVConfig.speed_hint must be finite and > 0, got {self.speed_hint!r}")
         if not self.prior_weight_s >= 0:
             raise ValueError(f"SparKVConfig.prior_weight_s must be >= 0, got {self.prior_weight_s}")
+        try:
+            parse_objective(self.objective)
+        except ValueError as exc:
+            raise ValueError(f"SparKVConfig.objective: {exc}") from None
         if self.migration_cap_cells < 0 or self.search_window < 0:
             raise ValueError(f"caps must be >= 0: {self.migration_cap_cells}, {self.search_window}")
 
@@ -94,8 +101,15 @@ class SparKVConfig:
 class Controller:
     """Estimates and predictions for one request; the policy asks it when to re-plan or cancel."""
 
-    def __init__(self, costs: CostTable, config: SparKVConfig, speed_hint: float | None = None) -> None:
+    def __init__(self, costs: CostTable, config: SparKVConfig, speed_hint: float | None = None,
+                 energy: EnergyRates | None = None) -> None:  # fmt: skip
         self.cfg = config
+        self.objective = parse_objective(config.objective)
+        if self.objective.needs_energy and energy is None:
+            raise ValueError(f"objective {self.objective.spec()} needs the request's power models "
+                             "(RequestContext.energy)")  # fmt: skip
+        self.energy = energy
+        self.link_used = False  # a transfer has been issued (the radio's promotion and tail are paid)
         self.costs = costs
         self.ev = Evaluator(costs, config.group_layers, max_chunks=config.max_transfer_chunks)
         self.planner = Planner(self.ev, window=config.search_window, feasible=config.feasible_splits)
@@ -124,14 +138,43 @@ class Controller:
         return max(target_s * self.planning_bps(), 1.0)
 
     def predict(self, k: list[int], snap: Snapshot) -> Prediction:
-        return self.ev.predict(k, snap, self.link(), self.compute(), self.target_bytes())
+        link, speed, target = self.link(), self.compute(), self.target_bytes()
+        pred = self.ev.predict(k, snap, link, speed, target)
+        return self._with_energy(k, snap, pred, link, speed, target)
+
+    def _with_energy(self, k: list[int], snap: Snapshot, pred: Prediction, link: ConstantLink, speed: ComputeSpeed,
+                     target: float) -> Prediction:  # fmt: skip
+        if not self.objective.needs_energy or self.energy is None:
+            return pred
+        joules = predict_energy(self.ev, k, snap, link, speed, target, pred, self.energy, self.link_used)
+        return replace(pred, energy_j=joules)
 
     def plan(self, snap: Snapshot, current: list[int] | None = None, quick: bool = False) -> Plan:
-        """The planner's best k under the current estimates; `quick` for a re-plan near `current`."""
+        """The planner's best k under the current estimates; `quick` for a re-plan near `current`. With an
+        objective other than TTFT, the least-TTFT plan and its variants (`planner_energy.candidates`) are
+        weighed by predicted TTFT and energy."""
         cap = self.cfg.migration_cap_cells or None
-        return self.planner.plan(
-            snap, self.link(), self.compute(), self.target_bytes(), current, cap, self.cfg.local_search, quick
-        )
+        link, speed, target = self.link(), self.compute(), self.target_bytes()
+        plan = self.planner.plan(snap, link, speed, target, current, cap, self.cfg.local_search, quick)
+        if not self.objective.needs_energy:
+            return plan
+        lo, hi = snap.k_bounds()
+        avail = available_layers(snap) if self.cfg.feasible_splits else None
+        ks, preds, seen = [], [], set()
+        for k in candidates(self.ev, snap, list(plan.k), current, quick):
+            if avail is not None:
+                k = feasible_k(k, lo, hi, avail)
+            moved = sum(abs(a - b) for a, b in zip(k, current, strict=True)) if current is not None else 0
+            if cap is not None and moved > cap:
+                continue
+            if tuple(k) in seen:
+                continue
+            seen.add(tuple(k))
+            pred = plan.prediction if tuple(k) == plan.k else self.ev.predict(k, snap, link, speed, target)
+            ks.append(k)
+            preds.append(self._with_energy(k, snap, pred, link, speed, target))
+        best = self.objective.choose([(p.ttft_s, p.energy_j) for p in preds], 0)
+        return Plan(tuple(ks[best]), preds[best], plan.evaluations + len(ks))
 
     def blocks(self, k: list[int], snap: Snapshot) -> tuple[list[CellBlock], list[CellBlock]]:
         return self.ev.blocks(k, snap, self.target_bytes())
@@ -158,7 +201,10 @@ class Controller:
         return change > max(self.cfg.drift_min_s, self.cfg.drift_threshold * left)
 
     def gains(self, new: Prediction, old: Prediction, fraction: float) -> bool:
-        """`new` is better than `old` by more than `fraction` of the time left."""
+        """`new` is better than `old` by more than `fraction` (of TTFT; with an objective weighing energy, of
+        what it turns on: `Objective.gains`)."""
+        if self.objective.needs_energy and not (math.isnan(new.energy_j) or math.isnan(old.energy_j)):
+            return self.objective.gains((new.ttft_s, new.energy_j), (old.ttft_s, old.energy_j), fraction)
         return new.ttft_s < old.ttft_s - fraction * max(old.ttft_s, 1e-9)
 
 

@@ -40,7 +40,7 @@ class Plan:
         return sum(self.k)
 
 
-def _available(snap: Snapshot) -> list[int]:
+def available_layers(snap: Snapshot) -> list[int]:
     """Per chunk, its leading layers already present, computed or in flight (none is missing)."""
     out = []
     for row in snap.state:
@@ -129,7 +129,7 @@ class Planner:
         cache: dict[tuple[int, ...], Prediction] = {}
         projected: dict[tuple[int, ...], list[int]] = {}  # a candidate -> its dependency-feasible k
 
-        avail = _available(snap) if self.feasible else None
+        avail = available_layers(snap) if self.feasible else None
         floor = self.ev.lower_bound(snap, link, speed, target_bytes) if self.prune else None
 
         def project(k: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -131,3 +132,4 @@ class Prediction:
     ttft_s: float
     link_end_s: float  # last planned transfer installed
     compute_end_s: float  # last planned compute command done
+    energy_j: float = math.nan  # joules from the snapshot on, where an objective needs it (`planner_energy`)

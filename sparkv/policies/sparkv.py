@@ -66,7 +66,7 @@ class SparKVPolicy(TrackingPolicy):
     # ---- events ----
 
     def on_begin(self, ctx: RequestContext) -> None:
-        self.ctl = Controller(ctx.costs, self.cfg, ctx.speed_hint)
+        self.ctl = Controller(ctx.costs, self.cfg, ctx.speed_hint, ctx.energy)
         self.fetch_start_s = self.compute_start_s = ctx.start_s
         self.fetch_got = 0  # payload bytes of the in-flight transfer reported so far
         self.sample_t = ctx.start_s  # end of its last sample (or when its payload should start)
@@ -83,6 +83,8 @@ class SparKVPolicy(TrackingPolicy):
         plan = self.ctl.plan(snap)
         self._stats = {"plan_k": list(plan.k), "predicted_ttft_s": plan.prediction.ttft_s, "replans": 0,
                       "cancels": 0, "probes": 0}  # fmt: skip
+        if self.ctl.objective.needs_energy:
+            self._stats["predicted_energy_j"] = plan.prediction.energy_j
         self._adopt(list(plan.k), snap, plan.prediction)
 
     def on_event(self, event: Event) -> None:
@@ -115,6 +117,7 @@ class SparKVPolicy(TrackingPolicy):
             if isinstance(cmd, Fetch):
                 self.fetch_start_s, self.fetch_got, self.sample_t = now_s, 0, now_s + self._ctl().costs.transfer_fixed_s
                 self.probing = self.abandoned
+                self._ctl().link_used = True
             elif isinstance(cmd, Compute):
                 self.compute_start_s = now_s
             elif isinstance(cmd, ReadLocal):

@@ -37,6 +37,7 @@ from sparkv.cost_models.energy import request_energy_j
 from sparkv.engine.request import Flight, RequestEngine
 from sparkv.engine.world import World
 from sparkv.policies.base import Policy, RequestContext
+from sparkv.policies.planner_energy import EnergyRates
 from sparkv.sim.server import SimServer
 
 DEFAULT_MAX_TIME_S = 3600.0  # simulated seconds a request may take before it counts as not finished
@@ -69,7 +70,8 @@ class SimRun:
     ) -> None:
         self.world = world
         self.env = simpy.Environment()
-        self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0, speed_hint)
+        self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0, speed_hint,
+                                  EnergyRates.of(world.radio, world.profile.power))
         self.engine = RequestEngine(self.ctx, policy, self, record, check_mirror)
         self.policy_name = policy.name
         link = world.scenario.link
@@ -315,7 +317,9 @@ class SimRun:
         # what a replay of the log needs (without a log there is nothing to replay)
         extra: dict[str, Any] = {"energy_kind": "modelled"}
         if eng.recorder is not None:
-            extra = {"context": {"costs": w.costs_dict(), "speed_hint": self.ctx.speed_hint}, "energy_kind": "modelled"}
+            assert self.ctx.energy is not None
+            extra = {"context": {"costs": w.costs_dict(), "speed_hint": self.ctx.speed_hint,
+                                 "energy": self.ctx.energy.to_dict()}, "energy_kind": "modelled"}  # fmt: skip
         return eng.result("sim", energy, config, extra)
 
 
