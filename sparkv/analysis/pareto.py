@@ -58,7 +58,8 @@ def dominance(rows: list[dict[str, Any]], policy: str = "sparkv") -> dict[str, A
 def energy_target(rows: list[dict[str, Any]], policy: str = "sparkv[energy]") -> dict[str, Any]:
     """Per scenario: `policy`'s energy / the lowest-energy baseline's, and its TTFT / that baseline's; the
     target is energy within `ENERGY_TOLERANCE` while at least as fast."""
-    energy, ttft, met, lowest = [], [], 0, {}
+    energy, ttft, met = [], [], 0
+    lowest: dict[str, int] = {}
     for pols in by_scenario(rows).values():
         me = pols.get(policy)
         base = [pols[b] for b in BASELINES if b in pols]
