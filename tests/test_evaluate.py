@@ -84,7 +84,10 @@ def test_command_writes_table_json_and_plots(tmp_path: Path, capsys: pytest.Capt
     assert report["config"]["context_tokens"] == [2048] and report["sparkv_config"]["estimator"] == "ewma"
     assert {"ttft_over_oracle_med", "speedup_cake_med"} <= set(report["targets"])
     assert sorted(p.name for p in out.glob("*.png")) == ["cdf_ttft_energy.png", "gap_oracle_bound.png",
-                                                          "speedup_sparkv.png"]  # fmt: skip
+                                                          "pareto_ttft_energy.png", "speedup_sparkv.png"]  # fmt: skip
+    fronts = report["energy"]["pareto"]
+    assert fronts and any(p["on_front"] for p in fronts) and {"regime", "policy", "config"} <= set(fronts[0])
+    assert report["energy"]["dominated"][0]["policy"] == "sparkv"
 
 
 def test_plots_survive_missing_policies(tmp_path: Path) -> None:
