@@ -19,6 +19,7 @@ from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import DeviceProfile
 
 CONTENTION_MULTIPLES = (1.0, 4.0, 16.0)  # x the link rate: where receive contention is measured by default
+RECEIVE_MULTIPLES = (4.0, 16.0)  # x the link rate: the further rates the link is fitted at by default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contention-rates-mbps", metavar="LIST",
                    help="with --link: shaped rates (Mbit/s, comma-separated) to measure receive contention at "
                    "(default: the link rate x1, x4, x16; one rate gives a single factor)")
+    p.add_argument("--receive-rates-mbps", metavar="LIST",
+                   help="with --link: further shaped rates (Mbit/s, comma-separated) to fit the link at, separating "
+                   "the wire's efficiency from the receive path's per-byte cost (default: the link rate x4, x16; "
+                   "'none' skips it)")
     p.add_argument("--no-contention", action="store_true",
                    help="with --link: skip measuring how much slower compute runs while cells arrive")
     p.add_argument("--disk", type=Path, metavar="PATH",
@@ -106,18 +111,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfile:
-    from sparkv.cost_models.link_calibration import apply_calibration
+    from sparkv.cost_models.link_calibration import apply_calibration, apply_receive_fit, fit_receive_cost
     from sparkv.profiling.link_calibration import calibrate_link
     from sparkv.profiling.link_real import real_fetcher
 
-    rate_bps = args.link_rate_mbps * 1e6 / 8
-    with real_fetcher(args.link, rate_bps) as (fetch, rtt_s):
-        cal = calibrate_link(fetch, rate_bps, rtt_s if args.link_rtt_ms is None else args.link_rtt_ms / 1e3)
-    print(
-        f"link ({args.link}) at {args.link_rate_mbps:g} Mbit/s: per-transfer {cal.per_transfer_s * 1e3:.2f} ms, "
-        f"efficiency {cal.efficiency:.3f}, rtt {cal.rtt_s * 1e3:.2f} ms, fit median error {cal.rel_error['median']:.1%}"
-    )
-    profile = apply_calibration(profile, cal, kind=args.link)
+    cals = []
+    for i, mbps in enumerate([args.link_rate_mbps, *receive_rates(args.receive_rates_mbps, args.link_rate_mbps)]):
+        rate_bps = mbps * 1e6 / 8
+        with real_fetcher(args.link, rate_bps) as (fetch, rtt_s):
+            cal = calibrate_link(fetch, rate_bps, rtt_s if args.link_rtt_ms is None else args.link_rtt_ms / 1e3)
+        print(
+            f"link ({args.link}) at {mbps:g} Mbit/s: per-transfer {cal.per_transfer_s * 1e3:.2f} ms, "
+            f"goodput {cal.goodput_bps * 8 / 1e6:.1f} Mbit/s (efficiency {cal.efficiency:.3f}), "
+            f"rtt {cal.rtt_s * 1e3:.2f} ms, fit median error {cal.rel_error['median']:.1%}"
+        )
+        if i == 0:
+            profile = apply_calibration(profile, cal, kind=args.link)  # per-transfer and rtt: the link rate's fit
+        cals.append(cal)
+    if len(cals) > 1:
+        fit = fit_receive_cost(cals)
+        profile = apply_receive_fit(profile, fit, args.link)
+        print(
+            f"link ({args.link}) wire efficiency {fit.efficiency:.3f}, receive path {fit.s_per_byte * 1e9:.2f} ns/B "
+            f"(goodput levels off at {1 / fit.s_per_byte * 8 / 1e6 if fit.s_per_byte else float('inf'):.0f} Mbit/s); "
+            f"goodput error at the {len(cals)} rates: median {fit.rel_error['median']:.1%}, "
+            f"max {fit.rel_error['max']:.1%}"
+        )
     if args.no_contention:
         return profile
     from sparkv.executor.model.models import load_model
@@ -139,15 +158,30 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
     return apply_slowdown(profile, slows[0]) if len(slows) == 1 else apply_slowdown_curve(profile, slows)
 
 
+def receive_rates(text: str | None, link_rate_mbps: float) -> list[float]:
+    """The further shaped rates (Mbit/s) the link is fitted at: `text`'s list ('none': no others), else the link
+    rate x4 and x16."""
+    if text is None:
+        return [link_rate_mbps * m for m in RECEIVE_MULTIPLES]
+    if text.strip().lower() == "none":
+        return []
+    return [r for r in parse_rates(text, "--receive-rates-mbps") if r != link_rate_mbps]
+
+
 def contention_rates(text: str | None, link_rate_mbps: float) -> list[float]:
     """The shaped rates (Mbit/s) to measure receive contention at: `text`'s comma-separated list, else the link
     rate x1, x4 and x16 (the slowdown grows with the received rate)."""
     if text is None:
         return [link_rate_mbps * m for m in CONTENTION_MULTIPLES]
+    return parse_rates(text, "--contention-rates-mbps")
+
+
+def parse_rates(text: str, flag: str) -> list[float]:
+    """Comma-separated positive rates, sorted, without repeats; a UserError naming `flag` otherwise."""
     try:
         rates = sorted({float(x) for x in text.split(",") if x.strip()})
     except ValueError as exc:
-        raise UserError(f"--contention-rates-mbps: expected comma-separated numbers, got {text!r}") from exc
+        raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from exc
     if not rates or rates[0] <= 0:
-        raise UserError(f"--contention-rates-mbps: expected positive rates, got {text!r}")
+        raise UserError(f"{flag}: expected positive rates, got {text!r}")
     return rates

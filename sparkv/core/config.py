@@ -23,10 +23,16 @@ class LinkConfig:
     server_concurrency: int = 1  # transfers the KV server serves at once
     server_background_rps: float = 0.0  # other clients' transfers per second at the same server (Poisson)
     server_fails_at_s: float | None = None  # the KV server dies at this request time and stays down (a fault)
+    # seconds the receive path spends per byte after the wire (socket copies, framing, installing the payload),
+    # serial with the wire: a link of rate r delivers r x efficiency / (1 + r x efficiency x this). Measured on
+    # real links by `sparkv profile --link`; 0 (the default) is a receiver that keeps up with any rate.
+    receive_s_per_byte: float = 0.0
 
     def __post_init__(self) -> None:
         if self.server_fails_at_s is not None and not self.server_fails_at_s >= 0:
             raise ValueError(f"server_fails_at_s must be >= 0 or None, got {self.server_fails_at_s}")
+        if not self.receive_s_per_byte >= 0:
+            raise ValueError(f"receive_s_per_byte must be >= 0, got {self.receive_s_per_byte}")
         if self.rtt_s < 0 or self.per_transfer_s < 0:
             raise ValueError(f"rtt_s and per_transfer_s must be >= 0, got {self.rtt_s}, {self.per_transfer_s}")
         if not 0 < self.efficiency <= 1:
@@ -88,8 +94,11 @@ class Scenario:
     local: LocalKV | None = None  # KV kept on local disk by an earlier session (None: none)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data; `local` only when set, so a scenario without local KV reads as it always did."""
+        """Plain data; `local` and the link's `receive_s_per_byte` only when set, so a scenario without them
+        reads as it always did."""
         out = asdict(self)
+        if not self.link.receive_s_per_byte:
+            del out["link"]["receive_s_per_byte"]
         if self.local is None:
             del out["local"]
         else:

@@ -18,7 +18,7 @@ simulator's wireless link has no such burst, so it is reported (`burst_bytes`) b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -99,10 +99,13 @@ def fit_link(samples: Sequence[tuple[int, float]], rate_bps: float, rtt_s: float
 
 
 def apply_calibration(profile: DeviceProfile, calibration: LinkCalibration, kind: str = "") -> DeviceProfile:
-    """A copy of `profile` whose `link` dict holds the calibrated values (and the link kind measured)."""
-    from dataclasses import replace
+    """A copy of `profile` whose `link` dict holds the calibrated values (and the link kind measured).
 
+    A receive contention measured earlier on the same kind of link (`compute_slowdown*`) is kept: it is a
+    measurement of its own, which `sparkv profile --link` replaces only when it measures it again."""
     link = calibration.to_link_dict()
+    old = profile.link_for(kind) if kind else profile.link
+    link.update({k: v for k, v in (old or {}).items() if k.startswith("compute_slowdown")})
     if not kind:
         measurements = {**profile.measurements, "link_samples": calibration.samples}
         return replace(profile, link=link, measurements=measurements)
@@ -118,4 +121,61 @@ def apply_calibration(profile: DeviceProfile, calibration: LinkCalibration, kind
     measurements = {**profile.measurements, "link_samples_by_kind": samples}
     if default is link:
         measurements["link_samples"] = calibration.samples  # `link_samples` are always the default link's
+    return replace(profile, link=default, links=links, measurements=measurements)
+
+
+@dataclass(frozen=True)
+class ReceiveFit:
+    """Wire efficiency and the receive path's per-byte cost, from link fits at several shaped rates.
+
+    A transfer's seconds per byte at rate r is 1 / (r x efficiency) + s_per_byte: the wire's share falls with
+    the rate, the receiver's (socket copies, framing, installing) does not, so the goodput a fast link reaches
+    levels off below its rate. A least-squares line of each fit's 1 / goodput against 1 / rate gives both.
+    """
+
+    efficiency: float  # goodput / rate of the wire alone, (0, 1]
+    s_per_byte: float  # receive path, seconds per byte, >= 0
+    points: list[tuple[float, float]]  # (shaped rate, measured goodput), bytes/s
+    rel_error: dict[str, float]  # of the goodputs the two numbers predict at the measured rates
+
+    def goodput_at(self, rate_bps: float) -> float:
+        """Predicted goodput (bytes/s) at shaped rate `rate_bps`."""
+        return 1.0 / (1.0 / (rate_bps * self.efficiency) + self.s_per_byte)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_receive_cost(calibrations: Sequence[LinkCalibration]) -> ReceiveFit:
+    """`ReceiveFit` from link fits at two or more different shaped rates (see its docstring)."""
+    rates = sorted({c.rate_bps for c in calibrations})
+    if len(rates) < 2:
+        raise ValueError(f"need link fits at two or more rates to separate wire and receiver, got {rates}")
+    x = np.array([1.0 / c.rate_bps for c in calibrations])
+    y = np.array([1.0 / c.goodput_bps for c in calibrations])
+    a, c0 = (float(v) for v in np.polyfit(x, y, 1))
+    if c0 < 0 or a <= 0:  # the receiver kept up at every rate measured: the wire alone explains the goodputs
+        a, c0 = max(float(np.sum(x * y) / np.sum(x * x)), 1e-12), 0.0
+    if a < 1.0:  # the wire cannot beat its rate: efficiency 1, the rest is the receiver's
+        a, c0 = 1.0, max(0.0, float(np.median(y - x)))
+    fit = ReceiveFit(1.0 / a, c0, [(c.rate_bps, c.goodput_bps) for c in calibrations], {})
+    pred = np.array([fit.goodput_at(c.rate_bps) for c in calibrations])
+    good = np.array([c.goodput_bps for c in calibrations])
+    return replace(fit, rel_error=error_summary(np.abs(pred - good) / good))
+
+
+def apply_receive_fit(profile: DeviceProfile, fit: ReceiveFit, kind: str) -> DeviceProfile:
+    """A copy of `profile` whose `kind` link calibration (and the default link, when it is that kind) holds the
+    fit's efficiency and receive cost; the points go to `measurements["receive_by_kind"]`."""
+    def updated(link: dict[str, float]) -> dict[str, float]:
+        return {**link, "efficiency": fit.efficiency, "receive_s_per_byte": fit.s_per_byte}
+
+    links = dict(profile.links)
+    if kind in links:
+        links[kind] = updated(links[kind])
+    default = profile.link
+    if default and str(default.get("kind", "")) == kind:
+        default = updated(default)
+    measurements = {**profile.measurements,
+                    "receive_by_kind": {**profile.measurements.get("receive_by_kind", {}), kind: fit.to_dict()}}
     return replace(profile, link=default, links=links, measurements=measurements)

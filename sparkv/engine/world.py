@@ -28,11 +28,17 @@ class World:
     scenario: Scenario
     request: Request
     spec: ModelSpec
-    trace: Trace  # scaled by the scenario's bandwidth scale; bytes/s
+    trace: Trace  # the rate the device receives at, bytes/s: `link_trace` limited by the receive path
     profile: DeviceProfile
     costs: CostTable
     radio: RadioModel
     availability: Trace | None  # fraction of the device available to the request, 0..1
+    unlimited_trace: Trace | None = None  # before the receive limit (None: the same as `trace`)
+
+    @property
+    def link_trace(self) -> Trace:
+        """The trace scaled by the scenario's bandwidth scale, before the receive limit: what a real link plays."""
+        return self.unlimited_trace if self.unlimited_trace is not None else self.trace
 
     def scenario_dict(self) -> dict[str, Any]:
         """`scenario.to_dict()`, a fresh copy each call (every result keeps its own)."""
@@ -79,10 +85,27 @@ def build_world(scenario: Scenario, trace: Trace | None = None, spec: ModelSpec 
                         f"world needs a link that can carry something; for a device with no network, run "
                         f"--policy local over any trace, which it never uses)")
     profile = load_profile(scenario.device)
-    prior = scaled.mean_bps
+    received = receive_limited(scaled, scenario.link.efficiency, scenario.link.receive_s_per_byte)
+    prior = received.mean_bps
     costs = build_cost_table(request, spec, profile, scenario.link, scenario.codec, prior, scenario.attention,
                              scenario.seed, scenario.local)
     availability = get_trace(scenario.availability) if scenario.availability else None
     if availability is not None and availability.loop_bytes <= 0:
         raise UserError(f"availability trace {scenario.availability!r} is zero throughout")
-    return World(scenario, request, spec, scaled, profile, costs, get_radio(scenario.link.radio), availability)
+    radio = get_radio(scenario.link.radio)
+    return World(scenario, request, spec, received, profile, costs, radio, availability,
+                 scaled if received is not scaled else None)
+
+
+def receive_limited(trace: Trace, efficiency: float, s_per_byte: float) -> Trace:
+    """`trace` with every rate r lowered to r / (1 + r x efficiency x s_per_byte).
+
+    A receive path that spends `s_per_byte` seconds on each byte after the wire, serial with it, takes
+    1 / (r x efficiency) + s_per_byte seconds per byte at rate r; the link model charges bytes / (rate x
+    efficiency), so this rate makes it charge exactly that. Applied to the world's trace, the simulator, the
+    oracle and the planners' foresight all see it; the real link still plays the unlimited trace.
+    """
+    if s_per_byte <= 0:
+        return trace
+    rates = trace.rates_bps / (1.0 + trace.rates_bps * efficiency * s_per_byte)
+    return trace.with_rates(rates, f"(receive {s_per_byte * 1e9:.2f} ns/B)")

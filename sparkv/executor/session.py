@@ -131,7 +131,7 @@ class RealSession:
 
     def _played_trace(self) -> Trace:
         """The trace as the link plays it: scaled and started at the scenario's offset."""
-        t = self.world.trace
+        t = self.world.link_trace
         offset = self.scenario.link.trace_offset_s
         return t if offset == 0 else t.slice(offset, offset + t.duration_s)
 
@@ -155,7 +155,8 @@ class RealSession:
         if cal is None:
             return
         measured = kind.split(" ")[0]
-        changes = {k: float(cal[k]) for k in ("rtt_s", "per_transfer_s", "efficiency") if k in cal}
+        names = ("rtt_s", "per_transfer_s", "efficiency", "receive_s_per_byte")
+        changes = {k: float(cal[k]) for k in names if k in cal}
         self.scenario = self.scenario.with_(**changes)
         self._link_kind = measured  # the world's profile carries this kind's calibration (receive contention too)
         self.world = self._build(self.scenario)

@@ -174,6 +174,10 @@ class Trace:
             raise ValueError(f"scale factor must be finite and >= 0, got {k!r}")
         return replace(self, rates_bps=self.rates_bps * k, source=f"{self.source} x{k:g}")
 
+    def with_rates(self, rates_bps: np.ndarray, note: str) -> Trace:
+        """The same breakpoints with other rates (one per breakpoint); `note` is appended to the source."""
+        return replace(self, rates_bps=np.asarray(rates_bps, dtype=np.float64), source=f"{self.source} {note}")
+
     def slice(self, t0_s: float, t1_s: float) -> Trace:
         """The part [t0_s, t1_s) as a new trace starting at 0 (may span loops)."""
         if not 0 <= t0_s < t1_s or not math.isfinite(t1_s):
