@@ -84,8 +84,8 @@ def test_the_field_is_saved_only_when_set_and_bad_values_are_refused() -> None:
         LinkConfig(receive_s_per_byte=-1.0)
 
 
-def test_the_further_rates_default_to_x4_and_x16_and_none_skips_them() -> None:
-    assert receive_rates(None, 40.0) == [160.0, 640.0]
+def test_the_further_rates_default_to_x4_and_x8_and_none_skips_them() -> None:
+    assert receive_rates(None, 40.0) == [160.0, 320.0]
     assert receive_rates("none", 40.0) == []
     assert receive_rates("40,100", 40.0) == [100.0]
     with pytest.raises(UserError, match="--receive-rates-mbps"):

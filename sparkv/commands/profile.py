@@ -19,7 +19,7 @@ from sparkv.core.errors import UserError
 from sparkv.cost_models.profiles import DeviceProfile
 
 CONTENTION_MULTIPLES = (1.0, 4.0, 16.0)  # x the link rate: where receive contention is measured by default
-RECEIVE_MULTIPLES = (4.0, 16.0)  # x the link rate: the further rates the link is fitted at by default
+RECEIVE_MULTIPLES = (4.0, 8.0)  # x the link rate: the further rates the link is fitted at by default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the link rate x1, x4, x16; one rate gives a single factor)")
     p.add_argument("--receive-rates-mbps", metavar="LIST",
                    help="with --link: further shaped rates (Mbit/s, comma-separated) to fit the link at, separating "
-                   "the wire's efficiency from the receive path's per-byte cost (default: the link rate x4, x16; "
+                   "the wire's efficiency from the receive path's per-byte cost (default: the link rate x4, x8; "
                    "'none' skips it)")
     p.add_argument("--no-contention", action="store_true",
                    help="with --link: skip measuring how much slower compute runs while cells arrive")
@@ -160,7 +160,7 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
 
 def receive_rates(text: str | None, link_rate_mbps: float) -> list[float]:
     """The further shaped rates (Mbit/s) the link is fitted at: `text`'s list ('none': no others), else the link
-    rate x4 and x16."""
+    rate x4 and x8."""
     if text is None:
         return [link_rate_mbps * m for m in RECEIVE_MULTIPLES]
     if text.strip().lower() == "none":
