@@ -116,7 +116,7 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
     from sparkv.profiling.link_real import real_fetcher
 
     cals = []
-    for i, mbps in enumerate([args.link_rate_mbps, *receive_rates(args.receive_rates_mbps, args.link_rate_mbps)]):
+    for mbps in [args.link_rate_mbps, *receive_rates(args.receive_rates_mbps, args.link_rate_mbps)]:
         rate_bps = mbps * 1e6 / 8
         with real_fetcher(args.link, rate_bps) as (fetch, rtt_s):
             cal = calibrate_link(fetch, rate_bps, rtt_s if args.link_rtt_ms is None else args.link_rtt_ms / 1e3)
@@ -125,9 +125,8 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
             f"goodput {cal.goodput_bps * 8 / 1e6:.1f} Mbit/s (efficiency {cal.efficiency:.3f}), "
             f"rtt {cal.rtt_s * 1e3:.2f} ms, fit median error {cal.rel_error['median']:.1%}"
         )
-        if i == 0:
-            profile = apply_calibration(profile, cal, kind=args.link)  # per-transfer and rtt: the link rate's fit
         cals.append(cal)
+    profile = apply_calibration(profile, cals[0], kind=args.link)  # per-transfer and rtt: the link rate's fit
     if len(cals) > 1:
         fit = fit_receive_cost(cals)
         profile = apply_receive_fit(profile, fit, args.link)
