@@ -37,3 +37,21 @@ def test_bad_layer_count_is_refused() -> None:
 
     with pytest.raises(ValueError):
         measure_receive_slowdown(tiny_model(num_layers=2, hidden_size=32), layers=3)
+
+
+def test_default_shape_is_a_real_runs_whole_chunk_work() -> None:
+    """By default commands and fetches span every layer of a chunk, as the loading policies issue them; a fetch
+    of fewer layers than the model has steps through the layers and wraps."""
+    from sparkv.executor.model.models import tiny_model
+    from sparkv.profiling.contention import measure_receive_slowdown
+
+    loaded = tiny_model(num_layers=4, hidden_size=64)
+    whole = measure_receive_slowdown(loaded, "pacing", rate_bps=4e6, chunk_tokens=32, past_chunks=1, rounds=2)
+    assert (whole.layers, whole.fetch_layers, whole.commands) == (4, 4, 2)
+    part = measure_receive_slowdown(
+        loaded, "pacing", rate_bps=4e6, chunk_tokens=32, past_chunks=1, layers=2, rounds=2, fetch_layers=3
+    )
+    assert (part.layers, part.fetch_layers, part.commands) == (2, 3, 4)
+    assert part.received_bps > 0
+    with pytest.raises(ValueError, match="fetch_layers"):
+        measure_receive_slowdown(loaded, fetch_layers=5)

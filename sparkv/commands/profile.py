@@ -149,7 +149,8 @@ def _calibrate(profile: DeviceProfile, args: argparse.Namespace) -> DeviceProfil
         print(
             f"compute while cells arrive ({args.link}, {mbps:g} Mbit/s shaped, "
             f"{slow.received_bps * 8 / 1e6:.1f} Mbit/s received): {slow.receiving_s * 1e3:.2f} ms vs "
-            f"{slow.alone_s * 1e3:.2f} ms alone per {slow.layers}-layer command, x{slow.ratio:.3f}"
+            f"{slow.alone_s * 1e3:.2f} ms alone per {slow.layers}-layer command of {slow.chunk_tokens} tokens "
+            f"({slow.fetch_layers}-layer fetches), x{slow.ratio:.3f}"
             + (f" ({slow.discarded_rounds} rounds measured again: other processes loaded the CPU)"
                if slow.discarded_rounds else "")
         )  # fmt: skip

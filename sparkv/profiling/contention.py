@@ -45,18 +45,22 @@ class ReceiveSlowdown:
     chunk_tokens: int
     layers: int  # layers per compute command
     discarded_rounds: int = 0  # rounds measured again because other processes loaded the CPU
+    fetch_layers: int = 1  # layers of one chunk per fetch request
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class _Receiver:
-    """A thread fetching one layer's cells after another and installing them, as the driver's link
-    thread does, until stopped."""
+    """A thread fetching blocks of `fetch_layers` layers of one chunk after another and installing them, as
+    the driver's link thread does, until stopped."""
 
-    def __init__(self, client: Any, link: Any, prefill: Any, codec: str, chunk_tokens: int, num_layers: int) -> None:
+    def __init__(
+        self, client: Any, link: Any, prefill: Any, codec: str, chunk_tokens: int, num_layers: int, fetch_layers: int
+    ) -> None:
         self.client, self.link, self.prefill = client, link, prefill
         self.codec, self.chunk_tokens, self.num_layers = codec, chunk_tokens, num_layers
+        self.fetch_layers = fetch_layers
         self.stop = threading.Event()
         self.first = threading.Event()
         self.bytes = 0
@@ -72,13 +76,13 @@ class _Receiver:
             layer = 0
             while not self.stop.is_set():
                 self.link.start_clock()
-                block = CellBlock(0, 1, layer, layer + 1)
+                block = CellBlock(0, 1, layer, min(layer + self.fetch_layers, self.num_layers))
                 deadline = time.perf_counter() + 60.0
                 for cell in self.client.fetch(next(self._ids), KEY, self.chunk_tokens, self.codec, block, deadline):
                     self.prefill.install(cell.chunk, cell.layer, np.asarray(cell.k), np.asarray(cell.v))
                     self.bytes += cell.wire_bytes
                     self.first.set()
-                layer = (layer + 1) % self.num_layers
+                layer = block.layer_hi % self.num_layers
         except BaseException as exc:  # reported by `__exit__` on the measuring thread
             self.error = exc
             self.first.set()
@@ -116,17 +120,22 @@ def measure_receive_slowdown(
     kind: str = "pacing",
     rate_bps: float = 2.5e6,
     codec: str = "fp16",
-    chunk_tokens: int = 512,
+    chunk_tokens: int = 256,
     past_chunks: int = 3,
-    layers: int = 2,
+    layers: int | None = None,
     rounds: int = 12,
     tick: Callable[[str], None] = lambda _: None,
     max_foreign_cores: float = 0.25,
+    fetch_layers: int | None = None,
 ) -> ReceiveSlowdown:
     """Time `rounds` x (alone, receiving) sweeps of compute commands over chunk `past_chunks`'s layers.
 
-    A round during which other processes used more than `max_foreign_cores` cores of CPU is discarded
-    and measured again (at most 3 x `rounds` tries): foreign load on one half of a pair fakes a ratio."""
+    The defaults have the shape of a real run's work: commands of a whole chunk (`layers`, default every
+    layer) while the receiver fetches whole chunks (`fetch_layers`, default every layer), as the loading
+    policies do; the receiver then takes in close to the shaped rate, which one-layer fetches with their
+    round trips do not (they under-state contention at high rates). A round during which other processes
+    used more than `max_foreign_cores` cores of CPU is discarded and measured again (at most 3 x `rounds`
+    tries): foreign load on one half of a pair fakes a ratio."""
     from sparkv.executor.cpu_share import CpuMeter
     from sparkv.executor.net.client import KVClient
     from sparkv.executor.net.link import make_link
@@ -135,8 +144,12 @@ def measure_receive_slowdown(
     from sparkv.traces.synthetic import constant
 
     spec = loaded.spec
+    layers = spec.num_layers if layers is None else layers
+    fetch_layers = spec.num_layers if fetch_layers is None else fetch_layers
     if not 1 <= layers <= spec.num_layers:
         raise ValueError(f"layers must be in [1, {spec.num_layers}], got {layers}")
+    if not 1 <= fetch_layers <= spec.num_layers:
+        raise ValueError(f"fetch_layers must be in [1, {spec.num_layers}], got {fetch_layers}")
     prefill = _prefill_with_past(loaded, chunk_tokens, past_chunks + 1, 8, 0)
     prefill.compute(past_chunks, 0, spec.num_layers)  # warm-up
     alone: list[float] = []
@@ -155,7 +168,7 @@ def measure_receive_slowdown(
                     tries += 1
                     meter.start()
                     a_round = _time_commands(prefill, past_chunks, layers, spec.num_layers)
-                    with _Receiver(client, link, prefill, codec, chunk_tokens, spec.num_layers) as rx:
+                    with _Receiver(client, link, prefill, codec, chunk_tokens, spec.num_layers, fetch_layers) as rx:
                         r_round = _time_commands(prefill, past_chunks, layers, spec.num_layers)
                     share = meter.stop()
                     spare = 3 * rounds - tries >= rounds - kept  # tries enough left for the rounds still to do
@@ -183,6 +196,7 @@ def measure_receive_slowdown(
         chunk_tokens=chunk_tokens,
         layers=layers,
         discarded_rounds=discarded,
+        fetch_layers=fetch_layers,
     )
 
 
