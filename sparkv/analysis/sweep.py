@@ -162,7 +162,19 @@ def check_names(points: list[dict[str, Any]]) -> None:
 
 
 def policy_factory(name: str) -> tuple[str, dict[str, Any]]:
-    """(registered name, make_policy options) for a policy name or a policy config JSON file."""
+    """(registered name, make_policy options) for a policy name or a policy config JSON file, either with an
+    objective in brackets (`sparkv[energy]`)."""
+    from sparkv.policies.objective import split_policy_objective, with_objective
+
+    try:
+        base, objective = split_policy_objective(name)
+    except ValueError as exc:
+        raise UserError(f"policy {name!r}: {exc}") from None
+    if objective is not None:
+        registered, options = policy_factory(base)
+        if registered != "sparkv":
+            raise UserError(f"policy {name!r} takes no objective (only sparkv plans by one)")
+        return registered, with_objective(options, objective)
     if name.endswith(".json"):
         from sparkv.policies.config_file import load_policy_config
 
@@ -170,6 +182,15 @@ def policy_factory(name: str) -> tuple[str, dict[str, Any]]:
         return loaded.policy, loaded.options
     check_policy(name)
     return name, {}
+
+
+def sweep_label(policy: str) -> str:
+    """A row's policy: the name, `POLICY:STEM` for a config file, with `[OBJECTIVE]` after either."""
+    from sparkv.policies.objective import split_policy_objective
+
+    base, objective = split_policy_objective(policy)
+    label = base if not base.endswith(".json") else f"{_policy_options(base)[0]}:{Path(base).stem}"
+    return label if objective is None else f"{label}[{objective}]"
 
 
 @lru_cache(maxsize=64)
@@ -195,7 +216,7 @@ def run_point(scenario: Scenario, policy: str, keep: bool = False, world: Any = 
     carries the Result JSON (or, for a stalled run, what it was and why it stopped) under FILES."""
     from sparkv.sim import SimulationStalled, build_world, simulate
 
-    label = policy if not policy.endswith(".json") else f"{_policy_options(policy)[0]}:{Path(policy).stem}"
+    label = sweep_label(policy)
     try:
         world = world or build_world(scenario, cached_trace(scenario.trace), cached_spec(scenario.model))
         result = simulate(world, make_named_policy(policy, world), record=False)

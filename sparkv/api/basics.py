@@ -73,7 +73,19 @@ def make_policy(name: str | Path, world: World | None = None, **options: Any) ->
 
 
 def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
-    """(registered name, options) of a policy name or a policy config JSON file."""
+    """(registered name, options) of a policy name or a policy config JSON file, either with an objective
+    after it in brackets (`sparkv[energy]`, `tuned.json[weighted:0.5]`)."""
+    from sparkv.policies.objective import split_policy_objective, with_objective
+
+    try:
+        name, objective = split_policy_objective(name)
+    except ValueError as exc:
+        raise UserError(f"policy {name!r}: {exc}") from None
+    if objective is not None:
+        registered, options = resolve_policy(name)
+        if registered != "sparkv":
+            raise UserError(f"policy {name!r} takes no objective (only sparkv plans by one)")
+        return registered, with_objective(options, objective)
     if name.endswith(".json"):
         from sparkv.policies.config_file import load_policy_config
 
@@ -86,7 +98,11 @@ def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def policy_label(name: str) -> str:
-    return name if not name.endswith(".json") else f"{resolve_policy(name)[0]}:{Path(name).stem}"
+    from sparkv.policies.objective import split_policy_objective
+
+    base, objective = split_policy_objective(name)
+    label = base if not base.endswith(".json") else f"{resolve_policy(base)[0]}:{Path(base).stem}"
+    return label if objective is None else f"{label}[{objective}]"
 
 
 def frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

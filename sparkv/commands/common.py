@@ -171,10 +171,23 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
 def add_policy_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-config", type=Path,
                    help="a policy config JSON (as `sparkv tune` writes) for the policy it names")  # fmt: skip
-    p.add_argument("--objective", type=objective_arg, default=None,
-                   help="what the sparkv policy's plans minimise: ttft (default), energy (least energy; the fastest "
-                        "within 1 %% of it), weighted:LAMBDA ((1-LAMBDA) x TTFT + LAMBDA x energy, each relative to "
-                        "the fastest plan's; 0..1) or budget:SECONDS (least energy with TTFT within SECONDS)")
+    add_objective_arg(p)
+
+
+OBJECTIVE_HELP = ("what the sparkv policy's plans minimise: ttft (default), energy (least energy; the fastest "
+                  "within 1 %% of it), weighted:LAMBDA ((1-LAMBDA) x TTFT + LAMBDA x energy, each relative to "
+                  "the fastest plan's; 0..1) or budget:SECONDS (least energy with TTFT within SECONDS)")
+
+
+def add_objective_arg(p: argparse.ArgumentParser, repeatable: bool = False, extra: str = "") -> None:
+    """`--objective`, the same flag on every command that runs the sparkv policy; `repeatable`: a list (one
+    run of the policy per objective, rows `sparkv[OBJECTIVE]`; ttft keeps the row `sparkv`)."""
+    if repeatable:
+        p.add_argument("--objective", action="append", type=objective_arg, default=None,
+                       help=OBJECTIVE_HELP + "; repeatable: the sparkv policy once per objective, rows "
+                       "sparkv[OBJECTIVE]" + extra)  # fmt: skip
+    else:
+        p.add_argument("--objective", type=objective_arg, default=None, help=OBJECTIVE_HELP + extra)
 
 
 def objective_arg(text: str) -> str:
@@ -189,17 +202,11 @@ def objective_arg(text: str) -> str:
 
 def _with_objective(options: dict[str, dict[str, Any]], objective: str | None) -> dict[str, dict[str, Any]]:
     """`options` with the sparkv policy's objective set (in its config, if a file gave one)."""
+    from sparkv.policies.objective import with_objective
+
     if objective is None:
         return options
-    out = dict(options)
-    mine = dict(out.get("sparkv", {}))
-    config = mine.get("config")
-    if config is not None:
-        mine["config"] = config.with_(objective=objective)
-    else:
-        mine["objective"] = objective
-    out["sparkv"] = mine
-    return out
+    return {**options, "sparkv": with_objective(options.get("sparkv", {}), objective)}
 
 
 def policy_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

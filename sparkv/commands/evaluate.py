@@ -19,8 +19,8 @@ from sparkv.analysis.evaluate import (
     run_evaluation,
     summarise,
 )
+from sparkv.commands.common import add_objective_arg, format_table, write_csv
 from sparkv.commands.common import floats as _floats
-from sparkv.commands.common import format_table, objective_arg, write_csv
 from sparkv.commands.evaluate_paper import run_paper
 from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
 from sparkv.core.attention import parse_attention
@@ -68,9 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rtt-ms", type=nonneg_float, help="round trip per transfer, ms (default 30)")
     p.add_argument("--policy-config", "--sparkv-config", dest="policy_config", type=Path,
                    help="the sparkv policy's config file, as `sparkv tune` writes it (--sparkv-config: old name)")
-    p.add_argument("--objective", action="append", type=objective_arg,
-                   help="run the sparkv policy under this objective (ttft, energy, weighted:LAMBDA, budget:SECONDS); "
-                        "repeatable, rows sparkv[OBJECTIVE] (default: ttft only, rows sparkv)")
+    add_objective_arg(p, repeatable=True, extra=" (default: ttft only, rows sparkv)")
     p.add_argument("--jobs", type=pos_int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--out", type=Path, default=Path("results/evaluate"), help="output folder")
     p.add_argument("--planner-check", type=nonneg_int, default=0, metavar="N",

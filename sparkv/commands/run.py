@@ -88,11 +88,14 @@ def run(args: argparse.Namespace) -> int:
     names = args.policy or [*BASELINES, *(n for n in ("sparkv",) if n in POLICIES),
                             *(DISK_POLICIES if scenario.local is not None else ())]  # fmt: skip
     options = policy_options(args)
-    if args.objective is not None and args.objective != "ttft":
-        raise UserError("--objective: real runs plan with the TTFT objective only (simulate and validate take it)")
-    if options and args.policy_config:  # a tuned config replaces its policy's name by the file that holds it
+    if args.policy_config:  # a tuned config replaces its policy's name by the file that holds it
         configured = next(iter(options))
         names = [str(args.policy_config) if n == configured else n for n in names]
+    if args.objective is not None:  # the sparkv policy's rows become sparkv[OBJECTIVE] (plain sparkv for ttft)
+        from sparkv.api.basics import resolve_policy
+        from sparkv.policies.objective import objective_name
+
+        names = [objective_name(n, args.objective) if resolve_policy(n)[0] == "sparkv" else n for n in names]
 
     def started(session: Any) -> None:
         sc = session.scenario

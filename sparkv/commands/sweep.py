@@ -11,9 +11,10 @@ from typing import Any
 from sparkv.analysis.backends import BACKENDS, choose_backend, default_jobs
 from sparkv.analysis.sweep import SweepInterrupted, SweepSpec, expand, load_spec
 from sparkv.analysis.tables import SUMMARY_COLUMNS, summarise
-from sparkv.commands.common import format_table, read_scenario_file
+from sparkv.commands.common import add_objective_arg, format_table, read_scenario_file
 from sparkv.commands.values import nonneg_float, nonneg_int, pos_int
 from sparkv.core.errors import UserError
+from sparkv.policies import POLICIES
 
 
 def _checked(convert: Any) -> Any:
@@ -68,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in AXIS_FLAGS:
         flag = "--" + name.removesuffix("_s").replace("_", "-")
         p.add_argument(flag, dest=name, action="append", help=HELP.get(name, name.replace("_", " ")) + "; comma list")
+    add_objective_arg(p, repeatable=True, extra=" (each sparkv entry of the policy axis once per objective)")
     p.add_argument("--mode", choices=("grid", "list"), help="grid: cartesian product (default); list: zip the axes")
     p.add_argument("--backend", choices=BACKENDS, help="local processes (default) or ray (--ray-address implies it)")
     p.add_argument("--jobs", "-j", type=pos_int, default=default_jobs(), help="parallel workers (default: CPU count)")
@@ -113,7 +115,23 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
                 axes[axis] = [convert(v) for v in _split(values, axis)]
             except ValueError as exc:
                 raise UserError(f"--{name.replace('_', '-')}: {exc}") from exc
+    if getattr(args, "objective", None):
+        axes["policy"] = with_objectives(list(axes.get("policy") or POLICIES), args.objective)
     return SweepSpec(axes, args.mode or spec.mode, base)
+
+
+def with_objectives(policies: list[str], objectives: list[str]) -> list[str]:
+    """The policy axis with each sparkv entry (a name or a sparkv config file) once per objective."""
+    from sparkv.analysis.sweep import policy_factory
+    from sparkv.policies.objective import objective_name
+
+    out: list[str] = []
+    for name in policies:
+        if policy_factory(str(name))[0] == "sparkv":
+            out.extend(objective_name(str(name), o) for o in objectives)
+        else:
+            out.append(str(name))
+    return list(dict.fromkeys(out))
 
 
 def backend_from_args(args: argparse.Namespace) -> str:

@@ -20,7 +20,7 @@ from sparkv.analysis.tune import (
     parse_param,
     search_space,
 )
-from sparkv.commands.common import format_table, scenario_from_args
+from sparkv.commands.common import add_objective_arg, format_table, scenario_from_args
 from sparkv.commands.values import fraction, nonneg_float, nonneg_int, pos_int
 from sparkv.core.errors import UserError
 from sparkv.policies.config_file import config_class, config_to_dict, load_policy_config
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=pos_int, default=400, help="config evaluations, about (default 400)")
     p.add_argument("--popsize", type=pos_int, default=3, help="population per tuned parameter (default 3)")
     p.add_argument("--energy-weight", type=nonneg_float, default=0.0, help="objective += this many s per J (default 0)")
+    add_objective_arg(p, extra="; held fixed while the other fields are tuned, saved in the tuned config")
     p.add_argument("--stat", choices=("median", "mean"), default="median", help="over training runs (default median)")
     p.add_argument("--param", action="append", default=[], help="NAME=LOW:HIGH[:log] | NAME=a|b|c | NAME=bool; "
                    "replaces that field's range")  # fmt: skip
@@ -96,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     start = load_policy_config(args.start, args.policy).options["config"] if args.start else cls()
     base_config = config_to_dict(start)
     base_config.pop("name", None)
+    if args.objective is not None:
+        if "objective" not in base_config:
+            raise UserError(f"--objective: the {args.policy} policy plans by no objective (only sparkv does)")
+        base_config["objective"] = args.objective
     space = _space(args.policy, args, base_config)
     # traces and bandwidth scales are lists here, expanded below: not the single values of a scenario
     scenario = scenario_from_args(argparse.Namespace(**{**vars(args), "trace": None, "bandwidth_scale": None}))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 KINDS = ("ttft", "energy", "weighted", "budget")
 ENERGY_SLACK = 0.01  # `energy`: accept this fraction more energy for a faster plan
@@ -121,3 +122,32 @@ def parse_objective(text: str | Objective | None) -> Objective:
         except ValueError as exc:
             raise ValueError(f"objective {text!r}: {exc}") from None
     raise ValueError(f"unknown objective {text!r}; {usage}")
+
+
+def split_policy_objective(name: str) -> tuple[str, str | None]:
+    """A policy name with an objective, `NAME[OBJECTIVE]` (how evaluate and sweep label the sparkv policy's
+    rows: `sparkv[energy]`), as (NAME, canonical objective); a plain name as (name, None)."""
+    text = str(name)
+    if not text.endswith("]") or "[" not in text:
+        return text, None
+    base, _, rest = text.partition("[")
+    return base, parse_objective(rest[:-1]).spec()
+
+
+def with_objective(options: dict[str, Any], objective: str | None) -> dict[str, Any]:
+    """One policy's `make_policy` options with its objective set (inside its config, if options carry one)."""
+    if objective is None:
+        return dict(options)
+    out = dict(options)
+    config = out.get("config")
+    if config is not None:
+        out["config"] = config.with_(objective=objective)
+    else:
+        out["objective"] = objective
+    return out
+
+
+def objective_name(name: str, objective: str | None) -> str:
+    """`name` labelled with `objective` (`sparkv[energy]`); the plain name for None or ttft."""
+    spec = None if objective is None else parse_objective(objective).spec()
+    return name if spec in (None, "ttft") else f"{name}[{spec}]"
