@@ -52,11 +52,20 @@ def feasible_k(k: list[int], lo: list[int], hi: list[int], avail: list[int]) -> 
     """k clipped so no compute command waits for a streamed cell: chunk c computes a layer only if every
     earlier chunk computes it too or already holds it (the link sends chunks last to first, so a cell an
     earlier chunk streams comes late). Cells already computed (`lo`) stay; in-flight limits (`hi`) hold."""
-    out, cap = [], max(hi, default=0)
-    for c, x in enumerate(k):
-        kc = max(lo[c], min(x, cap, hi[c]))
-        out.append(kc)
-        cap = min(cap, max(kc, avail[c]))
+    out: list[int] = []
+    cap = max(hi, default=0)
+    for x, a, b, v in zip(k, lo, hi, avail, strict=True):  # max(a, min(x, cap, b)), without the calls
+        if x > cap:
+            x = cap
+        if x > b:
+            x = b
+        if x < a:
+            x = a
+        out.append(x)
+        if v > x:
+            x = v
+        if x < cap:
+            cap = x
     return out
 
 

@@ -79,15 +79,23 @@ class Evaluator:
     def link_blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> list[tuple[int, int, int, int, int]]:
         """(chunk_lo, chunk_hi, layer_lo, layer_hi, bytes) transfers, chunks descending, layers ascending."""
         out: list[tuple[int, int, int, int, int]] = []
+        table, max_chunks = snap.piece_table(target_bytes, self.C, self.L), self.max_chunks
+        have, c0, c1, l0, l1, n0 = False, 0, 0, 0, 0, 0  # the transfer being merged into
         for c in range(self.C - 1, -1, -1):
-            for lo, hi, n in self._pieces(c, k[c], snap, target_bytes):
-                if out:
-                    c0, c1, l0, l1, n0 = out[-1]
-                    fits = n0 + n <= target_bytes and (not self.max_chunks or c1 - c <= self.max_chunks)
-                    if c0 == c + 1 and l0 == lo and l1 == hi and fits:
-                        out[-1] = (c, c1, lo, hi, n0 + n)
-                        continue
-                out.append((c, c + 1, lo, hi, n))
+            pieces = table[c][k[c]]
+            if pieces is None:
+                pieces = self._pieces(c, k[c], snap, target_bytes)
+            for lo, hi, n in pieces:
+                if have and c0 == c + 1 and l0 == lo and l1 == hi and n0 + n <= target_bytes and (
+                    not max_chunks or c1 - c <= max_chunks
+                ):
+                    c0, n0 = c, n0 + n
+                    continue
+                if have:
+                    out.append((c0, c1, l0, l1, n0))
+                have, c0, c1, l0, l1, n0 = True, c, c + 1, lo, hi, n
+        if have:
+            out.append((c0, c1, l0, l1, n0))
         return out
 
     def _pieces(self, c: int, kc: int, snap: Snapshot, target_bytes: float) -> list[tuple[int, int, int]]:
@@ -96,21 +104,37 @@ class Evaluator:
 
         The cut from kc is the first piece from kc and then the cut from where it ends, so every kc of a
         chunk is built from the ones above it in one pass of its layers."""
-        key = (c, kc, target_bytes)
-        got = snap.pieces.get(key)
+        row = snap.piece_table(target_bytes, self.C, self.L)[c]
+        got = row[kc]
         if got is not None:
             return got
-        if kc >= self.L:
-            got = []
-        elif snap.state[c][kc] != _MISSING:
-            got = self._pieces(c, kc + 1, snap, target_bytes)
-        else:
-            cum = self.cum_bytes[c]
-            hi = min(max(bisect_right(cum, cum[kc] + target_bytes) - 1, kc + 1), snap.stops()[c][kc])
-            rest, piece = self._pieces(c, hi, snap, target_bytes), (kc, hi, cum[hi] - cum[kc])
-            got = [*rest, piece] if self.top_down else [piece, *rest]
-        snap.pieces[key] = got
+        state, cum = snap.state[c], self.cum_bytes[c]
+        path: list[tuple[int, int]] = []  # (layer, where its cut goes on) still to build, bottom up
+        x = kc
+        while row[x] is None:  # row[L] is []
+            nxt = x + 1 if state[x] != _MISSING else self._piece_end(c, x, snap, target_bytes)
+            path.append((x, nxt))
+            x = nxt
+        for x, nxt in reversed(path):
+            rest = row[nxt]
+            assert rest is not None
+            if state[x] != _MISSING:
+                row[x] = rest
+            else:
+                piece = (x, nxt, cum[nxt] - cum[x])
+                row[x] = [*rest, piece] if self.top_down else [piece, *rest]
+        got = row[kc]
+        assert got is not None
         return got
+
+    def _piece_end(self, c: int, kc: int, snap: Snapshot, target_bytes: float) -> int:
+        """Where the piece of chunk c that starts at its missing layer kc ends."""
+        cum = self.cum_bytes[c]
+        hi = bisect_right(cum, cum[kc] + target_bytes) - 1
+        if hi < kc + 1:
+            hi = kc + 1
+        stop = snap.stops()[c][kc]
+        return stop if stop < hi else hi
 
     def blocks(self, k: list[int], snap: Snapshot, target_bytes: float) -> tuple[list[CellBlock], list[CellBlock]]:
         comp = [_block(c, c + 1, lo, hi) for c, lo, hi in self.compute_blocks(k, snap)]

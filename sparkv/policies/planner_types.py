@@ -88,7 +88,8 @@ class Snapshot:
     compute_free_s: float  # when the compute lane frees up
     query_next: int  # next query layer to run (one running counts as done)
     _stops: list[list[int]] | None = field(default=None, repr=False)
-    pieces: dict[tuple[int, int, float], list[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
+    # per target bytes: [C][L+1] each chunk's transfers from a layer on (`Evaluator._pieces`), None until built
+    pieces: dict[float, list[list[list[tuple[int, int, int]] | None]]] = field(default_factory=dict, repr=False)
     # reads from local disk still to land: (chunk_lo, chunk_hi, layer_lo, layer_hi, predicted end); their cells
     # (and every other cell on local disk) show in `state` as not missing, so no plan streams or computes them
     disk: tuple[tuple[int, int, int, int, float], ...] = ()
@@ -117,6 +118,15 @@ class Snapshot:
                 out.append(stop)
             self._stops = out
         return self._stops
+
+    def piece_table(self, target_bytes: float, num_chunks: int, num_layers: int
+                    ) -> list[list[list[tuple[int, int, int]] | None]]:  # fmt: skip
+        """The cache of `Evaluator._pieces` for one transfer size: per chunk and layer, None until built."""
+        table = self.pieces.get(target_bytes)
+        if table is None:
+            empty: list[tuple[int, int, int]] = []
+            table = self.pieces[target_bytes] = [[*([None] * num_layers), empty] for _ in range(num_chunks)]
+        return table
 
     def k_bounds(self) -> tuple[list[int], list[int]]:
         """Per chunk, the least and greatest k a plan may give (never compute over an in-flight fetch)."""
