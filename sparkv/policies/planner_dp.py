@@ -138,4 +138,3 @@ def _thin(points: list[Candidate], width: float) -> list[Candidate]:
         else:
             out.append(point)
     return out
-
