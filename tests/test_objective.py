@@ -141,3 +141,18 @@ def test_predicted_energy_of_stream_only_matches_the_simulator() -> None:
     pred = ctl.predict(k, snap)
     stream = simulate(world, make_policy("stream"), record=False)
     assert pred.energy_j == pytest.approx(stream.energy_total_j, rel=0.15)
+
+
+def test_candidates_hold_every_baseline_plan_in_a_re_plan() -> None:
+    from sparkv.policies.planner_energy import candidates
+    from sparkv.policies.planner_model import Evaluator
+
+    world = build_world(STREAM_CHEAP)
+    ev = Evaluator(world.costs, 3)
+    snap = Snapshot.fresh(world.request.num_chunks, world.spec.num_layers)
+    C, L = ev.C, ev.L
+    best = [L, 3] + [0] * (C - 2)
+    family = {tuple(k) for k in candidates(ev, snap, best, None, near=True)}
+    cuts = {tuple([L] * q + [0] * (C - q)) for q in range(C + 1)}
+    assert cuts <= family  # stream-only, compute-only and cake's split wherever it lands
+

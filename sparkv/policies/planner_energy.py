@@ -91,9 +91,10 @@ def candidates(
 ) -> list[list[int]]:
     """Plans an energy-aware objective weighs beside the least-TTFT one (`best`, first): the current plan; the
     stream-only and compute-only ends; `best` with 1, 2, ... layer groups fewer (or more) computed in every
-    chunk; the cut family (whole chunks computed from the front, as cake splits; only near `best`'s cut when
-    `near`) and the layer family (the same layers of every chunk). Clipped to what the snapshot allows,
-    duplicates dropped."""
+    chunk; the cut family (whole chunks computed from the front, as cake splits; its cuts inside a chunk only
+    near `best`'s cut when `near`), every whole-chunk cut (so a re-plan can always pick what cake or a static
+    split would run from here) and the layer family (the same layers of every chunk). Clipped to what the
+    snapshot allows, duplicates dropped."""
     lo, hi = snap.k_bounds()
     bounds, L, C = ev.bounds, ev.L, ev.C
     groups = len(bounds) - 1
@@ -121,6 +122,8 @@ def candidates(
     for p in span:
         q, r = divmod(p, groups)
         add([L if c < q else (bounds[r] if c == q else 0) for c in range(C)])
+    for q in range(C + 1):  # every whole-chunk cut, re-plans too: what cake or a static split would do
+        add([L] * q + [0] * (C - q))
     for j in range(groups + 1):
         add([bounds[j]] * C)
     return out
