@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
-from sparkv.analysis.decode_tasks import make_tasks, multikey, niah, variable_tracking
+from sparkv.analysis.decode_tasks import document_tasks, make_tasks, multikey, niah, variable_tracking
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
@@ -34,3 +36,16 @@ def test_make_tasks_covers_every_combination_deterministically() -> None:
     tasks = make_tasks(["niah", "vt"], 1024, [0.1, 0.9], seeds=2)
     assert len(tasks) == 8
     assert tasks == make_tasks(["niah", "vt"], 1024, [0.1, 0.9], seeds=2)
+
+
+def test_document_tasks_ask_each_question_after_its_document_and_score_by_its_metric(tmp_path: Path) -> None:
+    path = tmp_path / "exam.jsonl"
+    record = {"input": "Para one.\n\nPara two.", "instructions": ["Who?\n\n (A) Ann\n (B) Bob", "Where?"],
+              "outputs": ["(B) Bob", "(A) home"], "evaluation": "exam"}
+    path.write_text(json.dumps(record) + "\n" + json.dumps({**record, "input": "Other."}) + "\n")
+    tasks = document_tasks(str(path), documents=2, questions=1)
+    assert [(t.kind, t.seed, t.metric) for t in tasks] == [("exam", 0, "exam"), ("exam", 1000, "exam")]
+    body, _, question = tasks[0].prompt.rpartition("\n\n")  # the runner trims `body` and keeps the question
+    assert body == "Para one.\n\nPara two." and question.startswith("Who?\n (A) Ann\n (B) Bob\n")
+    assert tasks[0].score("The answer is (B).") == 1.0 and tasks[0].score("(A)") == 0.0
+    assert niah(500, 0.5, seed=1).score("no number") == 0.0  # generated tasks: the answer string must appear

@@ -102,7 +102,9 @@ def test_accuracy_from_quality_files_matches_policy_and_budget(tmp_path: Path, t
         {"kind": "niah", "length": 2048, "tokens": 2000, "depth": 0.5, "seed": 0, "answer": "1", "full-kv": 1.0,
          "kvswap": 1.0, "kvswap_text": "1", "recall": 0.9},
         {"kind": "niah", "length": 2048, "tokens": 2000, "depth": 0.9, "seed": 0, "answer": "2", "full-kv": 1.0,
-         "kvswap": 0.0, "recall": 0.8}]}))  # fmt: skip
+         "kvswap": 0.0, "recall": 0.8, "kvswap_same": 0.0, "metric": "answer string"},
+        {"kind": "quality", "length": 2048, "tokens": 2000, "depth": 0.0, "seed": 0, "answer": "(A)",
+         "metric": "exam", "full-kv": 1.0, "kvswap": 1.0, "kvswap_same": 1.0}]}))  # a document question: not counted
     heads = tmp_path / "decode-kelle-quality.json"  # per head: N' = 128 of 2048 tokens is 1/16
     heads.write_text(json.dumps({"rows": [{"kind": "niah", "length": 2048, "depth": 0.5, "budget": 128, "full": 1.0,
                                            "aerp": 1.0, "h2o": 0.0}]}))  # fmt: skip
@@ -110,6 +112,7 @@ def test_accuracy_from_quality_files_matches_policy_and_budget(tmp_path: Path, t
     by = {(c.policy, c.budget_fraction, c.storage): c for c in cells}
     assert by[("kvswap", 0.25, "jetson-orin-nvme")].accuracy_percent == pytest.approx(50.0)
     assert by[("kvswap", 0.25, "jetson-orin-nvme")].accuracy_n == 2
+    assert not any(c.policy.endswith("_same") for c in cells) and ("kvswap_same", 0.25) not in load_quality([group])
     assert by[("kvswap", 0.0625, "jetson-orin-nvme")].accuracy_percent is None  # measured at 1/4 only
     assert by[("full-kv", 0.0625, "jetson-orin-emmc")].accuracy_percent == pytest.approx(100.0)  # any budget
     assert by[("aerp", 0.0625, "jetson-orin-emmc")].accuracy_percent == pytest.approx(100.0)
@@ -125,9 +128,12 @@ def test_command_prints_units_and_writes_json_csv_and_figure(tmp_path: Path,
     out = capsys.readouterr().out
     assert code == 0
     assert "tokens/s" in out and "mJ/token" in out and "not measured" in out and "n/a: KV" in out
+    assert "jetson-orin-nvme (analytic) tokens/s" in out and "M=what fits the budget" in out
+    assert "SmartSSD's in-storage scoring time is modelled" in out
     data = json.loads((tmp_path / "decode-whatif.json").read_text())
     assert data["config"]["scenario"]["context_tokens"] == 1024 and data["config"]["storages"] == STORAGES
     assert data["config"]["budget_fractions"] == [0.125] and data["config"]["policies"] == POLICIES
+    assert data["config"]["storage_kinds"] == {"jetson-orin-nvme": "analytic", "jetson-orin-emmc": "analytic"}
     assert data["config"]["scenario"]["device"] == "jetson-orin-nano-15w" and "device_active_j" in data["energy_model"]
     assert len(data["cells"]) == len(POLICIES) * len(STORAGES) and data["reference"]["policy"] == "full-kv"
     with (tmp_path / "decode-whatif.csv").open() as fh:

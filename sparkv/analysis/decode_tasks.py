@@ -1,12 +1,18 @@
 """Generated long-context tasks for decode quality: needle in a haystack at several depths, and RULER-style
 multi-key needles and variable tracking (Hsieh et al., RULER, 2024: the task shapes, generated here in-house;
-nothing is downloaded). A task is a prompt and the answer string a correct generation contains."""
+nothing is downloaded). A task is a prompt and the answer string a correct generation contains.
+`document_tasks` turns questions on real documents (LEval JSONL, read in place) into tasks scored by their
+dataset's metric instead."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from sparkv.analysis.documents import load_documents
+from sparkv.analysis.scoring import score
 
 _FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ",
@@ -22,8 +28,15 @@ class Task:
     kind: str  # "niah", "multikey", "vt"
     prompt: str  # the whole user message: haystack, then the question
     answer: str  # a correct generation contains this string
-    depth: float  # where the needle sits, 0 (start) .. 1 (end)
+    depth: float  # where the needle sits, 0 (start) .. 1 (end); 0 for a document question
     seed: int
+    metric: str = ""  # "": correct when the answer string appears; else a scoring metric (exam, f1, rouge, contains)
+
+    def score(self, text: str) -> float:
+        """The generation's score in [0, 1]."""
+        if not self.metric:
+            return float(self.answer in text)
+        return score(self.metric, text, self.answer)
 
 
 def _haystack(words: int, rng: random.Random) -> list[str]:
@@ -83,3 +96,21 @@ def make_tasks(kinds: list[str], target_tokens: int, depths: list[float], seeds:
     """Every kind x depth x seed, each sized to roughly `target_tokens` (the runner trims to fit exactly)."""
     words = int(target_tokens * WORDS_PER_TOKEN)
     return [TASKS[k](words, d, s) for k in kinds for d in depths for s in range(seeds)]
+
+
+def document_tasks(path: str, documents: int, questions: int) -> list[Task]:
+    """The first `questions` questions of each of the first `documents` documents of an LEval-format JSONL file:
+    the document, then the question (its blank lines closed up: the runner trims the text before the last blank
+    line) and its metric's instruction; kind = the file's stem, seed = 1000 x document + question."""
+    from sparkv.analysis.quality import INSTRUCTIONS  # beside the torch-side quality study
+
+    out = []
+    for doc in load_documents(path, limit=documents):
+        label = Path(doc.source).stem
+        for j, (question, reference) in enumerate(doc.questions[:questions]):
+            ask = question.replace("\r", "").strip()
+            while "\n\n" in ask:
+                ask = ask.replace("\n\n", "\n")
+            prompt = f"{doc.text}\n\n{ask}\n{INSTRUCTIONS[doc.metric]}"
+            out.append(Task(label, prompt, reference, 0.0, 1000 * doc.index + j, doc.metric))
+    return out

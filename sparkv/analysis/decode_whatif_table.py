@@ -192,8 +192,10 @@ def _quality_entries(data: dict[str, Any], rows: list[dict[str, Any]], path: Pat
     frac = float(scenario.get("budget_fraction", 0.125))
     skip = {"kind", "length", "tokens", "depth", "seed", "answer", "recall"}
     for r in rows:
+        if r.get("metric", "answer string") != "answer string":
+            continue  # a question on a real document, scored by its dataset's metric: not a generated task
         for col, value in r.items():
-            if col in skip or col.endswith("_text") or not isinstance(value, int | float):
+            if col in skip or col.endswith(("_text", "_same")) or not isinstance(value, int | float):
                 continue
             out.append(((col, 0.0 if col in _WHOLE_KV else frac), float(value)))
     return out
@@ -234,8 +236,10 @@ def accuracy_text(c: Cell) -> str:
     return f"{c.accuracy_percent:.0f} % (n={c.accuracy_n})"
 
 
-def pivot_rows(cells: list[Cell], storages: list[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
-    """One printed row per (policy, budget): tokens/s and mJ/token for each storage, accuracy; and its columns."""
+def pivot_rows(cells: list[Cell], storages: list[str], kinds: dict[str, str] | None = None,
+               ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:  # fmt: skip
+    """One printed row per (policy, budget): tokens/s and mJ/token for each storage, accuracy; and its columns.
+    `kinds`: storage name -> "measured" or "analytic", named in each storage's column."""
     rows: list[dict[str, Any]] = []
     keys = list(dict.fromkeys((c.policy, c.budget_fraction) for c in cells))
     by = {(c.policy, c.budget_fraction, c.storage): c for c in cells}
@@ -249,7 +253,8 @@ def pivot_rows(cells: list[Cell], storages: list[str]) -> tuple[list[dict[str, A
         rows.append(row)
     cols = [("policy", "policy", ""), ("budget", "KV budget", "")]
     for st in storages:
-        cols += [(f"{st}:tps", f"{st} tokens/s", ""), (f"{st}:mj", "mJ/token", "")]
+        label = f"{st} ({kinds[st]})" if kinds and st in kinds else st
+        cols += [(f"{st}:tps", f"{label} tokens/s", ""), (f"{st}:mj", "mJ/token", "")]
     cols.append(("accuracy", "accuracy", ""))
     return rows, cols
 
@@ -276,7 +281,7 @@ def write_outputs(cells: list[Cell], config: dict[str, Any], out: Path, referenc
     return [js, path]
 
 
-def plot_whatif(cells: list[Cell], storages: list[str], path: Path) -> Path:
+def plot_whatif(cells: list[Cell], storages: list[str], path: Path, kinds: dict[str, str] | None = None) -> Path:
     """Tokens/s against modelled mJ/token, one panel per storage profile: colour = policy, marker = budget;
     cells that do not run are named under the panel."""
     from sparkv.analysis.plots import _plain, _save, plt
@@ -297,7 +302,7 @@ def plot_whatif(cells: list[Cell], storages: list[str], path: Path) -> Path:
                        marker=markers.get(c.budget_fraction, "o"),
                        facecolors=face, edgecolors=colours[c.policy], linewidths=1.3)  # fmt: skip
         refused = sorted({f"{c.policy} {budget_label(c.budget_fraction)}" for c in mine if c.status == NEEDS_WHOLE_KV})
-        ax.set_title(st, fontsize=10)
+        ax.set_title(f"{st} ({kinds[st]} disk)" if kinds and st in kinds else st, fontsize=10)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens/s (simulated)")

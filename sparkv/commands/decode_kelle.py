@@ -52,7 +52,8 @@ def add_kelle_args(p: argparse.ArgumentParser) -> None:
                    help="aerp/h2o: perplexity on long documents (--documents), teacher-forced through the policy")
     p.add_argument("--documents", default="/work/shared/datasets/leval/scientific_qa.jsonl",
                    help="JSONL of long documents for --ppl (LEval format; read in place)")
-    p.add_argument("--doc-count", type=int, default=2, help="documents for --ppl (default 2)")
+    p.add_argument("--doc-count", type=int, default=2,
+                   help="documents per file for --ppl and --quality-documents (default 2)")
     p.add_argument("--ppl-prefix", type=int, default=1024, help="tokens prefilled before scoring (default 1024)")
     p.add_argument("--refresh-study", action="store_true",
                    help="aerp: perplexity under eDRAM bit errors, 2DRP vs uniform refresh (modelled retention)")

@@ -96,8 +96,10 @@ def whatif_config(args: argparse.Namespace, scenario: DecodeScenario) -> dict[st
     scenario = scenario.with_(device=args.device or WHATIF_DEVICE)
     if getattr(args, "select_tokens", None) is None:  # every policy uses all of its budget (M = what fits)
         scenario = scenario.with_(select_tokens=0)
+    kinds = {s: load_storage(s).kind for s in storages}  # measured or analytic: named in the table
     return {"scenario": scenario.to_dict(), "policies": policies, "budget_fractions": parse_fractions(
-        args.whatif_budgets), "storages": storages, "hill_bits": args.hill_bits, "world": "sim"}  # fmt: skip
+        args.whatif_budgets), "storages": storages, "storage_kinds": kinds, "hill_bits": args.hill_bits,
+        "world": "sim"}  # fmt: skip
 
 
 def simulate_cells(config: dict[str, Any]) -> tuple[list[Cell], Cell | None, list[Result]]:
@@ -175,7 +177,8 @@ def run_whatif_table(args: argparse.Namespace, scenario: DecodeScenario) -> int:
     print_table(cells, reference, config)
     if args.out:
         paths = write_outputs(cells, config, args.out, reference)
-        paths.append(plot_whatif(cells, config["storages"], args.out / "decode-whatif.png"))
+        paths.append(plot_whatif(cells, config["storages"], args.out / "decode-whatif.png",
+                                 config.get("storage_kinds")))  # fmt: skip
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -197,12 +200,19 @@ def print_table(cells: list[Cell], reference: Cell | None, config: dict[str, Any
     kv = cells[0].kv_bytes if cells else 0
     print(f"decode what-if (simulated): {spec.name}, {sc.context_tokens} context tokens (KV {kv / 1e6:.1f} MB), "
           f"{sc.steps} steps, device {sc.device} (its compute and power, modelled), G={sc.group_tokens}, "
-          f"M={sc.select_tokens}, scores {sc.scores}; aerp/h2o per head at N' = budget x context tokens")  # fmt: skip
-    rows, cols = pivot_rows(cells, config["storages"])
+          f"M={sc.select_tokens or 'what fits the budget'}, scores {sc.scores}; aerp/h2o per head at N' = budget x "
+          "context tokens")  # fmt: skip
+    rows, cols = pivot_rows(cells, config["storages"], config.get("storage_kinds"))
     print(format_table(rows, cols))
     print("tokens/s: simulated decode steps; mJ/token: modelled energy per generated token = device power "
           "(active while computing, idle while waiting for reads) + storage read power over its busy time")
     print(f"not counted: {ENERGY_MODEL['not_counted']}")
+    kinds = config.get("storage_kinds") or {}
+    if kinds:
+        print("storage: " + ", ".join(f"{st} {kind}" for st, kind in kinds.items())
+              + " (analytic: a modelled disk from published figures; measured: profiled on a real disk)")  # fmt: skip
+    if "hillinfer" in config["policies"]:
+        print("hillinfer: the SmartSSD's in-storage scoring time is modelled (its profile), in every column")
     unmodelled = sorted({c.storage for c in cells if "storage_read" in c.energy_parts})
     if unmodelled:
         print(f"storage read energy not modelled on {', '.join(unmodelled)} (the profile gives no read power)")
