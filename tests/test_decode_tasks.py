@@ -49,3 +49,10 @@ def test_document_tasks_ask_each_question_after_its_document_and_score_by_its_me
     assert body == "Para one.\n\nPara two." and question.startswith("Who?\n (A) Ann\n (B) Bob\n")
     assert tasks[0].score("The answer is (B).") == 1.0 and tasks[0].score("(A)") == 0.0
     assert niah(500, 0.5, seed=1).score("no number") == 0.0  # generated tasks: the answer string must appear
+
+
+def test_an_answer_ends_at_the_first_end_of_sequence_token() -> None:
+    from sparkv.commands.decode_quality import until_eos
+
+    assert until_eos([5, 6, 2, 7, 2], frozenset({2})) == [5, 6]
+    assert until_eos([5, 6], frozenset({2})) == [5, 6]

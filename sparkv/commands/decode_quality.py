@@ -21,7 +21,7 @@ from sparkv.core.decode import DecodeScenario
 from sparkv.core.errors import UserError
 from sparkv.executor.model.decode import calibrate_projections, prefill_keys
 from sparkv.executor.model.decode_run import TokenScores, prepare_real_decode, run_real_decode
-from sparkv.executor.model.models import LoadedModel, load_model
+from sparkv.executor.model.models import LoadedModel, eos_token_ids, load_model
 from sparkv.policies.decode import make_decode_policy
 from sparkv.traces.scores import regroup
 
@@ -60,6 +60,14 @@ def _prompt_ids(loaded: LoadedModel, task: Task, limit: int) -> torch.Tensor:
     raise UserError(f"cannot fit task {task.kind} into {limit} tokens")
 
 
+def until_eos(tokens: list[int], eos: frozenset[int]) -> list[int]:
+    """The generated tokens before the first end-of-sequence token (greedy decoding runs on past it)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens
+
+
 def _verdict(name: str, row: dict[str, Any], task: Task) -> str:
     if not task.metric:
         return f"{name} {'ok' if row.get(name) else 'wrong'}"
@@ -85,6 +93,7 @@ def run_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list[
     projections = calibrate_projections(calib_keys, scenario.rank)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
+    eos = eos_token_ids(loaded)
     t0 = time.perf_counter()
     for length in lengths:
         for task in [*make_tasks([k for k in kinds if k in TASKS], length, depths, args.instances), *documents]:
@@ -101,9 +110,10 @@ def run_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list[
                         name == "full-kv") else None  # fmt: skip
                     _, _, _, tokens = run_real_decode(setup, make_decode_policy(name), token_scores=record)
                     text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
-                    row[name] = task.score(text)
+                    answer = loaded.tokenizer.decode(until_eos(tokens, eos), skip_special_tokens=True).strip()
+                    row[name] = task.score(answer if task.metric else text)  # documents: the answer up to its end
                     row[f"{name}_text"] = text.strip()[:80]
-                    texts[name] = text.strip()
+                    texts[name] = answer
                     if record is not None:
                         trace = regroup(record.trace(sc.context_tokens, "quality full-kv run"), sc.group_tokens)
                         geo = setup.geometry
@@ -141,7 +151,7 @@ def run_quality(args: argparse.Namespace, scenario: DecodeScenario, names: list[
     print(f"quality: {loaded.model_id}, G={scenario.group_tokens}, M={scenario.select_tokens}, r={scenario.rank}, "
           f"greedy answers of {ANSWER_STEPS} tokens; accuracy = % of tasks whose answer string appears (generated) or "
           f"the mean score x100 by the dataset's metric (documents: exam = option letter, f1 = token F1); "
-          f"'= full-kv %': answers identical to full KV's")  # fmt: skip
+          f"'= full-kv %': answers identical to full KV's, up to the end-of-sequence token")  # fmt: skip
     print(format_table(summary, cols))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
