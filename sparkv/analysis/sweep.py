@@ -36,7 +36,7 @@ from sparkv.analysis.tables import result_row, scenario_columns
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
 from sparkv.core.model import resolve_model_spec
-from sparkv.policies import Policy, check_policy, make_policy
+from sparkv.policies import Policy, make_policy
 from sparkv.traces.expand import expand_traces
 
 LINK_FIELDS = tuple(f.name for f in fields(LinkConfig))
@@ -164,24 +164,9 @@ def check_names(points: list[dict[str, Any]]) -> None:
 def policy_factory(name: str) -> tuple[str, dict[str, Any]]:
     """(registered name, make_policy options) for a policy name or a policy config JSON file, either with an
     objective in brackets (`sparkv[energy]`)."""
-    from sparkv.policies.objective import split_policy_objective, with_objective
+    from sparkv.policies.config_file import resolve_policy
 
-    try:
-        base, objective = split_policy_objective(name)
-    except ValueError as exc:
-        raise UserError(f"policy {name!r}: {exc}") from None
-    if objective is not None:
-        registered, options = policy_factory(base)
-        if registered != "sparkv":
-            raise UserError(f"policy {name!r} takes no objective (only sparkv plans by one)")
-        return registered, with_objective(options, objective)
-    if name.endswith(".json"):
-        from sparkv.policies.config_file import load_policy_config
-
-        loaded = load_policy_config(name)
-        return loaded.policy, loaded.options
-    check_policy(name)
-    return name, {}
+    return resolve_policy(name)
 
 
 def sweep_label(policy: str) -> str:

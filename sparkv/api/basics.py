@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sparkv.analysis.tables import order_columns
 from sparkv.core.config import LinkConfig, Scenario
 from sparkv.core.errors import UserError
-from sparkv.policies import DISK_POLICIES, NO_DISK_LANE, POLICIES, Policy
+from sparkv.policies import NO_DISK_LANE, POLICIES, Policy
 from sparkv.policies import make_policy as _make_registered
 from sparkv.sim import World
 from sparkv.traces import Trace, get_trace
@@ -75,26 +75,9 @@ def make_policy(name: str | Path, world: World | None = None, **options: Any) ->
 def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
     """(registered name, options) of a policy name or a policy config JSON file, either with an objective
     after it in brackets (`sparkv[energy]`, `tuned.json[weighted:0.5]`)."""
-    from sparkv.policies.objective import split_policy_objective, with_objective
+    from sparkv.policies.config_file import resolve_policy as resolve
 
-    try:
-        name, objective = split_policy_objective(name)
-    except ValueError as exc:
-        raise UserError(f"policy {name!r}: {exc}") from None
-    if objective is not None:
-        registered, options = resolve_policy(name)
-        if registered != "sparkv":
-            raise UserError(f"policy {name!r} takes no objective (only sparkv plans by one)")
-        return registered, with_objective(options, objective)
-    if name.endswith(".json"):
-        from sparkv.policies.config_file import load_policy_config
-
-        loaded = load_policy_config(name)
-        return loaded.policy, dict(loaded.options)
-    if name not in POLICIES and name not in DISK_POLICIES:
-        raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted([*POLICIES, *DISK_POLICIES]))} "
-                        "or a config JSON")  # fmt: skip
-    return name, {}
+    return resolve(name)
 
 
 def policy_label(name: str) -> str:

@@ -40,7 +40,8 @@ def default_policies(local: bool) -> list[str]:
 def check_policy(name: str) -> None:
     """UserError unless `name` is a registered policy."""
     if name not in POLICIES and name not in DISK_POLICIES:
-        raise UserError(f"unknown policy {name!r}; choose from {', '.join(sorted([*POLICIES, *DISK_POLICIES]))}")
+        choices = ", ".join(sorted([*POLICIES, *DISK_POLICIES]))
+        raise UserError(f"unknown policy {name!r}; choose from {choices} or a policy config JSON file")
 
 
 def make_policy(name: str, **options: Any) -> Policy:

@@ -73,3 +73,25 @@ def load_policy_config(path: Path | str, policy: str | None = None) -> PolicyCon
     if policy and name != policy:
         raise UserError(f"policy config {path} is for policy {name!r}, not {policy!r}")
     return PolicyConfigFile(name, {"config": config_from_dict(config_class(name), fields)}, str(path))
+
+
+def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
+    """(registered name, options) of a policy name or a policy config JSON file, either with an objective
+    after it in brackets (`sparkv[energy]`, `tuned.json[weighted:0.5]`)."""
+    from sparkv.policies import check_policy
+    from sparkv.policies.objective import split_policy_objective, with_objective
+
+    try:
+        base, objective = split_policy_objective(name)
+    except ValueError as exc:
+        raise UserError(f"policy {name!r}: {exc}") from None
+    if objective is not None:
+        registered, options = resolve_policy(base)
+        if registered != "sparkv":
+            raise UserError(f"policy {name!r} takes no objective (only sparkv plans by one)")
+        return registered, with_objective(options, objective)
+    if name.endswith(".json"):
+        loaded = load_policy_config(name)
+        return loaded.policy, dict(loaded.options)
+    check_policy(name)
+    return name, {}
