@@ -6,7 +6,8 @@ calibrated from real decode layers (`sparkv decode --real` measures them); the k
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sparkv.core.model import ModelSpec
@@ -33,6 +34,15 @@ class DecodeCompute:
             + self.per_scored_token_s * scored_tokens
             + self.per_exact_token_s * exact_tokens
         )
+
+    def scaled(self, factor: float, why: str = "") -> DecodeCompute:
+        """Every cost times `factor` (a machine whose compute takes `factor` times the calibrated seconds:
+        1.2 is 20 % slower); the source says so."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"compute scale factor must be finite and > 0, got {factor!r}")
+        costs = {k: v * factor for k, v in asdict(self).items() if k.endswith("_s")}
+        note = f"; scaled x{factor:.4f}" + (f" ({why})" if why else "")
+        return replace(self, **costs, source=self.source + note)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,7 @@ The layout of the quantised keys it scores is `sparkv.core.keyplane`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -109,6 +110,14 @@ class HostScoring:
 
     def cpu_s(self, tokens: int) -> float:
         return self.cpu_fixed_s + self.per_token_s * tokens if tokens else 0.0
+
+    def scaled(self, factor: float, why: str = "") -> HostScoring:
+        """Every cost times `factor` (the host computing `factor` times slower than when measured)."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"host scoring scale factor must be finite and > 0, got {factor!r}")
+        note = f"; scaled x{factor:.4f}" + (f" ({why})" if why else "")
+        return HostScoring(self.hot_fixed_s * factor, self.cpu_fixed_s * factor, self.per_token_s * factor,
+                           self.source + note)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
