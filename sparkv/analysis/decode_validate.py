@@ -96,6 +96,7 @@ def compare_runs(real: Result, sim: Result) -> dict[str, Any]:
     rt, st = rs.totals(), ss.totals()
     same_bytes = [a.bytes_read for a in rs.steps] == [b.bytes_read for b in ss.steps]
     same_hits = [a.hits for a in rs.steps] == [b.hits for b in ss.steps]
+    real_spread, sim_spread = step_spread([a.step_s for a in rs.steps]), step_spread([b.step_s for b in ss.steps])
     return {
         "policy": real.policy,
         "real_median_ms": rt["step_median_s"] * 1e3, "sim_median_ms": st["step_median_s"] * 1e3,
@@ -104,9 +105,19 @@ def compare_runs(real: Result, sim: Result) -> dict[str, Any]:
         "err_p90": errors[min(n - 1, int(0.9 * n))] if n else 0.0,
         "median_err": abs(st["step_median_s"] - rt["step_median_s"]) / rt["step_median_s"] if n else 0.0,
         "p90_err": abs(st["step_p90_s"] - rt["step_p90_s"]) / rt["step_p90_s"] if n else 0.0,
+        "real_spread": real_spread, "sim_spread": sim_spread,
         "bytes_match": same_bytes, "hits_match": same_hits,
         "real_hit_rate": rt["hit_rate"], "sim_hit_rate": st["hit_rate"],
         "real_read_mb": rt["bytes_read"] / 1e6, "sim_read_mb": st["bytes_read"] / 1e6,
         "real_hidden": 1 - rt["stall_s"] / rt["read_s"] if rt["read_s"] else 1.0,
         "sim_hidden": 1 - st["stall_s"] / st["read_s"] if st["read_s"] else 1.0,
     }  # fmt: skip
+
+
+def step_spread(times: list[float]) -> float:
+    """(p90 - p10) / median of step times past the first (which warms up): the swing within one run."""
+    xs = sorted(times[1:] if len(times) > 2 else times)
+    n = len(xs)
+    if n == 0 or statistics.median(xs) <= 0:
+        return 0.0
+    return (xs[min(n - 1, int(0.9 * n))] - xs[int(0.1 * n)]) / statistics.median(xs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from sparkv.analysis.decode_hillinfer import fit_host_scoring
+from sparkv.analysis.decode_probe import Bracket, SpeedScale, describe_scale, probed_run
 from sparkv.analysis.decode_validate import compare_runs, fit_decode_compute
 from sparkv.commands.common import format_table
 from sparkv.commands.decode_hillinfer import (
@@ -37,13 +39,16 @@ from sparkv.executor.model.decode_run import (
     run_real_decode,
     spec_for_disk,
 )
+from sparkv.executor.model.decode_speed import DecodeSpeedProbe, ProbeShape, shape_of_run
 from sparkv.executor.model.decode_storage import run_real_storage_decode
 from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
 from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
 from sparkv.executor.model.smollm2 import cache_root
 from sparkv.policies.decode import make_decode_policy
+from sparkv.policies.decode.storage_scoring import StorageScoring
 from sparkv.sim.decode import build_decode_world, simulate_decode
 from sparkv.sim.decode_storage import run_storage_decode_sim
+from sparkv.traces.scores import ScoreTrace
 
 # tokens of the calibration text for the key projections: post-RoPE keys at positions the calibration never
 # reached fall outside its subspace (top-M recall at 4k: 0.57 calibrated on 2k tokens, 0.70 on 8k; docs/decode.md)
@@ -66,6 +71,14 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-disk", action="store_true",
                    help="--validate: measure the disk holding --kv-dir first (about 10 s) and simulate with that "
                         "profile instead of --storage")
+    p.add_argument("--no-probe-speed", dest="probe_speed", action="store_false",
+                   help="--validate: no compute probes (by default each calibration and measured run is bracketed "
+                        "by two probes of the policy's decode work and the simulated compute scaled by their ratio)")
+    p.add_argument("--speed-tolerance", type=float, default=0.05,
+                   help="--validate: a measured run whose two probes differ by more than this fraction is measured "
+                        "again (default 0.05)")
+    p.add_argument("--probe-attempts", type=int, default=3,
+                   help="--validate: measured runs per policy at most while its probes disagree (default 3)")
     p.add_argument("--record-scores", type=Path,
                    help="with --real: also record every token's predicted and exact scores to this .npz (per-token "
                         "trace for --sweep-g and recall; untimed extra work)")  # fmt: skip
@@ -141,9 +154,14 @@ def validate(
     """Calibration runs (short), then a real run per policy and its replay in the simulator. `--calibrate
     joint` runs every calibration first and fits them together; `per-policy` calibrates each policy right
     before its measured run (less drift between the two). `--probe-disk` measures the disk holding the KV
-    files first and simulates with that profile instead of the scenario's."""
+    files first and simulates with that profile instead of the scenario's. With speed probes (the default),
+    each calibration run and each measured run is bracketed by two compute probes of the policy's own decode
+    work; the simulated compute is scaled by their ratio, and a measured run whose probes disagree by more
+    than `--speed-tolerance` is measured again (`--probe-attempts` in all)."""
     setup = prepare(args, scenario)
     storage = load_storage(scenario.storage)
+    probing = getattr(args, "probe_speed", True)
+    tolerance, attempts = getattr(args, "speed_tolerance", 0.05), getattr(args, "probe_attempts", 3)
     try:
         if getattr(args, "probe_disk", False):
             storage, saved = probe_disk(args.kv_dir, getattr(args, "out", None))
@@ -151,13 +169,21 @@ def validate(
             setup = RealDecodeSetup(**{**setup.__dict__, "scenario": scenario})
         calib_sc = scenario.with_(steps=max(2, min(args.calib_steps, scenario.steps)))
         calib_setup = RealDecodeSetup(**{**setup.__dict__, "scenario": calib_sc})
+        shape_setup = RealDecodeSetup(**{**setup.__dict__, "scenario": scenario.with_(steps=1)})
         state: dict[str, Any] = {"hill": None, "host": None}
+        probes: dict[str, tuple[ProbeShape, Callable[[], float]]] = {}
+        calib_brackets: dict[str, Bracket] = {}
 
         def calibrate(name: str) -> tuple[str, str, DecodeEngine]:
             if name == "hillinfer":  # the kernel measured now, on this machine's real keys
                 state["hill"] = real_hill_options(args, setup, storage=storage)
             policy = build_policy(name, state["hill"])
+            if probing:
+                probes[name] = probe_for(name)
+                before = probes[name][1]()
             calib, _, engine, _ = run_real_decode(calib_setup, policy, log=True)
+            if probing:
+                calib_brackets[name] = Bracket(before, probes[name][1](), tolerance)
             if name == "hillinfer":
                 kernel_s = 1.0 / float(state["hill"]["cpu_tokens_per_s"])
                 host = fit_host_scoring(calib.extra["scoring_samples"], per_token_s=kernel_s)
@@ -168,6 +194,14 @@ def validate(
                       "per token (fitted to its calibration run)")  # fmt: skip
             # hillinfer's layer spans hold no scoring (its scoring phase is fitted on its own)
             return ("none" if name == "hillinfer" else policy.score_kind, name, engine)
+
+        def probe_for(name: str) -> tuple[ProbeShape, Callable[[], float]]:
+            """The policy's probe: its shape from one untimed logged step, then the probe built on it."""
+            policy = build_policy(name, state["hill"])
+            once, _, engine, _ = run_real_decode(shape_setup, policy, log=True)
+            scoring = "host-kernel" if isinstance(policy, StorageScoring) else policy.score_kind
+            shape = shape_of_run(engine, scoring, once.extra.get("scoring_samples"))
+            return shape, decode_probe(setup, shape, getattr(args, "hill_bits", 8))
 
         def describe_fit(fit: DecodeCompute, what: str) -> None:
             print(f"decode compute fitted on {what} of {calib_sc.steps} steps: "
@@ -188,20 +222,71 @@ def validate(
             if per_policy:
                 fits[name] = fit_decode_compute([calibrate(name)], scenario.rank)
                 describe_fit(fits[name], f"{name}'s calibration run")
-            real, trace, _, _ = run_real_decode(setup, build_policy(name, state["hill"]))
-            world = build_decode_world(scenario, compute=fits[name], scores=trace, storage=storage,
-                                       spec=spec_for_disk(setup.loaded))  # fmt: skip
-            if name == "hillinfer":  # the same settings as the real run, the fitted host kernel
-                sim, _ = run_storage_decode_sim(world, make_decode_policy(name, **settings_of(real)),
-                                                host=state["host"])  # fmt: skip
+
+            def measured(name: str = name) -> tuple[Result, ScoreTrace]:
+                real, trace, _, _ = run_real_decode(setup, build_policy(name, state["hill"]))
+                return real, trace
+
+            scale: SpeedScale | None = None
+            if probing:
+                shape, probe = probes[name]
+                kept = probed_run(measured, probe, tolerance, attempts)
+                real, trace = kept.value
+                scale = SpeedScale(calib_brackets[name], kept.bracket, len(kept.attempts))
+                speed = {"shape": shape.to_dict(), **scale.to_dict(), "tolerance": tolerance,
+                         "max_attempts": attempts, "attempt_brackets": [b.to_dict() for b in kept.attempts],
+                         "unit": "seconds of one probe sweep (median of its sweeps)"}  # fmt: skip
+                real.extra["decode_speed"] = speed
+                print(describe_scale(name, scale, shape.to_dict()))
             else:
-                sim = simulate_decode(world, make_decode_policy(name))
+                real, trace = measured()
+            sim, at_calibration = simulate_pair(name, real, trace, scenario, setup, storage, fits[name],
+                                                state["host"], scale)  # fmt: skip
             reals.append(real)
             sims.append(sim)
-            rows.append(compare_runs(real, sim))
+            row = compare_runs(real, sim)
+            if scale is not None and at_calibration is not None:
+                flat = compare_runs(real, at_calibration)
+                row.update({"speed_factor": scale.factor, "probe_attempts": scale.attempts,
+                            "probe_steady": scale.run.steady, "probe_change": scale.run.change,
+                            "calib_probe_ms": 1e3 * scale.calibration.seconds, "run_probe_ms": 1e3 * scale.run.seconds,
+                            "speed": real.extra["decode_speed"],
+                            **{f"{k}_unscaled": flat[k] for k in UNSCALED}})  # fmt: skip
+            rows.append(row)
     finally:
         setup.files.close()
     return reals + sims, rows
+
+
+UNSCALED = ("median_err", "p90_err", "err_median", "err_p90")  # errors of the replay at the calibration's speed
+
+
+def decode_probe(setup: RealDecodeSetup, shape: ProbeShape, bits: int) -> Callable[[], float]:
+    """A compute probe of `shape` on this setup's model and keys: each call, the seconds of one probe."""
+    probe = DecodeSpeedProbe(setup.loaded, setup.files.layout, setup.cache, setup.scenario.context_tokens,
+                             setup.first_token, shape, bits)  # fmt: skip
+    return lambda: probe().seconds
+
+
+def simulate_pair(name: str, real: Result, trace: ScoreTrace, scenario: DecodeScenario, setup: RealDecodeSetup,
+                  storage: StorageProfile, fit: DecodeCompute, host: HostScoring | None,
+                  scale: SpeedScale | None) -> tuple[Result, Result | None]:  # fmt: skip
+    """The simulator's replay of `real` with its compute scaled by the probes (when probed), and the replay at
+    the calibration's own speed (None without probes)."""
+
+    def sim_at(factor: float | None) -> Result:
+        why = "measured run's compute probes / its calibration run's"
+        compute = fit if factor is None else fit.scaled(factor, why)
+        world = build_decode_world(scenario, compute=compute, scores=trace, storage=storage,
+                                   spec=spec_for_disk(setup.loaded))  # fmt: skip
+        if name == "hillinfer":  # the same settings as the real run, the fitted host kernel
+            scaled_host = host if factor is None or host is None else host.scaled(factor, why)
+            return run_storage_decode_sim(world, make_decode_policy(name, **settings_of(real)), host=scaled_host)[0]
+        return simulate_decode(world, make_decode_policy(name))
+
+    if scale is None:
+        return sim_at(None), None
+    return sim_at(scale.factor), sim_at(None)
 
 
 def probe_disk(kv_dir: Path, out: Path | None, file_bytes: int = 256 << 20, cell_s: float = 0.08
@@ -237,10 +322,33 @@ VALIDATE_COLUMNS = [
 ]
 
 
+PROBE_COLUMNS = [
+    ("policy", "policy", ""),
+    ("calib_probe_ms", "calibration probe ms", ".2f"),
+    ("run_probe_ms", "run probe ms", ".2f"),
+    ("probe_change", "run probes after/before-1", "+.3f"),
+    ("probe_attempts", "attempts", "d"),
+    ("speed_factor", "sim compute x", ".3f"),
+    ("median_err_unscaled", "median err unscaled", ".3f"),
+    ("p90_err_unscaled", "p90 err unscaled", ".3f"),
+    ("err_median_unscaled", "per-step err median unscaled", ".3f"),
+    ("err_p90_unscaled", "per-step err p90 unscaled", ".3f"),
+    ("real_spread", "real p10-p90 / median", ".3f"),
+    ("sim_spread", "sim p10-p90 / median", ".3f"),
+]
+
+
 def print_validation(rows: list[dict[str, Any]]) -> None:
     print(format_table(rows, VALIDATE_COLUMNS))
     print("median/p90 err: |sim - real| / real of the step-time median and p90; per-step err: the same per step, "
           "then its median and p90; bytes/hits equal: every step's bytes read and reuse hits identical")  # fmt: skip
+    probed = [r for r in rows if "speed_factor" in r]
+    if probed:
+        print(format_table(probed, PROBE_COLUMNS))
+        print("probes: ms of one probe sweep (geometric mean of the two around a run); sim compute x: run probe / "
+              "calibration probe, the factor the simulated compute is scaled by; unscaled: the errors of the replay "
+              "at the calibration's speed; p10-p90 / median: the step-time swing within one run (steps after the "
+              "first), which no per-run scale can follow")  # fmt: skip
 
 
 def run_hill_study(args: argparse.Namespace, scenario: DecodeScenario) -> int:
