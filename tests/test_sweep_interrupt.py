@@ -29,12 +29,19 @@ def _sweep(out: Path, *extra: str) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+def _wait_for_a_stored_run(out: Path, proc: subprocess.Popen[str], limit_s: float = 120.0) -> None:
+    """Until the sweep has stored its first run (or ended, or `limit_s` passed)."""
+    deadline = time.monotonic() + limit_s
+    while not any((out / "runs").glob("*/row.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_ctrl_c_saves_partial_results_marked_partial(tmp_path: Path) -> None:
     out = tmp_path / "sw"
     proc = _sweep(out)
     assert proc.stdout is not None
     proc.stdout.readline()  # "sweep: N runs": the pool is starting
-    time.sleep(3.0)  # let some batches finish
+    _wait_for_a_stored_run(out, proc)  # some batches finished, most still to run (a fixed wait can outlast them all)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
     try:
         _, err = proc.communicate(timeout=60)
@@ -57,9 +64,7 @@ def test_ctrl_c_saves_partial_results_marked_partial(tmp_path: Path) -> None:
 def test_a_killed_sweep_keeps_every_run_it_had_finished(tmp_path: Path) -> None:
     out = tmp_path / "sw"
     proc = _sweep(out)
-    deadline = time.monotonic() + 120
-    while not any((out / "runs").glob("*/row.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _wait_for_a_stored_run(out, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # no chance to save anything: only what was stored as it finished
     proc.communicate(timeout=60)
     stored = len(list((out / "runs").glob("*/row.json")))
