@@ -25,6 +25,7 @@ from sparkv.commands.decode_hillinfer import (
     print_hill_stats,
     settings_of,
 )
+from sparkv.commands.values import nonneg_float, pos_int
 from sparkv.core.decode import DecodeScenario
 from sparkv.core.errors import UserError
 from sparkv.core.result import Result
@@ -74,10 +75,10 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-probe-speed", dest="probe_speed", action="store_false",
                    help="--validate: no compute probes (by default each calibration and measured run is bracketed "
                         "by two probes of the policy's decode work and the simulated compute scaled by their ratio)")
-    p.add_argument("--speed-tolerance", type=float, default=0.05,
+    p.add_argument("--speed-tolerance", type=nonneg_float, default=0.05,
                    help="--validate: a measured run whose two probes differ by more than this fraction is measured "
                         "again (default 0.05)")
-    p.add_argument("--probe-attempts", type=int, default=3,
+    p.add_argument("--probe-attempts", type=pos_int, default=3,
                    help="--validate: measured runs per policy at most while its probes disagree (default 3)")
     p.add_argument("--record-scores", type=Path,
                    help="with --real: also record every token's predicted and exact scores to this .npz (per-token "
