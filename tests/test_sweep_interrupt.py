@@ -25,8 +25,15 @@ def _sweep(out: Path, *extra: str) -> subprocess.Popen[str]:
            "--device", DEVICE, "--policy", "local,stream,cake,static", "--jobs", "2", "--no-progress",
            "--out", str(out),
            *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    # A process started in the background by a non-interactive shell (`cmd &`, nohup) ignores SIGINT, and children
+    # inherit an ignored signal: give the sweep the default disposition a terminal's Ctrl-C meets (a Python handler
+    # here becomes the default across exec).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for_a_stored_run(out: Path, proc: subprocess.Popen[str], limit_s: float = 120.0) -> None:
