@@ -59,8 +59,8 @@ class ProbedRun(Generic[T]):
     attempts: list[Bracket] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.bracket.to_dict(), "attempts": len(self.attempts),
-                "attempt_brackets": [b.to_dict() for b in self.attempts]}  # fmt: skip
+        """The attempts (the kept bracket is the last of them)."""
+        return {"attempts": len(self.attempts), "attempt_brackets": [b.to_dict() for b in self.attempts]}
 
 
 def probed_run(run: Callable[[], T], probe: Callable[[], float], tolerance: float, attempts: int) -> ProbedRun[T]:

@@ -234,8 +234,8 @@ def validate(
                 kept = probed_run(measured, probe, tolerance, attempts)
                 real, trace = kept.value
                 scale = SpeedScale(calib_brackets[name], kept.bracket, len(kept.attempts))
-                speed = {"shape": shape.to_dict(), **scale.to_dict(), "tolerance": tolerance,
-                         "max_attempts": attempts, "attempt_brackets": [b.to_dict() for b in kept.attempts],
+                speed = {"shape": shape.to_dict(), **scale.to_dict(), **kept.to_dict(), "tolerance": tolerance,
+                         "max_attempts": attempts,
                          "unit": "seconds of one probe sweep (median of its sweeps)"}  # fmt: skip
                 real.extra["decode_speed"] = speed
                 print(describe_scale(name, scale, shape.to_dict()))
