@@ -6,8 +6,9 @@
   sums (each built from the cut it extends) equal a direct greedy cut and a direct sum;
 - `feasible_k` equals its min/max formula;
 - the sparkv policy's whole run on a set of small scenarios (its command log and TTFT) is the one the planner
-  made before these forms existed: pinned below. A change that alters decisions on purpose re-pins them and
-  says by how much TTFT moved over many scenarios.
+  made before these forms existed, with a drift check at every tick (`check_fraction` 0); the default check
+  cadence's runs are pinned too. A change that alters decisions on purpose re-pins them and says by how much
+  TTFT moved over many scenarios.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from sparkv.sim import build_world, simulate
 
 TRACES = ("lte:seed=1,dur=60,mean=6mbps", "lte:seed=7,dur=90,mean=20mbps", "steps:3s@8mbps,2s@0.2mbps",
           "ge:seed=3,good=12mbps,bad=1.2mbps,dur=60", "const:4mbps,30s", "lte:seed=11,dur=40,mean=2mbps")  # fmt: skip
-# per scenario: (simulated TTFT in s, the first 16 hex digits of the sha256 of its command log)
-PINNED = [
+# per scenario: (simulated TTFT in s, the first 16 hex digits of the sha256 of its command log), with a drift check
+# at every tick (check_fraction 0): the controller's decisions before the check cadence existed
+PINNED_EVERY_TICK = [
     (6.651801384083511, "7bb1c3a0e2036552"),
     (1.4071544188500054, "dc9cce8fce5bb2f1"),
     (6.815616578547806, "816b1226b6a617f8"),
@@ -38,6 +40,21 @@ PINNED = [
     (11.351902150146067, "3bc4818a7ee45aa7"),
     (1.9065655299611153, "cea49774f4bfd622"),
     (11.650688773047879, "331b9d0eea478591"),
+    (2.1412214776735357, "a0957017193fe203"),
+    (16.589859043131778, "89aa148da884ed09"),
+    (2.4490401966277844, "74296d4d5b930e87"),
+    (20.448776430587642, "018f2bf5bc65b286"),
+    (2.7483491900918366, "130fc5285a484d14"),
+]
+# the same with the default check cadence (check_fraction 0.05, check_change 0.2): 3 of 12 runs changed
+PINNED = [
+    (6.651801384083511, "7bb1c3a0e2036552"),
+    (1.4071544188500054, "dc9cce8fce5bb2f1"),
+    (6.744200235215604, "31170befcc0bf352"),
+    (1.5824390985885668, "f681fd64aa1735c4"),
+    (11.098083058770168, "de774aeef12213a1"),
+    (1.9065655299611153, "cea49774f4bfd622"),
+    (11.678737446995735, "9b23ef3bf1a686ce"),
     (2.1412214776735357, "a0957017193fe203"),
     (16.589859043131778, "89aa148da884ed09"),
     (2.4490401966277844, "74296d4d5b930e87"),
@@ -57,11 +74,20 @@ def pinned_scenarios() -> list[Scenario]:
     return out
 
 
+def _pinned_run(i: int, **config: float) -> tuple[float, str]:
+    result = simulate(build_world(pinned_scenarios()[i]), make_policy("sparkv", **config), record=True)
+    return result.ttft_s, hashlib.sha256(json.dumps(result.log, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @pytest.mark.parametrize("i", range(len(PINNED)))
 def test_sparkv_decisions_are_pinned(i: int) -> None:
-    result = simulate(build_world(pinned_scenarios()[i]), make_policy("sparkv"), record=True)
-    digest = hashlib.sha256(json.dumps(result.log, sort_keys=True).encode()).hexdigest()[:16]
-    assert (result.ttft_s, digest) == PINNED[i]
+    assert _pinned_run(i) == PINNED[i]
+
+
+@pytest.mark.parametrize("i", range(len(PINNED_EVERY_TICK)))
+def test_sparkv_decisions_checking_every_tick_are_unchanged(i: int) -> None:
+    """The lazy snapshots and predictions leave the every-tick controller's decisions as they were."""
+    assert _pinned_run(i, check_fraction=0.0) == PINNED_EVERY_TICK[i]
 
 
 def random_options(rng: random.Random, ties: bool) -> list[list[tuple[float, float, int]]]:

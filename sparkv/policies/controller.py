@@ -46,6 +46,9 @@ class SparKVConfig:
     probe_after_s: float = 2.0  # with no link work planned, probe the link after this long idle
     search_window: int = 3  # chunks either side of the cut in local search
     local_search: bool = True
+    quick_dp: bool = True  # run-time re-plans also take the separable model's seeds (`planner_dp`)
+    check_fraction: float = 0.05  # drift checks at most every max(tick_s, this x predicted time left)...
+    check_change: float = 0.2  # ...unless the goodput or speed estimate has moved by this fraction since the last
     speed_hint: float | None = None  # start the speed estimate here (measured / profiled s) unless the request's
     # context brings a measured one
     feasible_splits: bool = True  # no compute command may wait for a streamed cell (`planner.feasible_k`)
@@ -60,6 +63,9 @@ class SparKVConfig:
         for name in ("window_s", "ewma_alpha", "group_layers", "transfer_target_s", "first_transfer_s", "tick_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SparKVConfig.{name} must be positive, got {getattr(self, name)}")
+        if not (self.check_fraction >= 0 and self.check_change >= 0):
+            raise ValueError(f"SparKVConfig.check_fraction and check_change must be >= 0, got "
+                             f"{self.check_fraction}, {self.check_change}")
         for name in ("bandwidth_margin", "quantile", "compute_alpha"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"SparKVConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -112,7 +118,8 @@ class Controller:
         self.link_used = False  # a transfer has been issued (the radio's promotion and tail are paid)
         self.costs = costs
         self.ev = Evaluator(costs, config.group_layers, max_chunks=config.max_transfer_chunks)
-        self.planner = Planner(self.ev, window=config.search_window, feasible=config.feasible_splits)
+        self.planner = Planner(self.ev, window=config.search_window, feasible=config.feasible_splits,
+                               quick_dp=config.quick_dp)
         self.bw = BandwidthEstimator(
             config.estimator, costs.bandwidth_prior_bps, config.window_s, config.ewma_alpha, config.quantile,
             config.prior_weight_s,
@@ -121,6 +128,7 @@ class Controller:
         self.speed = SpeedEstimator(config.compute_alpha, 1.0 if hint is None else hint)
         self.drift_at_plan = 0.0  # link end - compute end when the current plan was made
         self.ttft_at_plan = math.inf  # its predicted TTFT
+        self.plans = 0  # searches run (adopted or not)
 
     # ---- models under the current estimates ----
 
@@ -153,6 +161,7 @@ class Controller:
         """The planner's best k under the current estimates; `quick` for a re-plan near `current`. With an
         objective other than TTFT, the least-TTFT plan and its variants (`planner_energy.candidates`) are
         weighed by predicted TTFT and energy."""
+        self.plans += 1
         cap = self.cfg.migration_cap_cells or None
         link, speed, target = self.link(), self.compute(), self.target_bytes()
         plan = self.planner.plan(snap, link, speed, target, current, cap, self.cfg.local_search, quick)

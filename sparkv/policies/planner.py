@@ -105,12 +105,13 @@ class Planner:
 
     def __init__(
         self, evaluator: Evaluator, window: int = 3, max_passes: int = 8, dp: bool = True, exhaustive_max: int = 600,
-        feasible: bool = False, prune: bool = True,
+        feasible: bool = False, prune: bool = True, quick_dp: bool = True,
     ) -> None:  # fmt: skip
         self.ev = evaluator
         self.prune = prune  # skip candidates whose timeline bound already loses (the same plans, found faster)
         self.feasible = feasible  # project every candidate onto dependency-feasible k (`feasible_k`)
         self.dp = dp
+        self.quick_dp = quick_dp  # quick re-plans take the separable model's seeds too
         self.exhaustive_max = exhaustive_max  # score every k when there are at most this many
         self.window = window
         self.max_passes = max_passes
@@ -213,7 +214,7 @@ class Planner:
                 offer(k, pred)
         if current is not None:
             offer(list(current))
-        if self.dp:
+        if self.dp and (self.quick_dp or not quick):
             for k in dp_seeds(self.ev, snap, link, speed, target_bytes, lo, hi):
                 if allowed(k):
                     offer(k)

@@ -16,6 +16,7 @@ for streaming or computing; every plan knows when each read is predicted to land
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -76,6 +77,8 @@ class SparKVPolicy(TrackingPolicy):
         self.abandoned = self.probing = False
         self.link_idle_since = ctx.start_s
         self.last_replan_s = self.last_cancel_check_s = ctx.start_s
+        self.next_check_s = ctx.start_s  # the next drift check no earlier than this (`check_fraction`)...
+        self.checked_at = (self.ctl.bw.estimate(), self.ctl.speed.scale)  # ...unless these estimates move
         local = ctx.costs.local
         runs = local.runs() if local is not None else []
         self.disk_q = deque(CellBlock(a, b, layer, layer + 1) for layer in range(ctx.model.num_layers) for a, b in runs)
@@ -126,12 +129,23 @@ class SparKVPolicy(TrackingPolicy):
 
     def _control(self, now_s: float, idle: frozenset[Resource]) -> None:
         ctl = self._ctl()
-        snap = self._snapshot(now_s)
-        # the current plan's timeline, predicted only when a decision reads it (most calls need none)
-        due = now_s - self.last_replan_s >= ctl.cfg.tick_s
-        current = ctl.predict(self.k, snap) if due else None
+        # the snapshot and the current plan's timeline, built only when a decision reads them (most calls
+        # need neither)
+        snap: Snapshot | None = None
+        due = now_s - self.last_replan_s >= ctl.cfg.tick_s and (now_s >= self.next_check_s or self._moved())
+        current = None
+        if due or self.dirty:
+            snap = self._snapshot(now_s)
+        if due:
+            assert snap is not None
+            current = ctl.predict(self.k, snap)
+            if ctl.cfg.check_fraction > 0:
+                left = current.ttft_s - now_s if math.isfinite(current.ttft_s) else 0.0
+                self.next_check_s = now_s + ctl.cfg.check_fraction * max(left, 0.0)
+                self.checked_at = (ctl.bw.estimate(), ctl.speed.scale)
         drifted = current is not None and (ctl.drifted(current, now_s) or self._starving(idle))
         if self.dirty or drifted:
+            assert snap is not None
             self.last_replan_s = now_s
             plan = ctl.plan(snap, self.k, quick=not self.dirty)
             if self.dirty or ctl.gains(plan.prediction, _known(current), ctl.cfg.min_gain):
@@ -145,6 +159,13 @@ class SparKVPolicy(TrackingPolicy):
         elif Resource.LINK in idle and self.in_flight is None and not self.link_q:
             self._probe(now_s, snap, current)
 
+    def _moved(self) -> bool:
+        """The estimates have moved by more than `check_change` (relative) since the last drift check."""
+        ctl = self._ctl()
+        bw, scale = self.checked_at
+        limit = ctl.cfg.check_change
+        return abs(ctl.bw.estimate() - bw) > limit * bw or abs(ctl.speed.scale - scale) > limit * scale
+
     def _starving(self, idle: frozenset[Resource]) -> bool:
         """The compute lane is idle with nothing it may start while the link still has work: the plan
         leaves compute waiting, so it is weighed again at once (not only when the lanes' ends drift)."""
@@ -154,15 +175,18 @@ class SparKVPolicy(TrackingPolicy):
             return False
         return self.in_flight is not None or bool(self.link_q)
 
-    def _weigh_cancel(self, now_s: float, snap: Snapshot, starving: bool = False) -> None:
+    def _weigh_cancel(self, now_s: float, snap: Snapshot | None, starving: bool = False) -> None:
         ctl = self._ctl()
         wait = ctl.cfg.tick_s if starving else max(ctl.cfg.tick_s, ctl.cfg.stall_s)
         if now_s - self.last_cancel_check_s < wait:
             return
         stalled = ctl.bw.silent_s(now_s, self.fetch_start_s + ctl.costs.transfer_fixed_s) >= ctl.cfg.stall_s
-        slow = snap.link_free_s - now_s >= 2 * ctl.cfg.transfer_target_s and not self.probing
+        link_free = snap.link_free_s if snap is not None else self._link_free(now_s)
+        slow = link_free - now_s >= 2 * ctl.cfg.transfer_target_s and not self.probing
         if not (stalled or slow or starving):
             return
+        if snap is None:
+            snap = self._snapshot(now_s)
         self.last_cancel_check_s = now_s
         keep = ctl.plan(snap, self.k, quick=True)
         block = self.in_flight
@@ -177,11 +201,13 @@ class SparKVPolicy(TrackingPolicy):
             self.cancelling = True
             self._stats["cancels"] += 1
 
-    def _probe(self, now_s: float, snap: Snapshot, current: Prediction | None) -> None:
+    def _probe(self, now_s: float, snap: Snapshot | None, current: Prediction | None) -> None:
         """After an abandoned transfer, no link work planned, much compute left: move one cell to the link."""
         wait = self._ctl().cfg.probe_after_s
         if not self.abandoned or now_s - self.link_idle_since < wait:
             return
+        if snap is None:
+            snap = self._snapshot(now_s)
         if current is None:  # not predicted yet
             current = self._ctl().predict(self.k, snap)
         if current.compute_end_s - now_s < 2 * wait:
@@ -225,8 +251,9 @@ class SparKVPolicy(TrackingPolicy):
         self.compute_q, self.link_q = deque(comp), deque(link)
         ctl.adopt(pred)
 
-    def _snapshot(self, now_s: float) -> Snapshot:
-        ctl, progress = self._ctl(), self._progress()
+    def _link_free(self, now_s: float) -> float:
+        """When the link is predicted to be free for the next transfer."""
+        ctl = self._ctl()
         costs = ctl.costs
         link_free = now_s
         if self.in_flight is None and self.abandoned:  # a dead link is expected to stay dead as long again
@@ -239,6 +266,12 @@ class SparKVPolicy(TrackingPolicy):
             remaining = max(n - self.fetch_got, 0) / ctl.planning_bps()
             resume = now_s + silent if silent > 0 else self.sample_t
             link_free = max(now_s, resume + remaining + n * costs.install_s_per_byte)
+        return link_free
+
+    def _snapshot(self, now_s: float) -> Snapshot:
+        ctl, progress = self._ctl(), self._progress()
+        costs = ctl.costs
+        link_free = self._link_free(now_s)
         scale = ctl.speed.scale
         compute_free = now_s
         if self.computing is not None:
@@ -278,7 +311,8 @@ class SparKVPolicy(TrackingPolicy):
         return {"name": self.name, **self.cfg.to_dict()}
 
     def stats(self) -> dict[str, Any]:
-        return dict(self._stats)
+        plans = {"plans": self.ctl.plans} if self.ctl is not None else {}
+        return {**self._stats, **plans}
 
 
 def _known(pred: Prediction | None) -> Prediction:
