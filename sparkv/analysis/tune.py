@@ -87,8 +87,9 @@ class Param:
 # Declared search spaces per policy: only these fields are tuned (others keep their values). Policies
 # without one get every bool and positive number of their config, over [default/4, default*4] (log).
 # SparKV: bounds a factor of ~4-10 around the defaults, inside the config's own validity checks. Not
-# tuned: tick_s and search_window (the simulator does not charge the policy's own CPU time, so the
-# optimiser would just drive ticks down and searches up) and migration_cap_cells (0 = no cap).
+# tuned: tick_s, search_window, check_fraction, check_change and quick_dp (the simulator does not charge the
+# policy's own CPU time, so the optimiser would just drive checks and searches up) and migration_cap_cells
+# (0 = no cap).
 SPACES: dict[str, dict[str, Param]] = {
     "sparkv": {p.name: p for p in (
         Param("estimator", "enum", choices=("ewma", "harmonic", "mean", "quantile")),
