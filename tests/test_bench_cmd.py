@@ -36,3 +36,12 @@ def test_bench_sim_prints_one_table_per_context(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "1024 tokens in 2 chunks" in out and "2048 tokens in 4 chunks" in out
     assert out.count("rate / local's") == 2 and "ms/request" in out
+
+
+def test_bench_sim_counts_a_planning_policys_searches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "sim", "--trace", "lte:seed=2,dur=60,mean=8mbps", "--requests", "1", "--repeats", "1",
+                 "--policy", "sparkv", "--policy", "local", "--context", "2048"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "plan searches/request" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["sparkv"], ["local"])}
+    assert int(rows["sparkv"][-2]) >= 1 and rows["local"][-2] == "-"

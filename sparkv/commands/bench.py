@@ -98,6 +98,7 @@ def _bench_context(args: argparse.Namespace, scenario: Scenario, world: World, n
         simulate(world, make_policy(name), record=False)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in names}
     counts = dict.fromkeys(names, 0)
+    searches: dict[str, str] = dict.fromkeys(names, "-")  # a planning policy's searches per request (its stats)
     reference: list[float] = []
     for _ in range(args.repeats):  # policies take turns, so a slow minute of the machine hits them all alike
         reference.append(reference_rate())
@@ -106,17 +107,21 @@ def _bench_context(args: argparse.Namespace, scenario: Scenario, world: World, n
             deadline = t0 + args.max_seconds
             n = 0
             while n < args.requests and (n == 0 or time.perf_counter() < deadline):
-                simulate(world, make_policy(name), record=False)
+                result = simulate(world, make_policy(name), record=False)
                 n += 1
+            plans = result.extra.get("policy_stats", {}).get("plans")
+            if plans is not None:
+                searches[name] = str(plans)
             rates[name].append(n / (time.perf_counter() - t0))
             counts[name] += n
     first = statistics.median(rates[names[0]])
     rows = [{"policy": name, "rate": statistics.median(r), "min": min(r), "max": max(r), "requests": counts[name],
-             "ms": 1e3 / statistics.median(r), "ratio": statistics.median(r) / first}
+             "ms": 1e3 / statistics.median(r), "ratio": statistics.median(r) / first, "searches": searches[name]}
             for name, r in rates.items()]  # fmt: skip
     print(format_table(rows, [("policy", "policy", ""), ("rate", "median req/s", ".0f"),
                               ("min", "min req/s", ".0f"), ("max", "max req/s", ".0f"),
                               ("ms", "ms/request", ".2f"), ("ratio", f"rate / {names[0]}'s", ".3g"),
+                              ("searches", "plan searches/request", ""),
                               ("requests", "requests timed", "d")]))  # fmt: skip
     print(
         f"machine reference (a fixed pure-Python loop of {REFERENCE_N} additions, before each repeat): "
