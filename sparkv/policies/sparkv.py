@@ -131,18 +131,13 @@ class SparKVPolicy(TrackingPolicy):
         ctl = self._ctl()
         # the snapshot and the current plan's timeline, built only when a decision reads them (most calls
         # need neither)
-        snap: Snapshot | None = None
         due = now_s - self.last_replan_s >= ctl.cfg.tick_s and (now_s >= self.next_check_s or self._moved())
-        current = None
-        if due or self.dirty:
-            snap = self._snapshot(now_s)
-        if due:
-            assert snap is not None
-            current = ctl.predict(self.k, snap)
-            if ctl.cfg.check_fraction > 0:
-                left = current.ttft_s - now_s if math.isfinite(current.ttft_s) else 0.0
-                self.next_check_s = now_s + ctl.cfg.check_fraction * max(left, 0.0)
-                self.checked_at = (ctl.bw.estimate(), ctl.speed.scale)
+        snap = self._snapshot(now_s) if due or self.dirty else None
+        current = ctl.predict(self.k, snap) if due and snap is not None else None
+        if current is not None and ctl.cfg.check_fraction > 0:
+            left = current.ttft_s - now_s if math.isfinite(current.ttft_s) else 0.0
+            self.next_check_s = now_s + ctl.cfg.check_fraction * max(left, 0.0)
+            self.checked_at = (ctl.bw.estimate(), ctl.speed.scale)
         drifted = current is not None and (ctl.drifted(current, now_s) or self._starving(idle))
         if self.dirty or drifted:
             assert snap is not None
