@@ -69,6 +69,13 @@ def test_validate_pairs_real_and_simulated_runs(model_dir: Path, tmp_path: Path,
     assert speed["factor"] > 0 and meta["stats_at_profiled_speed"]["all"]["runs"] == 4
     assert speed["factor"] == pytest.approx((speed["before"]["factor"] * speed["after"]["factor"]) ** 0.5)
     assert 1 <= speed["attempts"] <= 3 and (speed["steady"] or speed["attempts"] == 3)
+    # the real run timed its policy and its compute hand-overs; the charged prediction is kept beside
+    decision = real["extra"]["decision"]
+    assert decision["dispatches"] > 0 and decision["total_ms"] > 0 and decision["handovers"] > 0
+    assert 0 < decision["handover_median_ms"] <= decision["handover_max_ms"]
+    assert decision["reports"] > 0 and 0 < decision["report_median_ms"] <= decision["report_max_ms"]
+    assert meta["stats_decisions_charged"]["all"]["runs"] == 4
+    assert meta["decision_ms"]["cake"]["real_decision_ms"] > 0
     sim = json.loads(next((out / "runs").glob("*-sim-cake.json")).read_text())
     assert sim["config"]["scenario"]["availability"].startswith("const:")
     table = list(csv.DictReader((out / "validation.csv").open()))

@@ -25,6 +25,7 @@ from sparkv.policies.planner_energy import EnergyRates
 from sparkv.sim import simulate
 
 if TYPE_CHECKING:
+    from sparkv.engine.world import World
     from sparkv.executor.session import RealSession
 
 
@@ -39,6 +40,7 @@ class Pair:
     replay_mismatches: int
     sim_profile: Result | None = None
     device_speed: float | None = None  # probed / profiled compute seconds around the run (None: no probes)
+    sim_charged: Result | None = None  # `sim` with the real run's decision time and hand-over charged
 
 
 def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
@@ -54,10 +56,27 @@ def replay_check(real: Result, policy: Policy, template: RequestContext) -> int:
     return len(replay(policy, real.log))
 
 
+def charged_prediction(world: World, policy: Policy, real: Result, uncharged: Result,
+                       speed_hint: float | None) -> Result | None:  # fmt: skip
+    """`uncharged`'s request simulated again with the real run's decision time charged: each dispatch's policy
+    calls, as timed by the simulator, scaled so that their total is the real run's measured total, plus the
+    real run's median hand-overs between its threads (the compute lane's report to the control thread, and
+    the work back) on every decision that starts work. None where either run timed no decision."""
+    d, ds = real.extra.get("decision", {}), uncharged.extra.get("decision", {})
+    real_ms, sim_ms = d.get("total_ms"), ds.get("total_ms")
+    if not real_ms or not sim_ms:
+        return None
+    latency_s = (d.get("handover_median_ms", 0.0) + d.get("report_median_ms", 0.0)) / 1e3
+    return simulate(world, policy, speed_hint=speed_hint, decision_scale=real_ms / sim_ms,
+                    command_latency_s=latency_s)
+
+
 def pair_row(pair: Pair) -> dict[str, Any]:
     real, sim = pair.real, pair.sim
     sc = real.config["scenario"]
     err = _err(sim, real)
+    decision = real.extra.get("decision", {})
+    charged = pair.sim_charged
     return {
         "trace": pair.trace,
         "policy": real.policy,
@@ -73,6 +92,12 @@ def pair_row(pair: Pair) -> dict[str, Any]:
         "device_speed": pair.device_speed if pair.device_speed is not None else "",
         "sim_profile_ttft_s": pair.sim_profile.ttft_s if pair.sim_profile is not None else "",
         "ttft_err_profile_pct": 100 * _err(pair.sim_profile, real) if pair.sim_profile is not None else "",
+        "sim_charged_ttft_s": charged.ttft_s if charged is not None else "",
+        "ttft_err_charged_pct": 100 * _err(charged, real) if charged is not None else "",
+        "real_decision_ms": decision.get("total_ms", ""),
+        "sim_decision_ms": sim.extra.get("decision", {}).get("total_ms", ""),
+        "handover_median_ms": decision.get("handover_median_ms", ""),
+        "report_median_ms": decision.get("report_median_ms", ""),
         "probe_attempts": real.extra.get("device_speed", {}).get("attempts", ""),
         "speed_steady": real.extra.get("device_speed", {}).get("steady", ""),
         "foreign_cpu_cores": ((real.extra.get("device_speed", {}).get("cpu_share") or {}).get("foreign_cores", "")),
@@ -177,11 +202,15 @@ def run_validation(
                 at_profile = simulate(session.world, make(name))
                 probed = real.extra.get("device_speed")
                 if probed is None:
-                    pair = Pair(session.world.trace.name, real, at_profile, mismatches)
+                    charged = charged_prediction(session.world, make(name), real, at_profile, None)
+                    pair = Pair(session.world.trace.name, real, at_profile, mismatches, sim_charged=charged)
                 else:
                     hint = real.extra["context"].get("speed_hint")
-                    sim = simulate(session.world_at(probed["factor"]), make(name), speed_hint=hint)
-                    pair = Pair(session.world.trace.name, real, sim, mismatches, at_profile, probed["factor"])
+                    world = session.world_at(probed["factor"])
+                    sim = simulate(world, make(name), speed_hint=hint)
+                    charged = charged_prediction(world, make(name), real, sim, hint)
+                    pair = Pair(session.world.trace.name, real, sim, mismatches, at_profile, probed["factor"],
+                                charged)
                 pairs.append(pair)
                 progress(_progress_line(pair, name))
     return pairs
@@ -230,6 +259,20 @@ def _progress_line(pair: Pair, name: str) -> str:
                  f"time{note}; at profiled speed sim {pair.sim_profile.ttft_s:7.3f} s "
                  f"({100 * _err(pair.sim_profile, real):+.1f}%)")  # fmt: skip
     return line
+
+
+def decision_summary(pairs: Sequence[Pair]) -> dict[str, dict[str, float]]:
+    """Per policy: median over its real runs of the policy's decision time per request, the simulator's own
+    timing of the same policy, and the compute lane's median hand-overs (ms)."""
+    out: dict[str, dict[str, float]] = {}
+    for policy in sorted({p.real.policy for p in pairs}):
+        mine = [p for p in pairs if p.real.policy == policy]
+        cols = {"real_decision_ms": [p.real.extra.get("decision", {}).get("total_ms") for p in mine],
+                "sim_decision_ms": [p.sim.extra.get("decision", {}).get("total_ms") for p in mine],
+                "handover_median_ms": [p.real.extra.get("decision", {}).get("handover_median_ms") for p in mine],
+                "report_median_ms": [p.real.extra.get("decision", {}).get("report_median_ms") for p in mine]}
+        out[policy] = {k: statistics.median(v) for k, vs in cols.items() if (v := [x for x in vs if x is not None])}
+    return out
 
 
 def lane_ratios(real: Result) -> dict[str, list[float]]:
@@ -287,6 +330,8 @@ def write_validation(pairs: Sequence[Pair], out: Path, config: dict[str, Any]) -
         p.sim.save(runs / f"{i:03d}-sim-{p.sim.policy}.json")
     meta = {"kind": "validation", "config": config, "stats": stats,
             "stats_at_profiled_speed": grouped_stats(rows, "ttft_err_profile_pct"), "lanes": lane_summary(pairs),
+            "stats_decisions_charged": grouped_stats(rows, "ttft_err_charged_pct"),
+            "decision_ms": decision_summary(pairs),
             "stats_steady": grouped_stats(steady_rows) if len(steady_rows) < len(rows) else stats,
             "unsteady_runs": len(rows) - len(steady_rows),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),

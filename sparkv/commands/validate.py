@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -135,6 +136,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"TTFT error over the {len(pairs) - meta['unsteady_runs']} steady runs only (the "
                   f"{meta['unsteady_runs']} others measured the machine's other load, not the model):")
             print(format_table([{"group": k, **v} for k, v in meta["stats_steady"].items()], STAT_COLUMNS))
+    charged = meta["stats_decisions_charged"]
+    if charged:
+        print("TTFT error, predicted with each real run's measured decision time and hand-over charged:")
+        print(format_table([{"group": k, **v} for k, v in charged.items()], STAT_COLUMNS))
+        for name, d in meta["decision_ms"].items():
+            print(f"{name:7s} decision time per request: real {d.get('real_decision_ms', math.nan):.1f} ms, "
+                  f"simulator {d.get('sim_decision_ms', math.nan):.1f} ms; compute lane hand-overs: work "
+                  f"{d.get('handover_median_ms', math.nan):.3f} ms, report {d.get('report_median_ms', math.nan):.3f} "
+                  f"ms (medians over runs)")  # fmt: skip
     for key, lane in meta["lanes"].items():
         print(f"{key:20s} measured / predicted seconds: median {lane['median']:.3f}, p10 {lane['p10']:.3f}, "
               f"p90 {lane['p90']:.3f} ({lane['spans']} spans)")  # fmt: skip

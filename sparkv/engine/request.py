@@ -15,6 +15,10 @@ both worlds:
 - sends `BandwidthSample`s of the transfer in flight at every tick once its payload has begun,
   zero-byte windows included (a stalled link is seen as one), and the last stretch when it ends;
 - ticks at the policy's `tick_s` (none when it has none);
+- times every call into the policy (`update` and `schedule` of one dispatch: its decision time, on
+  the wall clock of the machine running it) and, where the world asks (`decision_scale` > 0, the
+  simulator), charges it: the dispatch's commands start that much later, and dispatches queue behind
+  each other as on the real executor's single control thread;
 - builds the `Result`.
 
 Same events in both worlds by construction: a world cannot send an event the engine does not build.
@@ -25,6 +29,7 @@ bound methods kept as attributes, spans built as tuples (`make_span`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -126,7 +131,13 @@ class RequestEngine:
         effects: Effects,
         record: bool = True,
         check_mirror: bool = False,
+        decision_scale: float = 0.0,
+        command_latency_s: float = 0.0,
     ) -> None:
+        if not (0.0 <= decision_scale < math.inf):
+            raise ValueError(f"decision_scale must be finite and >= 0, got {decision_scale!r}")
+        if not (0.0 <= command_latency_s < math.inf):
+            raise ValueError(f"command_latency_s must be finite and >= 0, got {command_latency_s!r}")
         self.ctx = ctx
         self.policy = policy
         self.policy_name = policy.name
@@ -160,6 +171,12 @@ class RequestEngine:
         self.local = costs.local  # the disk lane's costs (None: nothing on local disk, no disk lane)
         self.reading: tuple[CellBlock, int, float] | None = None  # (block, bytes, start) read from disk
         self.bytes_read = self.cells_read = 0
+        # decision time: seconds of every dispatch's policy calls; charged x decision_scale where > 0
+        self.decision_scale = decision_scale
+        self.command_latency_s = command_latency_s  # from a decision to its lane starting the work (charged)
+        self.charges = decision_scale > 0 or command_latency_s > 0
+        self.decision_s: list[float] = []
+        self.control_free_s = -math.inf  # when the (modelled) control thread finishes its last decision
 
     # ---- reports from the world ----
 
@@ -306,12 +323,21 @@ class RequestEngine:
         """Feed `event` (None: one the policy ignores) to the policy, start a ready query layer, and carry out
         the policy's commands."""
         io = self._io
+        charges = self.charges
+        if charges and self.control_free_s > now:  # the control thread is still deciding: this waits
+            now = self.control_free_s
+        t0 = time.perf_counter()
         if event is not None:
             io.update(event)
         if not self.compute_busy and not self.finished and self.progress.query_layer_ready():
-            self._start_query_layer(now)
+            self._start_query_layer(now + self.command_latency_s if charges else now)
         idle = _IDLE[self.transfer is None, not self.compute_busy, self.reading is None and self.local is not None]
         commands = io.schedule(now, idle)
+        took = time.perf_counter() - t0
+        self.decision_s.append(took)
+        if charges:  # the control thread is busy deciding; the commands start once handed over
+            now = self.control_free_s = now + took * self.decision_scale
+            now += self.command_latency_s
         if commands:
             self._apply(commands, now)
         if self.check_mirror:
@@ -408,6 +434,18 @@ class RequestEngine:
                 "energy": (f"modelled: {self.local.read_w:g} W while reading (storage profile)" if self.local.read_w > 0
                            else "not modelled (the storage profile has no read power)")}  # fmt: skip
 
+    def decision_summary(self) -> dict[str, Any]:
+        """The policy's decision time over the request (ms; measured on this run's machine), for
+        `Result.extra["decision"]`."""
+        times = sorted(self.decision_s)
+        n = len(times)
+        if not n:
+            return {"dispatches": 0, "charged_scale": self.decision_scale,
+                    "charged_latency_ms": 1e3 * self.command_latency_s}  # fmt: skip
+        return {"dispatches": n, "total_ms": 1e3 * sum(times), "median_ms": 1e3 * times[n // 2],
+                "p90_ms": 1e3 * times[min(n - 1, round(0.9 * (n - 1)))], "max_ms": 1e3 * times[-1],
+                "charged_scale": self.decision_scale, "charged_latency_ms": 1e3 * self.command_latency_s}  # fmt: skip
+
     def sorted_spans(self) -> list[Span]:
         return sorted(self.spans, key=SPAN_ORDER)
 
@@ -415,6 +453,7 @@ class RequestEngine:
                extra: dict[str, Any]) -> Result:  # fmt: skip
         """The request's `Result`; `config` gains the policy's settings, `extra` its run statistics."""
         stats = self.hooks.stats()
+        extra = {**extra, "decision": self.decision_summary()}
         if self.local is not None:
             extra = {**extra, "disk": self.disk_summary()}
             if self.local.read_w > 0:  # the storage profile's read power over the disk lane's busy time

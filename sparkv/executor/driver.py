@@ -169,7 +169,9 @@ class RealDriver:
         self.config = config or DriverConfig()
         self.reports: queue.Queue[_Report] = queue.Queue()
         self.link_q: queue.Queue[_Job | None] = queue.Queue()
-        self.compute_q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self.compute_q: queue.Queue[tuple[str, Any, float] | None] = queue.Queue()
+        self.handover_s: list[float] = []  # compute commands: from handed over to started (queue, wake-up)
+        self.report_s: list[float] = []  # compute lane reports: from the work's end to the control thread's
         self.disk_q: queue.Queue[CellBlock | None] = queue.Queue()
         self.job: _Job | None = None
         self.first_token = -1
@@ -196,13 +198,13 @@ class RealDriver:
             self.cancel(job.request_id)
 
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
-        self.compute_q.put(("compute", block))
+        self.compute_q.put(("compute", block, time.perf_counter()))
 
     def start_query_layer(self, layer: int, work_s: float, now_s: float, receiving: bool) -> None:
-        self.compute_q.put(("query", layer))
+        self.compute_q.put(("query", layer, time.perf_counter()))
 
     def start_first_token(self, work_s: float, now_s: float) -> None:
-        self.compute_q.put(("first_token", None))
+        self.compute_q.put(("first_token", None, time.perf_counter()))
 
     def received_bytes(self, now_s: float) -> int:
         job = self.job
@@ -215,6 +217,21 @@ class RealDriver:
         if self.read is None:
             raise RuntimeError(f"policy {self.policy_name} read {block} from local disk, but this run has no local KV")
         self.disk_q.put(block)
+
+    def handover_summary(self) -> dict[str, float]:
+        """The compute lane's hand-overs between threads (ms), for `Result.extra["decision"]`: `handover`, from
+        the control thread queueing work to the compute thread starting it; `report`, from the work's end to
+        the control thread taking its report. Their medians' sum is what the simulator charges as
+        `command_latency_s` (besides the policy's own time, which the engine times)."""
+        out: dict[str, float] = {}
+        for name, values in (("handover", self.handover_s), ("report", self.report_s)):
+            times = sorted(values)
+            if times:
+                n = len(times)
+                out |= {f"{name}s": n, f"{name}_median_ms": 1e3 * times[n // 2],
+                        f"{name}_p90_ms": 1e3 * times[min(n - 1, round(0.9 * (n - 1)))],
+                        f"{name}_max_ms": 1e3 * times[-1]}  # fmt: skip
+        return out
 
     # ---- workers ----
 
@@ -283,7 +300,8 @@ class RealDriver:
     def _compute_worker(self) -> None:
         try:
             while (job := self.compute_q.get()) is not None:
-                kind, arg = job
+                kind, arg, handed_s = job
+                self.handover_s.append(time.perf_counter() - handed_s)
                 start = self.now()
                 if kind == "compute":
                     self.sink.compute_block(arg)
@@ -316,9 +334,13 @@ class RealDriver:
             eng.transfer_lost(report[2], job.rx_bytes, report[3], now_s=self.now(), delivered=report[4],
                               delivered_bytes=report[5])
         elif what == "compute":
-            eng.compute_done(report[1], report[2], now_s=self.now())
+            now = self.now()
+            self.report_s.append(now - report[1])
+            eng.compute_done(report[1], report[2], now_s=now)
         elif what == "query":
-            eng.query_layer_done(report[1], report[2], now_s=self.now())
+            now = self.now()
+            self.report_s.append(now - report[1])
+            eng.query_layer_done(report[1], report[2], now_s=now)
         elif what == "read":
             eng.read_done(report[1], report[2], now_s=self.now())
         elif what == "first_token":

@@ -285,7 +285,9 @@ class RealSession:
         if self.local_dir is not None:
             extra["local_kv"] = {"path": str(self.local_dir), "written_by_this_session": self.local_written,
                                  "stored": "fp16, O_DIRECT reads (page cache bypassed)"}  # fmt: skip
-        return driver.engine.result("real", energy, setup, extra)
+        result = driver.engine.result("real", energy, setup, extra)
+        result.extra["decision"].update(driver.handover_summary())
+        return result
 
 
 def max_cache_error(prefill: LayerwisePrefill, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -67,12 +67,15 @@ class SimRun:
         record: bool = True,
         check_mirror: bool = False,
         speed_hint: float | None = None,
+        decision_scale: float = 0.0,
+        command_latency_s: float = 0.0,
     ) -> None:
         self.world = world
         self.env = simpy.Environment()
         self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0, speed_hint,
                                   EnergyRates.of(world.radio, world.profile.power))
-        self.engine = RequestEngine(self.ctx, policy, self, record, check_mirror)
+        self.engine = RequestEngine(self.ctx, policy, self, record, check_mirror, decision_scale,
+                                    command_latency_s)
         self.policy_name = policy.name
         link = world.scenario.link
         self.server = SimServer(
@@ -106,8 +109,14 @@ class SimRun:
     def _trace_t(self, t_s: float) -> float:
         return t_s + self.offset_s
 
-    def _compute_duration(self, work_s: float) -> float:
-        """Wall seconds for `work_s` seconds of full-speed work starting now."""
+    def _lag(self, now_s: float) -> float:
+        """Seconds from the clock to `now_s`, when a command starts after its decision time (charged by the
+        engine with `decision_scale`); 0.0 otherwise."""
+        lag = now_s - self.env.now
+        return lag if lag > 0 else 0.0
+
+    def _compute_duration(self, work_s: float, now_s: float | None = None) -> float:
+        """Wall seconds for `work_s` seconds of full-speed work starting at `now_s` (default now)."""
         noise = self.noise
         if noise > 0:
             if self.rng is None:
@@ -116,7 +125,7 @@ class SimRun:
         avail = self.availability
         if avail is None:
             return work_s
-        now = self.env.now
+        now = self.env.now if now_s is None else now_s
         return avail.time_to_deliver(now, work_s) - now
 
     def _after(self, delay_s: float, step: Callable[[simpy.Event], None]) -> simpy.Event:
@@ -133,16 +142,20 @@ class SimRun:
 
     def start_fetch(self, flight: Flight, now_s: float) -> None:
         t = flight
+        lag = self._lag(now_s)
         if self.fails_at_s is not None and now_s >= self.fails_at_s:  # nobody answers: refused after a round trip
-            t.handle = self._after(self.rtt_s, lambda _ev: self._fail(t, "connection refused"))
+            t.handle = self._after(lag + self.rtt_s, lambda _ev: self._fail(t, "connection refused"))
             return
         if self.server.contended:
-            t.handle = self.env.process(self._queue(t))  # a process while it queues, a timeout after
+            t.handle = self.env.process(self._queue(t, lag))  # a process while it queues, a timeout after
             return
         # no queue: the phases are known now, so the whole transfer is one timeout
         data_start = now_s + self.first_byte_s  # the clock after a timeout of the round trip
         end = data_start + self._payload(t, data_start)
         delay = end - now_s
+        if lag > 0:  # the command starts after its decision: the timeout runs from the clock
+            now_s = self.env.now
+            delay = end - now_s
         if now_s + delay != end:  # rounded: `_delay_to` lands the clock on `end`
             delay = _delay_to(now_s, end)
         t.end_s = now_s + delay  # SimPy's own sum: the clock when the timeout fires
@@ -161,22 +174,26 @@ class SimRun:
             else:
                 assert t.handle is not None
                 t.handle.callbacks.clear()  # its end (or its failure) will not come
-                self._soon(lambda: self._cancel(t))
+                lag = self._lag(now_s)
+                if lag > 0:  # the cancel lands once it is decided
+                    self._after(lag, lambda _ev: self._cancel(t))
+                else:
+                    self._soon(lambda: self._cancel(t))
 
     def start_compute(self, block: CellBlock, work_s: float, now_s: float, receiving: bool) -> None:
         if receiving:
             work_s *= self.contention.during(self.trace, now_s + self.offset_s, self.efficiency)
-        duration = work_s if self.exact_compute else self._compute_duration(work_s)
+        duration = work_s if self.exact_compute else self._compute_duration(work_s, now_s)
         self.compute_end_s = now_s + duration  # SimPy's own sum: the clock when the timeout fires
-        ev = Timeout(self.env, duration)  # `_after`, written out
+        ev = Timeout(self.env, duration + self._lag(now_s))  # `_after`, written out
         ev.callbacks.append(self._compute_end)
 
     def start_query_layer(self, layer: int, work_s: float, now_s: float, receiving: bool) -> None:
         if receiving:
             work_s *= self.contention.during(self.trace, now_s + self.offset_s, self.efficiency)
-        duration = work_s if self.exact_compute else self._compute_duration(work_s)
+        duration = work_s if self.exact_compute else self._compute_duration(work_s, now_s)
         self.compute_end_s = now_s + duration
-        ev = Timeout(self.env, duration)  # `_after`, written out
+        ev = Timeout(self.env, duration + self._lag(now_s))  # `_after`, written out
         ev.callbacks.append(self._query_layer_end)
 
     def start_first_token(self, work_s: float, now_s: float) -> None:
@@ -186,7 +203,7 @@ class SimRun:
         """The disk lane: a read takes exactly the storage model's time (`LocalCosts.read_s`: one request per
         layer at the scenario's queue depth, then installation); no noise, no contention with compute."""
         end = now_s + work_s
-        ev = Timeout(self.env, work_s)
+        ev = Timeout(self.env, work_s + self._lag(now_s))
         ev.callbacks.append(lambda _ev: self.engine.read_done(end))
 
     def received_bytes(self, now_s: float) -> int:
@@ -219,9 +236,12 @@ class SimRun:
         received = self.received_bytes(now)
         self.engine.transfer_lost(now, received, f"server gone (modelled): {why}")
 
-    def _queue(self, t: Flight) -> Any:
-        """SimPy process: queue for a slot at a shared server, get served, then the round trip."""
+    def _queue(self, t: Flight, lag_s: float = 0.0) -> Any:
+        """SimPy process: (after `lag_s`, the decision) queue for a slot at a shared server, get served, then
+        the round trip."""
         try:
+            if lag_s > 0:
+                yield self.env.timeout(lag_s)
             yield from self.server.serve()
             yield self.env.timeout(self.world.scenario.link.rtt_s)
         except simpy.Interrupt:
@@ -314,6 +334,9 @@ class SimRun:
             "trace": {"name": w.trace.name, "source": w.trace.source, "mean_bps": w.trace.mean_bps},
             "profile": w.profile.name,
         }
+        if eng.charges:  # decisions charged (with decision_scale, the result depends on this machine's speed)
+            config["decision_charge"] = {"decision_scale": eng.decision_scale,
+                                         "command_latency_s": eng.command_latency_s}
         # what a replay of the log needs (without a log there is nothing to replay)
         extra: dict[str, Any] = {"energy_kind": "modelled"}
         if eng.recorder is not None:
@@ -339,8 +362,17 @@ def _call(step: Callable[[], None]) -> Any:
 
 
 def simulate(world: World, policy: Policy, max_time_s: float = DEFAULT_MAX_TIME_S, record: bool = True,
-             check_mirror: bool = False, speed_hint: float | None = None) -> Result:  # fmt: skip
+             check_mirror: bool = False, speed_hint: float | None = None,
+             decision_scale: float = 0.0, command_latency_s: float = 0.0) -> Result:  # fmt: skip
     """Run one request of `world` under `policy` in the SimPy model; `record` keeps the policy log,
     `check_mirror` checks the policy's picture of the request against the engine's after every event;
-    `speed_hint` is the device speed the policy is told at the start (as a real session's probe would)."""
-    return SimRun(world, policy, max_time_s, record, check_mirror, speed_hint).run()
+    `speed_hint` is the device speed the policy is told at the start (as a real session's probe would).
+
+    `decision_scale` > 0 charges the policy's own decision time: each dispatch's policy calls are timed on
+    this machine, and its commands start that many seconds x `decision_scale` later (1.0: this machine is
+    the device; the device's policy seconds per this machine's, otherwise). The result then depends on how
+    fast this machine ran the policy, so it is not reproducible to the bit; 0 (the default) charges nothing.
+    `command_latency_s` is added to every decision that starts work: the hand-over from the deciding thread
+    to the lane (a queue and a thread's wake-up on the real executor)."""
+    return SimRun(world, policy, max_time_s, record, check_mirror, speed_hint, decision_scale,
+                  command_latency_s).run()
