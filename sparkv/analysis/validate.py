@@ -199,15 +199,15 @@ def run_validation(
                 real.extra["background_load_cores"] = background_cores
                 if repeats > 1:
                     real.extra["repeat_ttft_s"] = [r.ttft_s for r in runs]
-                at_profile = simulate(session.world, make(name))
                 probed = real.extra.get("device_speed")
+                at_profile = simulate(session.world, make(name), time_decisions=probed is None)
                 if probed is None:
                     charged = charged_prediction(session.world, make(name), real, at_profile, None)
                     pair = Pair(session.world.trace.name, real, at_profile, mismatches, sim_charged=charged)
                 else:
                     hint = real.extra["context"].get("speed_hint")
                     world = session.world_at(probed["factor"])
-                    sim = simulate(world, make(name), speed_hint=hint)
+                    sim = simulate(world, make(name), speed_hint=hint, time_decisions=True)
                     charged = charged_prediction(world, make(name), real, sim, hint)
                     pair = Pair(session.world.trace.name, real, sim, mismatches, at_profile, probed["factor"],
                                 charged)

@@ -15,10 +15,11 @@ both worlds:
 - sends `BandwidthSample`s of the transfer in flight at every tick once its payload has begun,
   zero-byte windows included (a stalled link is seen as one), and the last stretch when it ends;
 - ticks at the policy's `tick_s` (none when it has none);
-- times every call into the policy (`update` and `schedule` of one dispatch: its decision time, on
-  the wall clock of the machine running it) and, where the world asks (`decision_scale` > 0, the
-  simulator), charges it: the dispatch's commands start that much later, and dispatches queue behind
-  each other as on the real executor's single control thread;
+- where the world asks (`time_decisions`: the real executor always, the simulator on request), times
+  every call into the policy (`update` and `schedule` of one dispatch: its decision time, on the wall
+  clock of the machine running it) and, where asked too (`decision_scale` > 0, the simulator), charges
+  it: the dispatch's commands start that much later, and dispatches queue behind each other as on the
+  real executor's single control thread;
 - builds the `Result`.
 
 Same events in both worlds by construction: a world cannot send an event the engine does not build.
@@ -133,6 +134,7 @@ class RequestEngine:
         check_mirror: bool = False,
         decision_scale: float = 0.0,
         command_latency_s: float = 0.0,
+        time_decisions: bool = True,
     ) -> None:
         if not (0.0 <= decision_scale < math.inf):
             raise ValueError(f"decision_scale must be finite and >= 0, got {decision_scale!r}")
@@ -175,6 +177,7 @@ class RequestEngine:
         self.decision_scale = decision_scale
         self.command_latency_s = command_latency_s  # from a decision to its lane starting the work (charged)
         self.charges = decision_scale > 0 or command_latency_s > 0
+        self.time_decisions = time_decisions or self.charges  # a charge needs the times
         self.decision_s: list[float] = []
         self.control_free_s = -math.inf  # when the (modelled) control thread finishes its last decision
 
@@ -326,15 +329,17 @@ class RequestEngine:
         charges = self.charges
         if charges and self.control_free_s > now:  # the control thread is still deciding: this waits
             now = self.control_free_s
-        t0 = time.perf_counter()
+        timing = self.time_decisions
+        t0 = time.perf_counter() if timing else 0.0
         if event is not None:
             io.update(event)
         if not self.compute_busy and not self.finished and self.progress.query_layer_ready():
             self._start_query_layer(now + self.command_latency_s if charges else now)
         idle = _IDLE[self.transfer is None, not self.compute_busy, self.reading is None and self.local is not None]
         commands = io.schedule(now, idle)
-        took = time.perf_counter() - t0
-        self.decision_s.append(took)
+        if timing:
+            took = time.perf_counter() - t0
+            self.decision_s.append(took)
         if charges:  # the control thread is busy deciding; the commands start once handed over
             now = self.control_free_s = now + took * self.decision_scale
             now += self.command_latency_s
@@ -453,7 +458,8 @@ class RequestEngine:
                extra: dict[str, Any]) -> Result:  # fmt: skip
         """The request's `Result`; `config` gains the policy's settings, `extra` its run statistics."""
         stats = self.hooks.stats()
-        extra = {**extra, "decision": self.decision_summary()}
+        if self.time_decisions:  # wall-clock figures of this machine: the one part of a Result not reproducible
+            extra = {**extra, "decision": self.decision_summary()}
         if self.local is not None:
             extra = {**extra, "disk": self.disk_summary()}
             if self.local.read_w > 0:  # the storage profile's read power over the disk lane's busy time

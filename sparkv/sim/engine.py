@@ -69,13 +69,14 @@ class SimRun:
         speed_hint: float | None = None,
         decision_scale: float = 0.0,
         command_latency_s: float = 0.0,
+        time_decisions: bool = False,
     ) -> None:
         self.world = world
         self.env = simpy.Environment()
         self.ctx = RequestContext(world.request, world.spec, world.costs, 0.0, speed_hint,
                                   EnergyRates.of(world.radio, world.profile.power))
         self.engine = RequestEngine(self.ctx, policy, self, record, check_mirror, decision_scale,
-                                    command_latency_s)
+                                    command_latency_s, time_decisions)
         self.policy_name = policy.name
         link = world.scenario.link
         self.server = SimServer(
@@ -363,7 +364,8 @@ def _call(step: Callable[[], None]) -> Any:
 
 def simulate(world: World, policy: Policy, max_time_s: float = DEFAULT_MAX_TIME_S, record: bool = True,
              check_mirror: bool = False, speed_hint: float | None = None,
-             decision_scale: float = 0.0, command_latency_s: float = 0.0) -> Result:  # fmt: skip
+             decision_scale: float = 0.0, command_latency_s: float = 0.0,
+             time_decisions: bool = False) -> Result:  # fmt: skip
     """Run one request of `world` under `policy` in the SimPy model; `record` keeps the policy log,
     `check_mirror` checks the policy's picture of the request against the engine's after every event;
     `speed_hint` is the device speed the policy is told at the start (as a real session's probe would).
@@ -373,6 +375,7 @@ def simulate(world: World, policy: Policy, max_time_s: float = DEFAULT_MAX_TIME_
     the device; the device's policy seconds per this machine's, otherwise). The result then depends on how
     fast this machine ran the policy, so it is not reproducible to the bit; 0 (the default) charges nothing.
     `command_latency_s` is added to every decision that starts work: the hand-over from the deciding thread
-    to the lane (a queue and a thread's wake-up on the real executor)."""
+    to the lane (a queue and a thread's wake-up on the real executor). `time_decisions` keeps the policy's
+    decision times (`extra["decision"]`) without charging them; a charged run keeps them too."""
     return SimRun(world, policy, max_time_s, record, check_mirror, speed_hint, decision_scale,
-                  command_latency_s).run()
+                  command_latency_s, time_decisions).run()
