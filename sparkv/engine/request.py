@@ -102,6 +102,16 @@ class Effects(Protocol):
         cache; report `read_done`. Called only where the request has cells on local disk."""
 
 
+def tail_ms(seconds: list[float], prefix: str = "") -> dict[str, float]:
+    """Total, median, p90 and max of `seconds` in ms (keys `{prefix}total_ms`, ...); {} when empty."""
+    times = sorted(seconds)
+    n = len(times)
+    if not n:
+        return {}
+    return {f"{prefix}total_ms": 1e3 * sum(times), f"{prefix}median_ms": 1e3 * times[n // 2],
+            f"{prefix}p90_ms": 1e3 * times[min(n - 1, round(0.9 * (n - 1)))], f"{prefix}max_ms": 1e3 * times[-1]}
+
+
 class MirrorMismatch(RuntimeError):
     """A policy's own picture of the request disagrees with the engine's."""
 
@@ -334,15 +344,15 @@ class RequestEngine:
         if event is not None:
             io.update(event)
         if not self.compute_busy and not self.finished and self.progress.query_layer_ready():
-            self._start_query_layer(now + self.command_latency_s if charges else now)
+            self._start_query_layer(now + self.command_latency_s)  # (+ 0.0 where nothing is charged)
         idle = _IDLE[self.transfer is None, not self.compute_busy, self.reading is None and self.local is not None]
         commands = io.schedule(now, idle)
         if timing:
             took = time.perf_counter() - t0
             self.decision_s.append(took)
-        if charges:  # the control thread is busy deciding; the commands start once handed over
-            now = self.control_free_s = now + took * self.decision_scale
-            now += self.command_latency_s
+            if charges:  # the control thread is busy deciding; the commands start once handed over
+                now = self.control_free_s = now + took * self.decision_scale
+                now += self.command_latency_s
         if commands:
             self._apply(commands, now)
         if self.check_mirror:
@@ -442,13 +452,7 @@ class RequestEngine:
     def decision_summary(self) -> dict[str, Any]:
         """The policy's decision time over the request (ms; measured on this run's machine), for
         `Result.extra["decision"]`."""
-        times = sorted(self.decision_s)
-        n = len(times)
-        if not n:
-            return {"dispatches": 0, "charged_scale": self.decision_scale,
-                    "charged_latency_ms": 1e3 * self.command_latency_s}  # fmt: skip
-        return {"dispatches": n, "total_ms": 1e3 * sum(times), "median_ms": 1e3 * times[n // 2],
-                "p90_ms": 1e3 * times[min(n - 1, round(0.9 * (n - 1)))], "max_ms": 1e3 * times[-1],
+        return {"dispatches": len(self.decision_s), **tail_ms(self.decision_s),
                 "charged_scale": self.decision_scale, "charged_latency_ms": 1e3 * self.command_latency_s}  # fmt: skip
 
     def sorted_spans(self) -> list[Span]:

@@ -38,7 +38,7 @@ import torch
 from sparkv.core.errors import UserError
 from sparkv.core.request import CellBlock
 from sparkv.core.result import Span
-from sparkv.engine.request import Flight, RequestEngine
+from sparkv.engine.request import Flight, RequestEngine, tail_ms
 from sparkv.policies.base import Policy, RequestContext
 
 
@@ -225,12 +225,8 @@ class RealDriver:
         `command_latency_s` (besides the policy's own time, which the engine times)."""
         out: dict[str, float] = {}
         for name, values in (("handover", self.handover_s), ("report", self.report_s)):
-            times = sorted(values)
-            if times:
-                n = len(times)
-                out |= {f"{name}s": n, f"{name}_median_ms": 1e3 * times[n // 2],
-                        f"{name}_p90_ms": 1e3 * times[min(n - 1, round(0.9 * (n - 1)))],
-                        f"{name}_max_ms": 1e3 * times[-1]}  # fmt: skip
+            if values:
+                out |= {f"{name}s": len(values), **tail_ms(values, f"{name}_")}
         return out
 
     # ---- workers ----
@@ -333,14 +329,11 @@ class RealDriver:
             self.job = None
             eng.transfer_lost(report[2], job.rx_bytes, report[3], now_s=self.now(), delivered=report[4],
                               delivered_bytes=report[5])
-        elif what == "compute":
+        elif what in ("compute", "query"):
             now = self.now()
-            self.report_s.append(now - report[1])
-            eng.compute_done(report[1], report[2], now_s=now)
-        elif what == "query":
-            now = self.now()
-            self.report_s.append(now - report[1])
-            eng.query_layer_done(report[1], report[2], now_s=now)
+            self.report_s.append(now - report[1])  # the work's end to its report taken here
+            done = eng.compute_done if what == "compute" else eng.query_layer_done
+            done(report[1], report[2], now_s=now)
         elif what == "read":
             eng.read_done(report[1], report[2], now_s=self.now())
         elif what == "first_token":

@@ -153,13 +153,11 @@ class SimRun:
         # no queue: the phases are known now, so the whole transfer is one timeout
         data_start = now_s + self.first_byte_s  # the clock after a timeout of the round trip
         end = data_start + self._payload(t, data_start)
-        delay = end - now_s
-        if lag > 0:  # the command starts after its decision: the timeout runs from the clock
-            now_s = self.env.now
-            delay = end - now_s
-        if now_s + delay != end:  # rounded: `_delay_to` lands the clock on `end`
-            delay = _delay_to(now_s, end)
-        t.end_s = now_s + delay  # SimPy's own sum: the clock when the timeout fires
+        clock = self.env.now  # the timeout runs from the clock (before `now_s` when a decision was charged)
+        delay = end - clock
+        if clock + delay != end:  # rounded: `_delay_to` lands the clock on `end`
+            delay = _delay_to(clock, end)
+        t.end_s = clock + delay  # SimPy's own sum: the clock when the timeout fires
         if self.fails_at_s is not None and t.end_s > self.fails_at_s:
             self._fail_at(t)
             return
