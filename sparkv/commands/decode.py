@@ -183,7 +183,8 @@ def run_real_world(args: argparse.Namespace, scenario: DecodeScenario, names: li
         return 0
     results = run_real(args, scenario, names)
     print(format_table([summary_row(r) for r in results], COLUMNS))
-    print("real: every time measured (O_DIRECT reads through the reader threads, compute on this CPU)")
+    reader = results[0].config.get("reader", "threads") if results else "threads"
+    print(f"real: every time measured (O_DIRECT reads through the {reader} reader, compute on this CPU)")
     print_hill_stats(results)
     if args.out:
         write_results(results, args.out)

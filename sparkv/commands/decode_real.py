@@ -43,6 +43,7 @@ from sparkv.executor.model.decode_run import (
 from sparkv.executor.model.decode_speed import DecodeSpeedProbe, ProbeShape, shape_of_run
 from sparkv.executor.model.decode_storage import run_real_storage_decode
 from sparkv.executor.model.document import TOKENS_PER_ENTRY, station_logbook
+from sparkv.executor.model.kvfile import READER_KINDS, resolve_reader
 from sparkv.executor.model.models import LoadedModel, load_model, tiny_model
 from sparkv.executor.model.smollm2 import cache_root
 from sparkv.policies.decode import make_decode_policy
@@ -65,6 +66,10 @@ def add_real_args(p: argparse.ArgumentParser) -> None:
                    help="folder for the KV files, hundreds of MB (on a disk: O_DIRECT; default "
                         "$SPARKV_CACHE/decode-kv, ~/.cache/sparkv/decode-kv)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for real decode (default 1)")
+    p.add_argument("--reader", choices=READER_KINDS, default="auto",
+                   help="how real decode reads are issued: threads (a pool of --queue-depth threads, os.preadv), "
+                        "aio (Linux native AIO, one io_submit per batch: fewer GIL hand-overs beside the "
+                        "compute; not for hillinfer, whose key-plane reads share the thread pool), auto (threads)")
     p.add_argument("--calib-steps", type=int, default=6, help="steps of each calibration run (--validate)")
     p.add_argument("--calibrate", choices=("joint", "per-policy"), default="joint",
                    help="--validate: one compute fit over every calibration run (all run first), or one per "
@@ -110,11 +115,13 @@ def prepare(args: argparse.Namespace, scenario: DecodeScenario) -> RealDecodeSet
     calib_count = CALIB_TOKENS if loaded.tokenizer is not None else min(CALIB_TOKENS, scenario.context_tokens)
     calib = _tokens(loaded, calib_count, scenario.seed + 1000)
     t0 = time.perf_counter()
-    setup = prepare_real_decode(loaded, ids, calib, scenario, args.kv_dir)
+    reader = resolve_reader(getattr(args, "reader", "auto"))
+    setup = replace(prepare_real_decode(loaded, ids, calib, scenario, args.kv_dir), reader=reader)
     torch.set_num_threads(args.threads)  # one token at a time: more threads only add synchronisation
     how = "reused from an earlier build in" if setup.reused else "prefilled, KV written to"
     print(f"real decode: {loaded.model_id}, {scenario.context_tokens} tokens {how} {args.kv_dir}, keys projected "
-          f"to rank {scenario.rank} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+          f"to rank {scenario.rank} ({time.perf_counter() - t0:.1f} s); reads through {reader}, "
+          f"{args.threads} torch thread(s)")  # fmt: skip
     return setup
 
 

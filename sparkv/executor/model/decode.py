@@ -186,8 +186,7 @@ class SparseDecoder:
     # ---- scores ----
 
     def _query(self, layer: int, x: Tensor, pos: int) -> Tensor:
-        q, _, _ = self.math.qkv(layer, x, pos)  # [H, 1, hd]
-        return q
+        return self.math.query(layer, x, pos)  # [H, 1, hd]
 
     def token_predicted(self, layer: int, x: Tensor, pos: int, tokens: int) -> Tensor:
         """Per-token scores [tokens] of `layer` from x [1, D] entering the previous layer (or the embedding)."""

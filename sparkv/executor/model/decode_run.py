@@ -37,7 +37,7 @@ from sparkv.executor.model.decode import (
 )
 from sparkv.executor.model.decode import prefill_keys as _prefill_keys
 from sparkv.executor.model.gcpause import frozen_gc
-from sparkv.executor.model.kvfile import LAYOUT_FILE, GroupReader, KVFiles, KVLayout
+from sparkv.executor.model.kvfile import LAYOUT_FILE, GroupReader, KVFiles, KVLayout, ReaderKind
 from sparkv.executor.model.models import LoadedModel
 from sparkv.policies.decode.base import DecodeContext, DecodePolicy
 from sparkv.policies.decode.storage_scoring import StorageScoring
@@ -56,6 +56,7 @@ class RealDecodeSetup:
     first_token: int  # greedy token after the context
     build_s: float  # seconds to prefill, write and project (not part of any decode step)
     reused: bool = False  # the files and metadata of an earlier build of the same context were reused
+    reader: ReaderKind = "threads"  # how the decode reads are issued (kvfile.GroupReader)
 
 
 def prepare_real_decode(
@@ -150,7 +151,7 @@ def run_real_decode(
     pools = [SlotPool(lay, capacity=max(16, len(r))) for r in engine.resident]
     for layer, pool in enumerate(pools):  # what a policy holds at the start is in memory, untimed
         _load_untimed(setup.files, layer, pool, sorted(engine.resident[layer]))
-    reader = GroupReader(setup.files, sc.queue_depth)
+    reader = GroupReader(setup.files, sc.queue_depth, setup.reader)
     kind, ahead = policy.score_kind, policy.lookahead_layers
     groups_max = (sc.context_tokens + sc.steps) // sc.group_tokens
     shape = (sc.steps, geo.num_layers, groups_max)
@@ -220,7 +221,7 @@ def run_real_decode(
     result = Result(world="real", policy=policy.name, ttft_s=0.0, energy_j={}, spans=[],
                     config={"decode_scenario": sc.to_dict(), "model_spec": spec.to_dict(), "geometry": geo.to_dict(),
                             "model_id": setup.loaded.model_id, "kv_folder": str(setup.files.folder),
-                            "policy": {"name": policy.name, **policy.config()}},
+                            "reader": setup.reader, "policy": {"name": policy.name, **policy.config()}},
                     decode=summary.to_dict(), extra={"tokens": tokens})  # fmt: skip
     return result, trace, engine, tokens
 

@@ -81,7 +81,9 @@ def run_real_storage_decode(
     def plane_append(layer: int, group: int, kv: torch.Tensor) -> None:
         """A group that filled during decoding joins the quantised key plane the drive scores."""
         plane.write(layer, group, kv[0].to(torch.float16).float().reshape(1, lay.group_tokens, -1).numpy())
-    reader = GroupReader(setup.files, sc.queue_depth)
+    reader = GroupReader(setup.files, sc.queue_depth)  # threads: the key plane's reads share its pool
+    assert reader.pool is not None
+    read_pool = reader.pool
     for layer, pool in enumerate(pools):  # what the hot pool holds at the start is in memory, untimed
         groups = sorted(engine.resident[layer])
         pool.reserve(len(groups))
@@ -100,7 +102,7 @@ def run_real_storage_decode(
     def score(step: int, layer: int, x: torch.Tensor, pos: int, full: int) -> np.ndarray:
         sp = policy.split(step, layer, full)
         t0 = now()
-        batch = plane.submit_direct(reader.pool, sc.queue_depth, layer, sp.cpu) if sp.cpu else None
+        batch = plane.submit_direct(read_pool, sc.queue_depth, layer, sp.cpu) if sp.cpu else None
         q_exact = decoder.math.qkv(layer, x, pos)[0][:, 0].numpy()  # [H, hd]
         q = quantize_query(q_exact)
         out = np.full(full, -np.inf, np.float32)
@@ -178,7 +180,8 @@ def run_real_storage_decode(
     result = Result(world="real", policy=policy.name, ttft_s=0.0, energy_j={}, spans=[],
                     config={"decode_scenario": sc.to_dict(), "model_spec": spec.to_dict(), "geometry": geo.to_dict(),
                             "model_id": setup.loaded.model_id, "kv_folder": str(setup.files.folder),
-                            "policy": {"name": policy.name, **policy.config()}, "smartssd": ssd.to_dict()},
+                            "reader": reader.kind, "policy": {"name": policy.name, **policy.config()},
+                            "smartssd": ssd.to_dict()},
                     decode=summary.to_dict(),
                     extra={"tokens": tokens, "scoring_samples": samples, "clock": CLOCK})  # fmt: skip
     return result, trace, engine, tokens

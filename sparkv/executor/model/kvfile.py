@@ -2,9 +2,10 @@
 
 Slot g of layer l's file holds group g's K then V ([2, G, KV heads, head dim], fp16), padded to a multiple of
 512 B, so a group is one contiguous read. Reads bypass the page cache (O_DIRECT: page-aligned buffers,
-512 B-aligned offsets and sizes) and run through a pool of `queue_depth` threads, each issuing its share of
-a batch with `os.preadv` straight into the destination slots; the time measured is the real time of the
-reads. A decode step appends the filled tail group to every layer's file (one write per layer).
+512 B-aligned offsets and sizes) and go straight into the destination slots, either through a pool of
+`queue_depth` threads, each issuing its share of a batch with `os.preadv` (`threads`), or through Linux native
+AIO, a batch in one `io_submit` (`aio`, see `aio.py`); the time measured is the real time of the reads.
+A decode step appends the filled tail group to every layer's file (one write per layer).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 
 from sparkv.core.decode import DIRECT_ALIGN
 from sparkv.core.errors import UserError
+from sparkv.executor.model.aio import AioReader, aio_available
 
 LAYOUT_FILE = "layout.json"
 
@@ -156,25 +159,55 @@ class KVFiles:
             self.groups = max(self.groups, first + n)
 
 
-class GroupReader:
-    """Batches of O_DIRECT group reads through `queue_depth` threads, into caller-provided aligned slots."""
+ReaderKind = Literal["threads", "aio"]
+READER_KINDS: tuple[str, ...] = ("auto", "threads", "aio")
 
-    def __init__(self, files: KVFiles, queue_depth: int) -> None:
+
+class PendingRead(Protocol):
+    def wait(self) -> tuple[float, float]:
+        """Block until every read is done: (submitted, last completed), perf_counter seconds."""
+        ...
+
+
+def resolve_reader(kind: str) -> ReaderKind:
+    """`auto` is `threads` (the faster for bulk reads here); `aio` is refused where the machine lacks it."""
+    if kind not in READER_KINDS:
+        raise UserError(f"unknown reader {kind!r}; choose from {', '.join(READER_KINDS)}")
+    if kind == "aio":
+        if not aio_available():
+            raise UserError("--reader aio: Linux native AIO is not available on this machine; use --reader threads")
+        return "aio"
+    return "threads"
+
+
+class GroupReader:
+    """Batches of O_DIRECT group reads, at most `queue_depth` in flight, into caller-provided aligned slots:
+    through `queue_depth` threads (`threads`) or one native AIO context (`aio`)."""
+
+    def __init__(self, files: KVFiles, queue_depth: int, kind: ReaderKind = "threads") -> None:
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
-        self.files, self.queue_depth = files, queue_depth
-        self.pool = ThreadPoolExecutor(max_workers=queue_depth, thread_name_prefix="kvread")
+        self.files, self.queue_depth, self.kind = files, queue_depth, kind
+        self.aio = AioReader(queue_depth) if kind == "aio" else None
+        self.pool = None if self.aio else ThreadPoolExecutor(max_workers=queue_depth, thread_name_prefix="kvread")
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        if self.aio is not None:
+            self.aio.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
-    def submit(self, layer: int, requests: list[tuple[int, list[memoryview]]]) -> ReadBatch:
+    def submit(self, layer: int, requests: list[tuple[int, list[memoryview]]]) -> PendingRead:
         """Start reading: each request is (first group, one destination view per group, slot-sized).
 
-        Returns at once; `ReadBatch.wait()` gives (start, end) on the perf_counter clock."""
+        Returns at once; `wait()` gives (start, end) on the perf_counter clock."""
         slot = self.files.layout.slot_bytes
-        return submit_reads(self.pool, self.queue_depth, self.files.fds[layer],
-                            [(first * slot, views) for first, views in requests])  # fmt: skip
+        fd = self.files.fds[layer]
+        byte_requests = [(first * slot, views) for first, views in requests]
+        if self.aio is not None:
+            return self.aio.submit(fd, byte_requests)
+        assert self.pool is not None
+        return submit_reads(self.pool, self.queue_depth, fd, byte_requests)
 
 
 def submit_reads(

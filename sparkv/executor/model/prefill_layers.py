@@ -73,6 +73,26 @@ class LlamaMath:
         config = model.config
         mistral_window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
         self._windows = [getattr(layer.self_attn, "sliding_window", mistral_window) for layer in self.layers]
+        self._rope_key: tuple[int, int, torch.dtype, torch.device, bool] | None = None
+        self._rope: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+
+    def rope(self, h: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """cos, sin [1, N, hd] at positions [start, start + N): computed once for all layers of a step, since
+        they depend only on the positions (the model's own `rotary_emb`, scaling included)."""
+        key = (start, int(h.shape[0]), h.dtype, h.device, torch.is_inference_mode_enabled())
+        if key != self._rope_key:
+            positions = torch.arange(start, start + h.shape[0], device=h.device)[None]  # [1, N]
+            self._rope = self.base.rotary_emb(h, positions)
+            self._rope_key = key
+        return self._rope
+
+    def query(self, layer: int, x: Tensor, start: int) -> Tensor:
+        """x [N, D] -> layer's q [H, N, hd] only, position encoding applied (for predicting its attention)."""
+        block = self.layers[layer]
+        h = block.input_layernorm(x)  # [N, D]
+        q = _heads(block.self_attn.q_proj(h), self.head_dim)  # [H, N, hd]
+        cos, sin = self.rope(h, start)
+        return q * cos + _rotate_half(q) * sin
 
     def embed(self, ids: Tensor, start: int) -> Tensor:
         return self.base.embed_tokens(ids)  # [N, D]; position enters through RoPE
@@ -84,8 +104,7 @@ class LlamaMath:
         q = _heads(attn.q_proj(h), self.head_dim)  # [H, N, hd]
         k = _heads(attn.k_proj(h), self.head_dim)  # [KV, N, hd]
         v = _heads(attn.v_proj(h), self.head_dim)  # [KV, N, hd]
-        positions = torch.arange(start, start + x.shape[0], device=x.device)[None]  # [1, N]
-        cos, sin = self.base.rotary_emb(h, positions)  # [1, N, hd] each
+        cos, sin = self.rope(h, start)  # [1, N, hd] each
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         return q, k, v
