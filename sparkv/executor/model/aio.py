@@ -99,30 +99,30 @@ class AioContext:
     def submit(self, iocbs: list[_IOCB]) -> int:
         """Submit as many of `iocbs` as the kernel takes now; how many it took."""
         arr = (ctypes.POINTER(_IOCB) * len(iocbs))(*[ctypes.pointer(c) for c in iocbs])
-        n = self._call(ctypes.c_long(self._submit), self.ctx, ctypes.c_long(len(iocbs)), arr)
-        if n < 0:
-            err = ctypes.get_errno()
-            if err == errno.EAGAIN:
-                return 0
-            raise OSError(err, f"io_submit: {os.strerror(err)}")
-        return int(n)
+        return _count(self._call(ctypes.c_long(self._submit), self.ctx, ctypes.c_long(len(iocbs)), arr),
+                      "io_submit", errno.EAGAIN)  # fmt: skip
 
     def events(self, out: ctypes.Array[_IOEvent], timeout_ns: int) -> int:
         """Wait (without the GIL) for at least one completion or the timeout; how many landed in `out`."""
         ts = _Timespec(timeout_ns // 1_000_000_000, timeout_ns % 1_000_000_000)
         n = self._call(ctypes.c_long(self._getevents), self.ctx, ctypes.c_long(1), ctypes.c_long(len(out)),
                        out, ctypes.byref(ts))  # fmt: skip
-        if n < 0:
-            err = ctypes.get_errno()
-            if err == errno.EINTR:
-                return 0
-            raise OSError(err, f"io_getevents: {os.strerror(err)}")
-        return int(n)
+        return _count(n, "io_getevents", errno.EINTR)
 
     def close(self) -> None:
         if self.ctx.value:
             self._call(ctypes.c_long(self._destroy), self.ctx)
             self.ctx = ctypes.c_ulong(0)
+
+
+def _count(n: int, call: str, retry_errno: int) -> int:
+    """A syscall's count; 0 when it failed with `retry_errno` (try again later), OSError otherwise."""
+    if n >= 0:
+        return int(n)
+    err = ctypes.get_errno()
+    if err == retry_errno:
+        return 0
+    raise OSError(err, f"{call}: {os.strerror(err)}")
 
 
 @dataclass(eq=False)
