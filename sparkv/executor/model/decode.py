@@ -83,18 +83,17 @@ class SlotPool:
         self.view(group)
         self.tensor[self.slot_of[group]] = kv.to(torch.float16)
 
-    def gather(self, groups: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-        """K, V of `groups` as float32 [KV, n*G, hd]."""
+    def gather_into(self, groups: tuple[int, ...], k: Tensor, v: Tensor) -> int:
+        """Write K, V of `groups` as float32 into k, v [KV, >= n*G, hd] (one converting copy each); n*G."""
+        n = len(groups) * self.layout.group_tokens
         if not groups:
-            lay = self.layout
-            empty = torch.zeros(lay.kv_heads, 0, lay.head_dim)
-            return empty, empty
+            return 0
         idx = torch.tensor([self.slot_of[g] for g in groups])
-        kv = self.tensor.index_select(0, idx).float()  # [n, 2, G, KV, hd]
-        n, _, g, heads, hd = kv.shape
-        k = kv[:, 0].reshape(n * g, heads, hd).transpose(0, 1)
-        v = kv[:, 1].reshape(n * g, heads, hd).transpose(0, 1)
-        return k, v
+        kv = self.tensor.index_select(0, idx)  # [groups, 2, G, KV, hd] float16
+        heads, hd = self.layout.kv_heads, self.layout.head_dim
+        k[:, :n].copy_(kv[:, 0].reshape(n, heads, hd).transpose(0, 1))
+        v[:, :n].copy_(kv[:, 1].reshape(n, heads, hd).transpose(0, 1))
+        return n
 
 
 @dataclass
@@ -182,6 +181,8 @@ class SparseDecoder:
         self.heads, self.kv_heads, self.head_dim = spec.num_attention_heads, spec.num_kv_heads, spec.head_dim
         self.tail_k = [t.clone() for t in cache.tail_k]  # [KV, t, hd]
         self.tail_v = [t.clone() for t in cache.tail_v]
+        self._k = torch.empty(self.kv_heads, 0, self.head_dim)  # attention's K/V, reused by every layer
+        self._v = torch.empty_like(self._k)
 
     # ---- scores ----
 
@@ -219,15 +220,28 @@ class SparseDecoder:
     def layer(self, layer: int, x: Tensor, pos: int, pool: SlotPool, attend: tuple[int, ...]) -> Tensor:
         """x [1, D] through `layer`, attending to `attend` (in the pool), the tail and the current token."""
         q, k_new, v_new = self.math.qkv(layer, x, pos)  # [H, 1, hd], [KV, 1, hd]
-        k_sel, v_sel = pool.gather(attend)
         k_new16, v_new16 = k_new.to(torch.float16).float(), v_new.to(torch.float16).float()
         self.tail_k[layer] = torch.cat([self.tail_k[layer], k_new16], dim=1)
         self.tail_v[layer] = torch.cat([self.tail_v[layer], v_new16], dim=1)
-        k = torch.cat([k_sel, self.tail_k[layer]], dim=1)  # [KV, T', hd]
-        v = torch.cat([v_sel, self.tail_v[layer]], dim=1)
+        k, v = self._attended(pool, attend, self.tail_k[layer], self.tail_v[layer])  # [KV, T', hd]
         out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.math.scaling(layer),
                                              enable_gqa=self.heads != self.kv_heads)  # fmt: skip
         return self.math.finish(layer, x, out[0].transpose(0, 1).reshape(1, -1))
+
+    def _attended(
+        self, pool: SlotPool, attend: tuple[int, ...], tail_k: Tensor, tail_v: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The selected groups then the tail as float32 K, V [KV, T', hd], in buffers kept across layers
+        (one converting copy of the selection instead of a gather, a conversion and a concatenation)."""
+        need = len(attend) * self.layout.group_tokens + tail_k.shape[1]
+        if self._k.shape[1] < need:
+            size = max(need, 2 * self._k.shape[1])
+            self._k = torch.empty(self.kv_heads, size, self.head_dim)
+            self._v = torch.empty_like(self._k)
+        n = pool.gather_into(attend, self._k, self._v)
+        self._k[:, n:need] = tail_k
+        self._v[:, n:need] = tail_v
+        return self._k[:, :need], self._v[:, :need]
 
     def take_full_tail(self, layer: int) -> Tensor:
         """The filled tail of `layer` as one group [2, G, KV, hd]; the tail empties."""
