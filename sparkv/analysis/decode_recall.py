@@ -95,7 +95,7 @@ def variant_tokens(loaded: LoadedModel, cap: DecodeCapture, projections: list[Te
         x = cap.inputs[step][max(layer - 1, 0)][None]
         if layer == 0:
             x = math.embed(torch.tensor([cap.tokens[step]]), pos)
-        q = math.qkv(layer, x, pos)[0][:, 0]  # [H, hd]
+        q = math.query(layer, x, pos)[:, 0]  # [H, hd]
     k = cap.keys[layer][:, :tokens]  # [KV, T, hd]
     if v.heads == "exact-keys":
         approx = k

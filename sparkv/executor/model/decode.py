@@ -186,12 +186,9 @@ class SparseDecoder:
 
     # ---- scores ----
 
-    def _query(self, layer: int, x: Tensor, pos: int) -> Tensor:
-        return self.math.query(layer, x, pos)  # [H, 1, hd]
-
     def token_predicted(self, layer: int, x: Tensor, pos: int, tokens: int) -> Tensor:
         """Per-token scores [tokens] of `layer` from x [1, D] entering the previous layer (or the embedding)."""
-        q = self._query(layer, x, pos)[:, 0]  # [H, hd]
+        q = self.math.query(layer, x, pos)[:, 0]  # [H, hd]
         q = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim).mean(dim=1)  # [KV, hd]
         w = self.cache.projections[layer].T @ q.reshape(-1)  # [r]
         return self.cache.metadata[layer][:tokens] @ w  # [T]

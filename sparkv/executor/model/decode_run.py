@@ -191,7 +191,7 @@ def run_real_decode(
                     if pending is None:
                         exact = None
                         if kind == "exact":
-                            q, _, _ = decoder.math.qkv(layer, x, pos)
+                            q = decoder.math.query(layer, x, pos)
                             exact = decoder.exact_scores(layer, q, full)
                         pending = issue(step, layer, None, exact)
                     if token_scores is not None:
@@ -235,7 +235,7 @@ class TokenScores:
 
     def record(self, decoder: SparseDecoder, step: int, layer: int, x: torch.Tensor, pos: int, tokens: int) -> None:
         """x [1, D] enters `layer`: the exact mass from its true query; the prediction for layer+1 from x."""
-        q, _, _ = decoder.math.qkv(layer, x, pos)
+        q = decoder.math.query(layer, x, pos)
         self.exact[step, layer, :tokens] = decoder.token_exact(layer, q, tokens).numpy()
         if layer == 0:
             self.predicted[step, 0, :tokens] = decoder.token_predicted(0, x, pos, tokens).numpy()

@@ -113,7 +113,7 @@ class DecodeSpeedProbe:
                 if shape.scoring == "predicted":
                     dec.predicted_scores(min(layer + 1, shape.layers - 1), x, pos, self.full_groups)
                 elif shape.scoring == "exact":
-                    q, _, _ = dec.math.qkv(layer, x, pos)
+                    q = dec.math.query(layer, x, pos)
                     dec.exact_scores(layer, q, self.full_groups)
                 elif self.records is not None and self.query is not None:
                     score_records(self.records, self.query, lay.group_tokens, lay.kv_heads, self.bits, 1.0)

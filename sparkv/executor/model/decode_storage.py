@@ -103,7 +103,7 @@ def run_real_storage_decode(
         sp = policy.split(step, layer, full)
         t0 = now()
         batch = plane.submit_direct(read_pool, sc.queue_depth, layer, sp.cpu) if sp.cpu else None
-        q_exact = decoder.math.qkv(layer, x, pos)[0][:, 0].numpy()  # [H, hd]
+        q_exact = decoder.math.query(layer, x, pos)[:, 0].numpy()  # [H, hd]
         q = quantize_query(q_exact)
         out = np.full(full, -np.inf, np.float32)
         kernel = _kernel(q, lay.group_tokens, lay.kv_heads, bits, decoder.math.scaling(layer))

@@ -61,6 +61,11 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _apply_rope(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on t [heads, N, hd] with cos, sin [1, N, hd]."""
+    return t * cos + _rotate_half(t) * sin
+
+
 class LlamaMath:
     """Llama, Qwen2 (q/k/v biases live in the Linear modules) and Mistral (sliding window)."""
 
@@ -90,9 +95,7 @@ class LlamaMath:
         """x [N, D] -> layer's q [H, N, hd] only, position encoding applied (for predicting its attention)."""
         block = self.layers[layer]
         h = block.input_layernorm(x)  # [N, D]
-        q = _heads(block.self_attn.q_proj(h), self.head_dim)  # [H, N, hd]
-        cos, sin = self.rope(h, start)
-        return q * cos + _rotate_half(q) * sin
+        return _apply_rope(_heads(block.self_attn.q_proj(h), self.head_dim), *self.rope(h, start))  # [H, N, hd]
 
     def embed(self, ids: Tensor, start: int) -> Tensor:
         return self.base.embed_tokens(ids)  # [N, D]; position enters through RoPE
@@ -105,9 +108,7 @@ class LlamaMath:
         k = _heads(attn.k_proj(h), self.head_dim)  # [KV, N, hd]
         v = _heads(attn.v_proj(h), self.head_dim)  # [KV, N, hd]
         cos, sin = self.rope(h, start)  # [1, N, hd] each
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        return q, k, v
+        return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
 
     def finish(self, layer: int, x: Tensor, attn: Tensor) -> Tensor:
         block = self.layers[layer]
