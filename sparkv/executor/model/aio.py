@@ -99,11 +99,11 @@ class AioContext:
         return _count(self._call(ctypes.c_long(self._submit), self.ctx, ctypes.c_long(len(iocbs)), arr),
                       "io_submit", errno.EAGAIN)  # fmt: skip
 
-    def events(self, out: ctypes.Array[_IOEvent], timeout_ns: int) -> int:
-        """Wait (without the GIL) for at least one completion or the timeout; how many landed in `out`."""
+    def events(self, out: ctypes.Array[_IOEvent], timeout_ns: int, at_least: int = 1) -> int:
+        """Wait (without the GIL) for `at_least` completions or the timeout; how many landed in `out`."""
         ts = _Timespec(timeout_ns // 1_000_000_000, timeout_ns % 1_000_000_000)
-        n = self._call(ctypes.c_long(self._getevents), self.ctx, ctypes.c_long(1), ctypes.c_long(len(out)),
-                       out, ctypes.byref(ts))  # fmt: skip
+        n = self._call(ctypes.c_long(self._getevents), self.ctx, ctypes.c_long(max(1, at_least)),
+                       ctypes.c_long(len(out)), out, ctypes.byref(ts))  # fmt: skip
         return _count(n, "io_getevents", errno.EINTR)
 
     def close(self) -> None:
@@ -213,6 +213,17 @@ class AioReader:
                 return
             room -= n
 
+    def _wake_after(self) -> int:
+        """Completions to wait for before waking (lock held). Every wake takes the GIL from the compute thread,
+        so not one per read: as many as the closest batch still needs (no batch ends later than its last
+        read, whose time is stamped), and with requests waiting at most half the depth, so at least half
+        the depth stays in flight."""
+        flight = len(self._flight)
+        closest = min((r.batch.pending for r in self._flight.values()), default=1)
+        if self._waiting:
+            return max(1, min(closest, flight - self.queue_depth // 2))
+        return max(1, min(closest, flight))
+
     def _fail(self, batch: AioBatch, exc: BaseException) -> None:
         if batch.error is None:
             batch.error = exc
@@ -224,8 +235,9 @@ class AioReader:
             with self._lock:
                 if self._closing and not self._flight and not self._waiting:
                     return
+                at_least = self._wake_after()
             try:
-                n = self.aio.events(out, _POLL_NS)
+                n = self.aio.events(out, _POLL_NS, at_least)
             except OSError as exc:
                 with self._lock:
                     for r in list(self._flight.values()) + list(self._waiting):

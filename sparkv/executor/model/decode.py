@@ -2,12 +2,14 @@
 
 `build_cache` prefills a context layer by layer, writes its K/V to per-layer files (`kvfile`), and projects
 the post-RoPE keys (all KV heads concatenated per token) onto rank r: U_l holds the top-r left singular
-vectors of the keys of a calibration text, and the metadata Z_l = K_l U_l stays in memory.
+vectors of the keys of a calibration text, and the metadata Z_l^T = (K_l U_l)^T stays in memory ([r, tokens]:
+a step's scores are one vector-matrix product over contiguous rows).
 
 `SparseDecoder` then runs one token through the layers attending only to the groups the policy chose (held
 in a `SlotPool`) plus the tail group and the current token. `predicted_scores` builds layer l's query from
 the hidden state entering layer l-1 (one layer ahead; layer 0 from the embedding), averages it per GQA
-group, and scores every token against Z_l: one score per token for all heads; a group scores its max.
+group, and scores every token against Z_l (`score_predictor`, in one fused linear form): one score per token
+for all heads; a group scores its max.
 `exact_scores` is the reference: the attention mass of each group under the layer's true query.
 Shapes: KV key/value heads, H query heads, hd head dim, T tokens; batch 1 is left out.
 """
@@ -28,6 +30,7 @@ from sparkv.core.errors import UserError
 from sparkv.executor.model.kvfile import KVFiles, KVLayout, aligned_buffer
 from sparkv.executor.model.models import LoadedModel
 from sparkv.executor.model.prefill_layers import LLAMA_LIKE, LlamaMath, layer_step
+from sparkv.executor.model.score_predictor import ScorePredictor
 
 PREFILL_CHUNK = 512
 
@@ -101,7 +104,7 @@ class CacheBuild:
     """What `build_cache` leaves in memory besides the files."""
 
     projections: list[Tensor]  # U_l [KV*hd, r] per layer
-    metadata: list[Tensor]  # Z_l [capacity tokens, r] per layer (rows beyond the written tokens unused)
+    metadata: list[Tensor]  # Z_l^T [r, capacity tokens] per layer (columns beyond the written tokens unused)
     keys: list[Tensor]  # exact post-RoPE keys [KV, capacity tokens, hd] per layer, for reference scores
     tail_k: list[Tensor]  # [KV, tail, hd] per layer: context tokens after the last full group
     tail_v: list[Tensor]
@@ -159,8 +162,8 @@ def build_cache(
         body = torch.stack([k[:, : full * g], v[:, : full * g]])  # [2, KV, full*G, hd]
         groups = body.view(2, heads, full, g, hd).permute(2, 0, 3, 1, 4)  # [full, 2, G, KV, hd]
         files.write_groups(layer, 0, groups.to(torch.float16).numpy())
-        z = torch.zeros(cap, projections[layer].shape[1])
-        z[:total] = k.transpose(0, 1).reshape(total, -1) @ projections[layer]
+        z = torch.zeros(projections[layer].shape[1], cap)
+        z[:, :total] = (k.transpose(0, 1).reshape(total, -1) @ projections[layer]).T
         metadata.append(z)
         kk = torch.zeros(heads, cap, hd)
         kk[:, :total] = k.to(torch.float16).float()
@@ -183,15 +186,13 @@ class SparseDecoder:
         self.tail_v = [t.clone() for t in cache.tail_v]
         self._k = torch.empty(self.kv_heads, 0, self.head_dim)  # attention's K/V, reused by every layer
         self._v = torch.empty_like(self._k)
+        self.predictor = ScorePredictor(self.math, cache.projections, self.kv_heads, self.heads)
 
     # ---- scores ----
 
     def token_predicted(self, layer: int, x: Tensor, pos: int, tokens: int) -> Tensor:
         """Per-token scores [tokens] of `layer` from x [1, D] entering the previous layer (or the embedding)."""
-        q = self.math.query(layer, x, pos)[:, 0]  # [H, hd]
-        q = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim).mean(dim=1)  # [KV, hd]
-        w = self.cache.projections[layer].T @ q.reshape(-1)  # [r]
-        return self.cache.metadata[layer][:tokens] @ w  # [T]
+        return self.predictor.weights(layer, x, pos) @ self.cache.metadata[layer][:, :tokens]  # [T]
 
     def token_exact(self, layer: int, q: Tensor, tokens: int) -> Tensor:
         """Attention mass [tokens] under the layer's true q [H, 1, hd] (softmax over them, summed over heads)."""
@@ -251,7 +252,8 @@ class SparseDecoder:
         """Project a new group's keys into the metadata, and keep the exact keys for reference scores."""
         g = self.layout.group_tokens
         keys = kv[0].float()  # [G, KV, hd]
-        self.cache.metadata[layer][group * g : (group + 1) * g] = keys.reshape(g, -1) @ self.cache.projections[layer]
+        z = keys.reshape(g, -1) @ self.cache.projections[layer]  # [G, r]
+        self.cache.metadata[layer][:, group * g : (group + 1) * g] = z.T
         self.cache.keys[layer][:, group * g : (group + 1) * g] = keys.transpose(0, 1)
 
     def logits(self, x: Tensor) -> Tensor:
@@ -259,6 +261,7 @@ class SparseDecoder:
 
 
 CACHE_FILE = "decode-cache.pt"
+CACHE_FORMAT = 2  # 2: metadata saved as Z^T [r, tokens]; a build saved in another format is rebuilt
 
 
 def append_filled_group(
@@ -278,22 +281,25 @@ def append_filled_group(
 
 def save_cache(folder: Path, cache: CacheBuild, tokens: int) -> None:
     """Keep what `build_cache` left in memory beside the KV files, so a later run of the same context reuses it."""
-    torch.save({"projections": cache.projections, "metadata": [z[:tokens] for z in cache.metadata],
+    torch.save({"projections": cache.projections, "metadata": [z[:, :tokens] for z in cache.metadata],
                 "keys": [k[:, :tokens] for k in cache.keys], "tail_k": cache.tail_k, "tail_v": cache.tail_v,
-                "last_hidden": cache.last_hidden, "tokens": tokens}, folder / CACHE_FILE)  # fmt: skip
+                "last_hidden": cache.last_hidden, "tokens": tokens, "format": CACHE_FORMAT},
+               folder / CACHE_FILE)  # fmt: skip
 
 
 def load_cache(folder: Path, reserve_tokens: int) -> CacheBuild | None:
-    """The saved build (with room for `reserve_tokens` more), or None when there is none."""
+    """The saved build (with room for `reserve_tokens` more), or None when there is none (or in another format)."""
     path = folder / CACHE_FILE
     if not path.is_file():
         return None
     data = torch.load(path, weights_only=True)
+    if data.get("format") != CACHE_FORMAT:
+        return None
     tokens = int(data["tokens"])
     metadata, keys = [], []
     for z, k in zip(data["metadata"], data["keys"], strict=True):
-        zz = torch.zeros(tokens + reserve_tokens, z.shape[1])
-        zz[:tokens] = z
+        zz = torch.zeros(z.shape[0], tokens + reserve_tokens)
+        zz[:, :tokens] = z
         kk = torch.zeros(k.shape[0], tokens + reserve_tokens, k.shape[2])
         kk[:, :tokens] = k
         metadata.append(zz)

@@ -32,7 +32,7 @@ from sparkv.cost_models.kelle import RefreshPlan, RetentionModel
 from sparkv.engine.decode import DecodeEngine
 from sparkv.executor.model.gcpause import frozen_gc
 from sparkv.executor.model.models import LoadedModel
-from sparkv.executor.model.prefill_layers import LLAMA_LIKE, LlamaMath, _rotate_half
+from sparkv.executor.model.prefill_layers import LLAMA_LIKE, LlamaMath, rotate_half
 from sparkv.policies.decode.base import DecodeContext
 from sparkv.policies.decode.kelle import HeadBudget, HeadPrefill, RecomputeRule
 
@@ -57,7 +57,7 @@ def project(math: LlamaMath, layer: int, h: Tensor, positions: Tensor) -> tuple[
     hd = math.head_dim
     q, k, v = _heads(attn.q_proj(h), hd), _heads(attn.k_proj(h), hd), _heads(attn.v_proj(h), hd)
     cos, sin = math.base.rotary_emb(h, positions[None])
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
 
 
 @dataclass(eq=False)

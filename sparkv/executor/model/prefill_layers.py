@@ -56,14 +56,14 @@ def _heads(t: Tensor, head_dim: int) -> Tensor:
     return t.view(t.shape[0], -1, head_dim).transpose(0, 1)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
+def rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _apply_rope(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE on t [heads, N, hd] with cos, sin [1, N, hd]."""
-    return t * cos + _rotate_half(t) * sin
+    return t * cos + rotate_half(t) * sin
 
 
 class LlamaMath:
